@@ -39,20 +39,21 @@ class StepArgs:
 
 def step_parser(doc: str | None, upstream: str | None = None) -> argparse.ArgumentParser:
     """A parser with ``--profile``, the upstream run-ID flag, and every config field as a flag."""
-    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0],
-                                     argument_default=None)
+    parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0], argument_default=None)
     parser.add_argument("--profile", default="local", help="profiles/<profile>.yaml (default: local)")
     if upstream:
         parser.add_argument(f"--{upstream}", required=True, help="run ID of the upstream step")
     settings = parser.add_argument_group("settings (override the profile; empty means 'from profile')")
     for name, field in FIELDS.items():
-        settings.add_argument(f"--{name}", metavar=type(field.default).__name__.upper(),
-                              help=f"default {field.default!r}")
+        settings.add_argument(
+            f"--{name}", metavar=type(field.default).__name__.upper(), help=f"default {field.default!r}"
+        )
     return parser
 
 
-def parse_step_args(parser: argparse.ArgumentParser, argv: list[str] | None,
-                    upstream: str | None = None) -> StepArgs:
+def parse_step_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None, upstream: str | None = None
+) -> StepArgs:
     ns = vars(parser.parse_args(argv))
     upstream_id = ns.pop(upstream, None) if upstream else None
     profile = ns.pop("profile") or "local"
@@ -87,16 +88,22 @@ def get_upstream(run_id: str | None, expected_step: str, flag: str) -> Any:
     try:
         run = mlflow.MlflowClient().get_run(run_id)
     except MlflowException:
-        raise UserError(f"run {run_id!r} (--{flag}) does not exist in tracking store "
-                        f"{mlflow.get_tracking_uri()}: pass the run ID of a finished "
-                        f"{expected_step} run (see `mlflow runs list --experiment-id <id>`)") from None
+        raise UserError(
+            f"run {run_id!r} (--{flag}) does not exist in tracking store "
+            f"{mlflow.get_tracking_uri()}: pass the run ID of a finished "
+            f"{expected_step} run (see `mlflow runs list --experiment-id <id>`)"
+        ) from None
     step = run.data.tags.get(STEP_TAG)
     if step != expected_step:
-        raise UserError(f"run {run_id} (--{flag}) is a {step or 'non-pipeline'} run, not a "
-                        f"{expected_step} run: pass the run ID of a {expected_step} run")
+        raise UserError(
+            f"run {run_id} (--{flag}) is a {step or 'non-pipeline'} run, not a "
+            f"{expected_step} run: pass the run ID of a {expected_step} run"
+        )
     if run.info.status != "FINISHED":
-        raise UserError(f"run {run_id} (--{flag}) is {run.info.status}, not FINISHED: "
-                        f"rerun {expected_step} and pass the new run ID")
+        raise UserError(
+            f"run {run_id} (--{flag}) is {run.info.status}, not FINISHED: "
+            f"rerun {expected_step} and pass the new run ID"
+        )
     return run
 
 
@@ -105,13 +112,15 @@ def download(run_id: str, artifact_path: str, dst: Path) -> Path:
     import mlflow
 
     dst.mkdir(parents=True, exist_ok=True)
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
-                                                    dst_path=str(dst)))
+    return Path(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst))
+    )
 
 
 @contextlib.contextmanager
-def step_run(step: str, profile: str, cfg: Config,
-             upstream_run_id: str | None = None) -> Iterator[tuple[str, Path]]:
+def step_run(
+    step: str, profile: str, cfg: Config, upstream_run_id: str | None = None
+) -> Iterator[tuple[str, Path]]:
     """Start (or, under ``mlflow run``, resume) this step's run; yield its ID and a scratch dir.
 
     Tags the run with the step, profile and upstream run, and logs the merged config as
@@ -146,8 +155,10 @@ def resolve_base_model(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise UserError(f"base_model {name!r} is a path but holds no config.json: "
-                            "point it at a saved Transformers model folder")
+            raise UserError(
+                f"base_model {name!r} is a path but holds no config.json: "
+                "point it at a saved Transformers model folder"
+            )
         return str(path.resolve())
     return name  # a hub id: from_pretrained fetches it (or reads the local hub cache offline)
 
@@ -177,7 +188,10 @@ def base_model_revision(resolved: str, loaded_config: Any) -> str:
 def load_model_error(name: str, exc: Exception) -> UserError:
     """Explain a failed ``from_pretrained`` in one line."""
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-    hint = ("HF_HUB_OFFLINE is set, so only the local hub cache is read: unset it, or download "
-            "the model first" if offline else "check the model id, or pass a local folder")
+    hint = (
+        "HF_HUB_OFFLINE is set, so only the local hub cache is read: unset it, or download the model first"
+        if offline
+        else "check the model id, or pass a local folder"
+    )
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return UserError(f"cannot load base_model {name!r} ({first[:200]}): {hint}")

@@ -83,7 +83,9 @@ class Config:
                 raise UserError(f"{name}={getattr(self, name)} must be at least 1")
         for name in ("max_rows", "max_train_samples", "early_stopping_patience", "torch_threads"):
             if getattr(self, name) < 0:
-                raise UserError(f"{name}={getattr(self, name)} must be 0 or more (0 means no limit / default)")
+                raise UserError(
+                    f"{name}={getattr(self, name)} must be 0 or more (0 means no limit / default)"
+                )
         if self.num_train_epochs <= 0 and self.max_steps <= 0:
             raise UserError("num_train_epochs must be > 0 (or set max_steps > 0)")
         if self.learning_rate <= 0:
@@ -143,8 +145,10 @@ def read_profile(profile: str) -> dict[str, Any]:
     """Load ``profiles/<profile>.yaml`` as typed values (no merging)."""
     path = PROFILES_DIR / f"{profile}.yaml"
     if not path.is_file():
-        raise UserError(f"unknown profile {profile!r}: use one of {', '.join(available_profiles())} "
-                        f"(files in {PROFILES_DIR})")
+        raise UserError(
+            f"unknown profile {profile!r}: use one of {', '.join(available_profiles())} "
+            f"(files in {PROFILES_DIR})"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

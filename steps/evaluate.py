@@ -34,7 +34,9 @@ METRIC_NAMES = ("accuracy", "precision", "recall", "f1")
 # What a filter of the 2010s looks for. The bundled data is built so that this is not enough.
 SPAM_KEYWORDS = re.compile(
     r"\b(free|win|won|winner|prize|claim|urgent|offer|reply|txt|cash|call now|congratulations"
-    r"|selected|reward|voucher|click)\b", re.IGNORECASE)
+    r"|selected|reward|voucher|click)\b",
+    re.IGNORECASE,
+)
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -48,8 +50,13 @@ def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 
 
 def predictions_frame(test: pd.DataFrame, probs: np.ndarray, id2label: dict[int, str]) -> pd.DataFrame:
-    frame = pd.DataFrame({"text": test["text"].to_numpy(), "label": test["label"].to_numpy(),
-                          "prediction": [id2label[int(i)] for i in probs.argmax(-1)]})
+    frame = pd.DataFrame(
+        {
+            "text": test["text"].to_numpy(),
+            "label": test["label"].to_numpy(),
+            "prediction": [id2label[int(i)] for i in probs.argmax(-1)],
+        }
+    )
     for i, label in sorted(id2label.items()):
         frame[f"p_{label}"] = probs[:, i]
     return frame
@@ -61,8 +68,9 @@ def confusion_figure(y_true: Sequence[str], y_pred: Sequence[str], labels: Seque
     matplotlib.use("Agg")  # no display needed
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    display = ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=list(labels),
-                                                      cmap="Blues", colorbar=False)
+    display = ConfusionMatrixDisplay.from_predictions(
+        y_true, y_pred, labels=list(labels), cmap="Blues", colorbar=False
+    )
     display.ax_.set_title("test split")
     display.figure_.tight_layout()
     return display.figure_
@@ -88,36 +96,55 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
         probs = modeling.predict_proba(model, tokenizer, test, cfg.eval_batch_size, device)
         scored = predictions_frame(test, probs, id2label)
-        metrics = prefixed("test", modeling.classification_metrics(
-            scored["label"], scored["prediction"], labels, cfg.positive_label))
+        metrics = prefixed(
+            "test",
+            modeling.classification_metrics(
+                scored["label"], scored["prediction"], labels, cfg.positive_label
+            ),
+        )
 
         # The same model before fine-tuning: base weights and a head initialised as finetune did.
         set_seed(cfg.seed)
         base = AutoModelForSequenceClassification.from_pretrained(
             common.resolve_base_model(upstream.data.tags[common.BASE_MODEL_TAG]),
-            num_labels=len(labels), id2label=id2label, label2id=label2id)
-        base_pred = predictions_frame(test, modeling.predict_proba(
-            base, tokenizer, test, cfg.eval_batch_size, device), id2label)["prediction"]
-        metrics |= prefixed("baseline", modeling.classification_metrics(
-            scored["label"], base_pred, labels, cfg.positive_label))
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id=label2id,
+        )
+        base_pred = predictions_frame(
+            test, modeling.predict_proba(base, tokenizer, test, cfg.eval_batch_size, device), id2label
+        )["prediction"]
+        metrics |= prefixed(
+            "baseline",
+            modeling.classification_metrics(scored["label"], base_pred, labels, cfg.positive_label),
+        )
         if set(labels) == {"ham", "spam"}:
-            metrics |= prefixed("keyword", modeling.classification_metrics(
-                scored["label"], keyword_rule(scored["text"]), labels, cfg.positive_label))
+            metrics |= prefixed(
+                "keyword",
+                modeling.classification_metrics(
+                    scored["label"], keyword_rule(scored["text"]), labels, cfg.positive_label
+                ),
+            )
         mlflow.log_metrics(metrics)
         mlflow.log_metric("test_rows", float(len(test)))
 
         out = tmp / EVAL_DIR
         out.mkdir()
-        report = classification_report(scored["label"], scored["prediction"], labels=labels,
-                                       output_dict=True, zero_division=0)
+        report = classification_report(
+            scored["label"], scored["prediction"], labels=labels, output_dict=True, zero_division=0
+        )
         (out / "classification_report.json").write_text(json.dumps(report, indent=2))
         scored.to_parquet(out / "predictions.parquet", index=False)
         scored[scored["label"] != scored["prediction"]].to_csv(out / "misclassified.csv", index=False)
         figure = confusion_figure(scored["label"], scored["prediction"], labels)
         figure.savefig(out / "confusion_matrix.png", dpi=120)
         mlflow.log_artifacts(str(out), EVAL_DIR)
-        mlflow.set_tags({key: upstream.data.tags.get(key, "") for key in
-                         (common.BASE_MODEL_TAG, common.BASE_REVISION_TAG, common.DATA_DIGEST_TAG)})
+        mlflow.set_tags(
+            {
+                key: upstream.data.tags.get(key, "")
+                for key in (common.BASE_MODEL_TAG, common.BASE_REVISION_TAG, common.DATA_DIGEST_TAG)
+            }
+        )
         print(f"{STEP}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("_f1")))
         return run_id
 

@@ -69,7 +69,7 @@ def mlflow_metric_names(logs: dict[str, Any]) -> dict[str, float]:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             continue
         if key.startswith("eval_"):
-            name = "val_" + key[len("eval_"):]
+            name = "val_" + key[len("eval_") :]
         elif key == "loss":
             name = "train_loss"
         elif key in ("learning_rate", "grad_norm", "epoch"):
@@ -84,7 +84,7 @@ def mlflow_metric_names(logs: dict[str, Any]) -> dict[str, float]:
 def _metrics_callback() -> Any:
     from transformers import TrainerCallback
 
-    class MlflowEpochMetrics(TrainerCallback):  # type: ignore[misc]
+    class MlflowEpochMetrics(TrainerCallback):
         """Log the Trainer's per-epoch losses and validation metrics to the active run."""
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
@@ -100,9 +100,15 @@ def _metrics_callback() -> Any:
 def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     import mlflow
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
-                              DataCollatorWithPadding,
-                              EarlyStoppingCallback, Trainer, TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        EarlyStoppingCallback,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     upstream = common.get_upstream(upstream_run_id, tokenize.STEP, UPSTREAM)
     tags = upstream.data.tags
@@ -122,7 +128,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         set_seed(cfg.seed)  # the new classification head is initialised from this seed
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                resolved, num_labels=len(label2id), id2label=id2label, label2id=label2id)
+                resolved, num_labels=len(label2id), id2label=id2label, label2id=label2id
+            )
         except OSError as exc:
             raise common.load_model_error(cfg.base_model, exc) from None
         tokenizer = AutoTokenizer.from_pretrained(resolved)
@@ -132,13 +139,15 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             logits, label_ids = prediction
             predicted = np.asarray(logits).argmax(-1)
             return modeling.classification_metrics(
-                [id2label[int(i)] for i in label_ids], [id2label[int(i)] for i in predicted],
-                labels, cfg.positive_label)
+                [id2label[int(i)] for i in label_ids],
+                [id2label[int(i)] for i in predicted],
+                labels,
+                cfg.positive_label,
+            )
 
         callbacks = [_metrics_callback()]
         if cfg.early_stopping_patience > 0:
-            callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience,
-                                                   cfg.early_stopping_min_delta))
+            callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_min_delta))
         trainer = Trainer(
             model=model,
             args=TrainingArguments(**training_arguments(cfg, device, str(tmp / "trainer"))),
@@ -153,20 +162,26 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         state = trainer.state
         planned_epochs = cfg.num_train_epochs if cfg.max_steps <= 0 else state.num_train_epochs
         mlflow.log_param("resolved_device", device)
-        mlflow.log_metrics({
-            "best_val_f1": float(state.best_metric if state.best_metric is not None else float("nan")),
-            "epochs_completed": float(state.epoch or 0.0),
-            "stopped_early": float(cfg.max_steps <= 0 and (state.epoch or 0) + 1e-6 < planned_epochs),
-            "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
-            "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
-            "train_rows": float(len(train)),
-        })
+        mlflow.log_metrics(
+            {
+                "best_val_f1": float(state.best_metric if state.best_metric is not None else float("nan")),
+                "epochs_completed": float(state.epoch or 0.0),
+                "stopped_early": float(cfg.max_steps <= 0 and (state.epoch or 0) + 1e-6 < planned_epochs),
+                "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+                "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
+                "train_rows": float(len(train)),
+            }
+        )
         checkpoint = tmp / CHECKPOINT_DIR
         trainer.save_model(str(checkpoint))  # the best epoch's weights (load_best_model_at_end)
         tokenizer.save_pretrained(str(checkpoint))
         mlflow.log_artifacts(str(checkpoint), CHECKPOINT_DIR)
-        mlflow.set_tags({key: tags.get(key, "") for key in
-                         (common.BASE_MODEL_TAG, common.BASE_REVISION_TAG, common.DATA_DIGEST_TAG)})
+        mlflow.set_tags(
+            {
+                key: tags.get(key, "")
+                for key in (common.BASE_MODEL_TAG, common.BASE_REVISION_TAG, common.DATA_DIGEST_TAG)
+            }
+        )
         return run_id
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 from steps import common, evaluate, finetune, prepare, tokenize
@@ -31,8 +32,13 @@ ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
 
 
 # ----------------------------------------------------------------------------- pure functions
-def step_parameters(declared: set[str], profile: str, overrides: dict[str, str],
-                    upstream_param: str | None, upstream_run_id: str | None) -> dict[str, str]:
+def step_parameters(
+    declared: set[str],
+    profile: str,
+    overrides: dict[str, str],
+    upstream_param: str | None,
+    upstream_run_id: str | None,
+) -> dict[str, str]:
     """The parameters one step gets: the profile, the settings it declares, the upstream run ID."""
     params = {"profile": profile}
     params |= {key: value for key, value in overrides.items() if key in declared}
@@ -70,6 +76,11 @@ def run(args: common.StepArgs, env_manager: str) -> str:
     cfg = common.config_for(args)
     preflight(cfg)
     declared = declared_parameters()
+    if env_manager == "local":
+        # `local` runs `python -m steps.<name>` from PATH: make that this interpreter, so a step
+        # never lands in another Python when the virtualenv was not activated.
+        bin_dir = os.path.dirname(sys.executable)
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
     tags = {common.STEP_TAG: STEP, common.PROFILE_TAG: args.profile}
     with mlflow.start_run(run_id=os.environ.pop("MLFLOW_RUN_ID", None), tags=tags) as parent:
@@ -78,19 +89,26 @@ def run(args: common.StepArgs, env_manager: str) -> str:
         mlflow.log_param("env_manager", env_manager)
         upstream: str | None = None
         for step, upstream_param in CHAIN:
-            params = step_parameters(declared[step], args.profile, args.overrides,
-                                     upstream_param, upstream)
+            params = step_parameters(declared[step], args.profile, args.overrides, upstream_param, upstream)
             print(f"{STEP}: running {step}", flush=True)
             try:
                 submitted: Any = run_project(
-                    str(PROJECT_DIR), entry_point=step, parameters=params, env_manager=env_manager,
-                    experiment_id=parent.info.experiment_id, synchronous=True)
+                    str(PROJECT_DIR),
+                    entry_point=step,
+                    parameters=params,
+                    env_manager=env_manager,
+                    experiment_id=parent.info.experiment_id,
+                    synchronous=True,
+                )
             except ExecutionException as exc:
                 raise UserError(f"step {step} failed ({exc}); its error is printed above") from None
             upstream = submitted.run_id
             mlflow.set_tag(f"pipeline.{step}_run_id", upstream)
+        assert upstream is not None  # CHAIN is not empty
         metrics = mlflow.MlflowClient().get_run(upstream).data.metrics
-        summary = {k: metrics[k] for k in ("test_f1", "baseline_f1", "keyword_f1") if k in metrics}
+        summary: dict[str, float] = {
+            k: metrics[k] for k in ("test_f1", "baseline_f1", "keyword_f1") if k in metrics
+        }
         mlflow.log_metrics(summary)
         print(f"{STEP}: done; " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
         return parent.info.run_id
@@ -98,9 +116,12 @@ def run(args: common.StepArgs, env_manager: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.step_parser(__doc__)
-    parser.add_argument("--env_manager", default="local",
-                        help="how MLflow runs each step: local (this environment), virtualenv, uv "
-                             "or conda; `mlflow run` does not pass its own --env-manager down")
+    parser.add_argument(
+        "--env_manager",
+        default="local",
+        help="how MLflow runs each step: local (this environment), virtualenv, uv "
+        "or conda; `mlflow run` does not pass its own --env-manager down",
+    )
     ns, _ = parser.parse_known_args(argv)
     args = common.parse_step_args(parser, argv)
     return common.cli(STEP, lambda: run(args, ns.env_manager or "local"))

@@ -16,11 +16,15 @@ def resolve_device(requested: str, cuda: bool, mps: bool) -> str:
     if requested == "auto":
         return "cuda" if cuda else "mps" if mps else "cpu"
     if requested == "cuda" and not cuda:
-        raise UserError("device cuda requested but torch sees no CUDA GPU: use --device cpu "
-                        "(or profile local), or install a CUDA build of torch on a GPU machine")
+        raise UserError(
+            "device cuda requested but torch sees no CUDA GPU: use --device cpu "
+            "(or profile local), or install a CUDA build of torch on a GPU machine"
+        )
     if requested == "mps" and not mps:
-        raise UserError("device mps requested but torch sees no Apple MPS device: use --device cpu "
-                        "(or profile local) off Apple silicon")
+        raise UserError(
+            "device mps requested but torch sees no Apple MPS device: use --device cpu "
+            "(or profile local) off Apple silicon"
+        )
     return requested
 
 
@@ -35,29 +39,46 @@ def check_precision(precision: str, device: str) -> None:
         raise UserError("precision fp16 is not supported on cpu: use precision fp32 (or bf16)")
 
 
-def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str],
-                           positive_label: str) -> dict[str, float]:
+def classification_metrics(
+    y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str], positive_label: str
+) -> dict[str, float]:
     """Accuracy, precision, recall and F1: of ``positive_label`` for two classes, else macro."""
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     binary = len(labels) == 2 and positive_label in labels
     precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=list(labels), average="binary" if binary else "macro",
-        pos_label=positive_label if binary else 1, zero_division=0)
-    return {"accuracy": float(accuracy_score(y_true, y_pred)), "precision": float(precision),
-            "recall": float(recall), "f1": float(f1)}
+        y_true,
+        y_pred,
+        labels=list(labels),
+        average="binary" if binary else "macro",
+        pos_label=positive_label if binary else 1,
+        zero_division=0,
+    )
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+    }
 
 
 def to_features(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows of a tokenized frame as the dicts the Trainer and the padding collator take."""
-    return [{"input_ids": np.asarray(ids).tolist(), "attention_mask": np.asarray(mask).tolist(),
-             "labels": int(label)}
-            for ids, mask, label in zip(frame["input_ids"], frame["attention_mask"],
-                                        frame["label_id"], strict=True)]
+    return [
+        {
+            "input_ids": np.asarray(ids).tolist(),
+            "attention_mask": np.asarray(mask).tolist(),
+            "labels": int(label),
+        }
+        for ids, mask, label in zip(
+            frame["input_ids"], frame["attention_mask"], frame["label_id"], strict=True
+        )
+    ]
 
 
-def predict_proba(model: Any, tokenizer: Any, frame: pd.DataFrame, batch_size: int,
-                  device: str) -> np.ndarray:
+def predict_proba(
+    model: Any, tokenizer: Any, frame: pd.DataFrame, batch_size: int, device: str
+) -> np.ndarray:
     """Class probabilities for a tokenized frame, padded per batch, without autograd."""
     import torch
     from transformers import DataCollatorWithPadding
@@ -70,7 +91,7 @@ def predict_proba(model: Any, tokenizer: Any, frame: pd.DataFrame, batch_size: i
     out = np.empty((len(features), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate([features[i] for i in idx]).items()}
             out[idx] = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()
     return out

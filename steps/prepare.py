@@ -55,8 +55,10 @@ def clean(df: pd.DataFrame, text_column: str, label_column: str) -> tuple[pd.Dat
     """Select and normalise the two columns; drop missing labels, empty texts and duplicate texts."""
     for column in (text_column, label_column):
         if column not in df.columns:
-            raise UserError(f"column {column!r} not found; the data has columns "
-                            f"{', '.join(map(str, df.columns))}: set --text_column / --label_column")
+            raise UserError(
+                f"column {column!r} not found; the data has columns "
+                f"{', '.join(map(str, df.columns))}: set --text_column / --label_column"
+            )
     rows_read = len(df)
     out = pd.DataFrame({"text": df[text_column], "label": df[label_column]})
     missing_label = out["label"].isna() | (out["label"].astype(str).str.strip() == "")
@@ -67,16 +69,25 @@ def clean(df: pd.DataFrame, text_column: str, label_column: str) -> tuple[pd.Dat
     duplicated = out["text"].duplicated(keep="first")
     conflicts = int((out.groupby("text")["label"].nunique() > 1).sum())
     out = out[~duplicated].reset_index(drop=True)
-    stats = CleanStats(rows_read=rows_read, dropped_missing_label=int(missing_label.sum()),
-                       dropped_empty=int(empty.sum()), dropped_duplicate=int(duplicated.sum()),
-                       conflicting_duplicates=conflicts, rows_clean=len(out))
+    stats = CleanStats(
+        rows_read=rows_read,
+        dropped_missing_label=int(missing_label.sum()),
+        dropped_empty=int(empty.sum()),
+        dropped_duplicate=int(duplicated.sum()),
+        conflicting_duplicates=conflicts,
+        rows_clean=len(out),
+    )
     if out.empty:
-        raise UserError(f"no usable rows: all {rows_read} texts in column {text_column!r} are empty "
-                        f"or unlabelled; check --text_column / --label_column")
+        raise UserError(
+            f"no usable rows: all {rows_read} texts in column {text_column!r} are empty "
+            f"or unlabelled; check --text_column / --label_column"
+        )
     classes = sorted(out["label"].unique())
     if len(classes) < 2:
-        raise UserError(f"only one class ({classes[0]!r}) in column {label_column!r}: a classifier "
-                        "needs at least two; check --label_column or the data")
+        raise UserError(
+            f"only one class ({classes[0]!r}) in column {label_column!r}: a classifier "
+            "needs at least two; check --label_column or the data"
+        )
     return out, stats
 
 
@@ -88,8 +99,9 @@ def data_digest(df: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def split(df: pd.DataFrame, validation_fraction: float, test_fraction: float,
-          seed: int) -> dict[str, pd.DataFrame]:
+def split(
+    df: pd.DataFrame, validation_fraction: float, test_fraction: float, seed: int
+) -> dict[str, pd.DataFrame]:
     """A seeded, stratified train/validation/test split."""
     from sklearn.model_selection import train_test_split
 
@@ -97,14 +109,19 @@ def split(df: pd.DataFrame, validation_fraction: float, test_fraction: float,
     smallest = int(counts.min())
     needed = max(3, int(1 / min(validation_fraction, test_fraction)) + 1)
     if smallest < needed:
-        raise UserError(f"class {counts.idxmin()!r} has only {smallest} rows; a stratified split with "
-                        f"these fractions needs at least {needed} per class: add data or raise "
-                        "--validation_fraction / --test_fraction")
+        raise UserError(
+            f"class {counts.idxmin()!r} has only {smallest} rows; a stratified split with "
+            f"these fractions needs at least {needed} per class: add data or raise "
+            "--validation_fraction / --test_fraction"
+        )
     rest, test = train_test_split(df, test_size=test_fraction, stratify=df["label"], random_state=seed)
-    train, validation = train_test_split(rest, test_size=validation_fraction / (1 - test_fraction),
-                                         stratify=rest["label"], random_state=seed)
-    return {name: part.reset_index(drop=True)
-            for name, part in (("train", train), ("validation", validation), ("test", test))}
+    train, validation = train_test_split(
+        rest, test_size=validation_fraction / (1 - test_fraction), stratify=rest["label"], random_state=seed
+    )
+    return {
+        name: part.reset_index(drop=True)
+        for name, part in (("train", train), ("validation", validation), ("test", test))
+    }
 
 
 def subsample(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
@@ -136,8 +153,10 @@ def resolve_data_path(data: str) -> Path | None:
         if candidate.exists():
             return candidate
     if path.suffix.lower() in FILE_READERS or not HUB_ID.match(data):
-        raise UserError(f"data file {data!r} does not exist: pass --data with a csv, tsv, json, "
-                        "jsonl or parquet file, or a hub dataset id")
+        raise UserError(
+            f"data file {data!r} does not exist: pass --data with a csv, tsv, json, "
+            "jsonl or parquet file, or a hub dataset id"
+        )
     return None
 
 
@@ -149,8 +168,14 @@ def read_file(path: Path) -> pd.DataFrame:
         raise UserError(f"cannot read {path.name!r}: use a .csv, .tsv, .json, .jsonl or .parquet file")
     try:
         if kind in ("csv", "tsv"):
-            return pd.read_csv(path, sep="," if kind == "csv" else "\t", encoding="utf-8-sig",
-                               dtype=str, keep_default_na=False, na_values=[""])
+            return pd.read_csv(
+                path,
+                sep="," if kind == "csv" else "\t",
+                encoding="utf-8-sig",
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+            )
         if kind in ("json", "jsonl"):
             return pd.read_json(path, lines=kind == "jsonl" or _looks_like_jsonl(path))
         return pd.read_parquet(path)
@@ -158,8 +183,10 @@ def read_file(path: Path) -> pd.DataFrame:
         raise
     except (pd.errors.EmptyDataError, ValueError, UnicodeDecodeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read {kind} file {str(path)!r} ({first[:160]}): check the file "
-                        "is complete and in that format") from None
+        raise UserError(
+            f"cannot read {kind} file {str(path)!r} ({first[:160]}): check the file "
+            "is complete and in that format"
+        ) from None
 
 
 def _looks_like_jsonl(path: Path) -> bool:
@@ -177,8 +204,10 @@ def read_hub(dataset_id: str, split_name: str, label_column: str) -> pd.DataFram
         ds = datasets.load_dataset(dataset_id, split=split_name)
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; all mean "not loadable"
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load hub dataset {dataset_id!r} split {split_name!r} ({first}); "
-                        "offline, pass a local file with --data instead") from None
+        raise UserError(
+            f"cannot load hub dataset {dataset_id!r} split {split_name!r} ({first}); "
+            "offline, pass a local file with --data instead"
+        ) from None
     df = ds.to_pandas()
     feature = ds.features.get(label_column)
     if isinstance(feature, datasets.ClassLabel):
@@ -212,16 +241,23 @@ def run(cfg: Config, profile: str) -> str:
             part.to_parquet(out / f"{name}.parquet", index=False)
             with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
                 warnings.simplefilter("ignore", UserWarning)
-                dataset = mlflow.data.from_pandas(part, source=cfg.data, targets="label",
-                                                  name=f"{Path(cfg.data).stem}-{name}")
+                dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+                    part, source=cfg.data, targets="label", name=f"{Path(cfg.data).stem}-{name}"
+                )
             mlflow.log_input(dataset, context=name)
-        summary = {"data_digest": digest, "labels": sorted(cleaned["label"].unique()),
-                   "cleaning": dataclasses.asdict(stats), **split_metrics(splits)}
+        summary = {
+            "data_digest": digest,
+            "labels": sorted(cleaned["label"].unique()),
+            "cleaning": dataclasses.asdict(stats),
+            **split_metrics(splits),
+        }
         (out / STATS_FILE).write_text(json.dumps(summary, indent=2))
         mlflow.log_artifacts(str(out), SPLITS_DIR)
-        print(f"{STEP}: {stats.rows_read} rows read, {stats.dropped_empty} empty and "
-              f"{stats.dropped_duplicate} duplicate texts dropped, "
-              + ", ".join(f"{n} {len(p)}" for n, p in splits.items()))
+        print(
+            f"{STEP}: {stats.rows_read} rows read, {stats.dropped_empty} empty and "
+            f"{stats.dropped_duplicate} duplicate texts dropped, "
+            + ", ".join(f"{n} {len(p)}" for n, p in splits.items())
+        )
         return run_id
 
 

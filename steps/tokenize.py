@@ -36,23 +36,28 @@ def label_mapping(labels: Iterable[str]) -> dict[str, int]:
     return {label: i for i, label in enumerate(sorted(set(labels)))}
 
 
-def tokenize_frame(df: pd.DataFrame, tokenizer: Any, max_length: int,
-                   label2id: dict[str, int]) -> pd.DataFrame:
+def tokenize_frame(
+    df: pd.DataFrame, tokenizer: Any, max_length: int, label2id: dict[str, int]
+) -> pd.DataFrame:
     """Token ids per text, truncated to ``max_length`` and not padded."""
     encoded = tokenizer(list(df["text"]), truncation=True, max_length=max_length, padding=False)
-    return pd.DataFrame({
-        "text": df["text"].to_numpy(),
-        "label": df["label"].to_numpy(),
-        "label_id": [label2id[label] for label in df["label"]],
-        "input_ids": encoded["input_ids"],
-        "attention_mask": encoded["attention_mask"],
-    })
+    return pd.DataFrame(
+        {
+            "text": df["text"].to_numpy(),
+            "label": df["label"].to_numpy(),
+            "label_id": [label2id[label] for label in df["label"]],
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+        }
+    )
 
 
 def length_metrics(name: str, tokenized: pd.DataFrame, max_length: int) -> dict[str, float]:
     lengths = tokenized["input_ids"].map(len)
-    return {f"{name}_mean_tokens": round(float(lengths.mean()), 3),
-            f"{name}_truncated_share": round(float((lengths >= max_length).mean()), 6)}
+    return {
+        f"{name}_mean_tokens": round(float(lengths.mean()), 3),
+        f"{name}_truncated_share": round(float((lengths >= max_length).mean()), 6),
+    }
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -87,11 +92,13 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             mlflow.log_metrics(length_metrics(name, tokenized, cfg.max_length))
         (out / LABEL_MAP_FILE).write_text(json.dumps(label2id, indent=2))
         mlflow.log_artifacts(str(out), TOKENIZED_DIR)
-        mlflow.set_tags({
-            common.BASE_MODEL_TAG: cfg.base_model,
-            common.BASE_REVISION_TAG: revision,
-            common.DATA_DIGEST_TAG: upstream.data.tags.get(common.DATA_DIGEST_TAG, ""),
-        })
+        mlflow.set_tags(
+            {
+                common.BASE_MODEL_TAG: cfg.base_model,
+                common.BASE_REVISION_TAG: revision,
+                common.DATA_DIGEST_TAG: upstream.data.tags.get(common.DATA_DIGEST_TAG, ""),
+            }
+        )
         mlflow.log_param("label2id", json.dumps(label2id))
         return run_id
 

@@ -1,0 +1,53 @@
+# Two commands on a fresh machine: `make run` (the pipeline) and `make test` (the tests).
+# Each sets up .venv first if needed. `make help` lists every target.
+
+PYTHON ?= python3
+VENV ?= .venv
+PROFILE ?= local
+# torch goes in first, so the project's `torch>=2.4` is already met and pip never pulls a
+# multi-GB CUDA build on a CPU machine. On a CUDA box: make setup TORCH_SPEC=torch TORCH_PIP_ARGS=
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+BIN := $(CURDIR)/$(VENV)/bin
+# `mlflow run --env-manager local` starts `python -m steps.<name>` from PATH: make it this venv's.
+export PATH := $(BIN):$(PATH)
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: help setup run test test-fast lint format ui clean
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## create .venv: torch (CPU build) first, then the project and dev tools
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+run: setup ## run the whole pipeline offline on the embedded default (PROFILE=local)
+	$(BIN)/mlflow run . --env-manager local -P profile=$(PROFILE)
+
+test: setup lint ## lint, type-check and run every test, the slow end-to-end ones included
+	$(BIN)/python -m pytest
+
+test-fast: setup ## unit tests only (no training)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup ## ruff and mypy
+	$(BIN)/ruff check steps tests data benchmarks
+	$(BIN)/ruff format --check steps tests data benchmarks
+	$(BIN)/mypy
+
+format: setup ## rewrite the code in the project's format
+	$(BIN)/ruff format steps tests data benchmarks
+	$(BIN)/ruff check --fix steps tests data benchmarks
+
+ui: setup ## browse the local tracking store at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+clean: ## remove the local tracking store and caches (keeps .venv)
+	rm -rf mlflow.db mlruns .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,190 @@
+"""Every bad input: exit status 2, one line naming what is wrong and the fix, nothing registered."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from steps import evaluate, finetune, prepare, tokenize
+from steps import main as main_step
+from tests.conftest import PROJECT_DIR
+from tests.helpers import registered_models
+
+
+def fails_with_one_line(
+    capsys: pytest.CaptureFixture[str], entry: Callable[[list[str]], int], argv: list[str], expected: str
+) -> str:
+    assert entry(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert expected in lines[0], lines[0]
+    assert registered_models() == []
+    return lines[0]
+
+
+def write_csv(tmp_path: Path, rows: list[tuple[str, str]], name: str = "d.csv") -> str:
+    path = tmp_path / name
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
+    return str(path)
+
+
+def finished_run(step: str) -> str:
+    with mlflow.start_run(tags={"pipeline.step": step}) as run:
+        return run.info.run_id
+
+
+def test_missing_data_file(capsys) -> None:
+    line = fails_with_one_line(
+        capsys,
+        prepare.main,
+        ["--profile", "smoke", "--data", "nope.csv"],
+        "data file 'nope.csv' does not exist",
+    )
+    assert "--data" in line
+
+
+def test_missing_data_file_stops_main_before_any_run(capsys) -> None:
+    fails_with_one_line(
+        capsys, main_step.main, ["--profile", "smoke", "--data", "nope.csv"], "does not exist"
+    )
+    assert mlflow.MlflowClient().search_runs(["0"]) == []
+
+
+def test_empty_file(capsys, tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("")
+    fails_with_one_line(
+        capsys,
+        prepare.main,
+        ["--profile", "smoke", "--data", str(tmp_path / "empty.csv")],
+        "cannot read csv file",
+    )
+
+
+def test_unreadable_file(capsys, tmp_path: Path) -> None:
+    (tmp_path / "d.parquet").write_bytes(b"\x00garbage")
+    fails_with_one_line(
+        capsys,
+        prepare.main,
+        ["--profile", "smoke", "--data", str(tmp_path / "d.parquet")],
+        "cannot read parquet file",
+    )
+
+
+def test_text_column_not_found_lists_columns(capsys, tmp_path: Path) -> None:
+    data = write_csv(tmp_path, [("hi", "ham"), ("win", "spam")])
+    fails_with_one_line(
+        capsys,
+        prepare.main,
+        ["--profile", "smoke", "--data", data, "--text_column", "sms"],
+        "column 'sms' not found; the data has columns text, label",
+    )
+
+
+def test_label_column_not_found(capsys, tmp_path: Path) -> None:
+    data = write_csv(tmp_path, [("hi", "ham"), ("win", "spam")])
+    fails_with_one_line(
+        capsys,
+        prepare.main,
+        ["--profile", "smoke", "--data", data, "--label_column", "class"],
+        "column 'class' not found",
+    )
+
+
+def test_one_class_only(capsys, tmp_path: Path) -> None:
+    data = write_csv(tmp_path, [(f"hello {i}", "ham") for i in range(50)])
+    fails_with_one_line(
+        capsys, prepare.main, ["--profile", "smoke", "--data", data], "only one class ('ham')"
+    )
+
+
+def test_all_texts_empty(capsys, tmp_path: Path) -> None:
+    data = write_csv(tmp_path, [("   ", "ham"), ("", "spam"), ("\t", "spam")])
+    fails_with_one_line(capsys, prepare.main, ["--profile", "smoke", "--data", data], "no usable rows")
+
+
+def test_unknown_profile(capsys) -> None:
+    fails_with_one_line(capsys, prepare.main, ["--profile", "gpu-huge"], "unknown profile 'gpu-huge'")
+
+
+def test_unknown_device(capsys) -> None:
+    fails_with_one_line(
+        capsys,
+        main_step.main,
+        ["--profile", "smoke", "--device", "tpu"],
+        "unknown device 'tpu': use one of cpu, cuda, mps, auto",
+    )
+
+
+def test_unknown_save_mode(capsys) -> None:
+    fails_with_one_line(
+        capsys, main_step.main, ["--profile", "smoke", "--save_mode", "zip"], "unknown save_mode 'zip'"
+    )
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_device_not_available(capsys) -> None:
+    fails_with_one_line(
+        capsys, main_step.main, ["--profile", "cuda"], "device cuda requested but torch sees no CUDA GPU"
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "flag"),
+    [
+        (tokenize.main, "prepare_run_id"),
+        (finetune.main, "tokenize_run_id"),
+        (evaluate.main, "finetune_run_id"),
+    ],
+)
+def test_upstream_run_that_does_not_exist(capsys, entry, flag: str) -> None:
+    fails_with_one_line(
+        capsys, entry, ["--profile", "smoke", f"--{flag}", "0123456789abcdef"], "run '0123456789abcdef'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "flag", "wrong_step"),
+    [
+        (tokenize.main, "prepare_run_id", "finetune"),
+        (finetune.main, "tokenize_run_id", "prepare"),
+        (evaluate.main, "finetune_run_id", "tokenize"),
+    ],
+)
+def test_upstream_run_of_another_step(capsys, entry, flag: str, wrong_step: str) -> None:
+    run_id = finished_run(wrong_step)
+    fails_with_one_line(
+        capsys, entry, ["--profile", "smoke", f"--{flag}", run_id], f"is a {wrong_step} run, not a"
+    )
+
+
+def test_process_level_exit_status_and_single_line(tmp_path: Path) -> None:
+    """The same contract seen from outside: a real process, its exit status and its stderr."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "steps.prepare",
+            "--profile",
+            "smoke",
+            "--data",
+            str(tmp_path / "missing.csv"),
+        ],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"prepare: error: data file '{tmp_path / 'missing.csv'}' does not exist: pass --data with a "
+        "csv, tsv, json, jsonl or parquet file, or a hub dataset id"
+    ]

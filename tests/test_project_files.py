@@ -1,0 +1,54 @@
+"""The project's own files agree with each other: MLproject, conda.yaml, pyproject, profiles."""
+
+from __future__ import annotations
+
+import tomllib
+import yaml
+
+from steps import main as main_step
+from steps.config import FIELDS, PROJECT_DIR
+
+CONTRACT_MAIN_PARAMS = {
+    "profile",
+    "data",
+    "text_column",
+    "label_column",
+    "base_model",
+    "save_mode",
+    "registered_model",
+}
+
+
+def test_mlproject_parses_with_mlflow_and_has_the_chain() -> None:
+    declared = main_step.declared_parameters()
+    assert {"main", *(step for step, _ in main_step.CHAIN)} <= set(declared)
+    assert declared["main"] >= CONTRACT_MAIN_PARAMS
+    assert {"data", "text_column", "label_column"} <= declared["prepare"]
+    for step, upstream in main_step.CHAIN:
+        assert "profile" in declared[step]
+        if upstream:
+            assert upstream in declared[step]
+
+
+def test_every_declared_parameter_is_a_setting_and_is_used_in_its_command() -> None:
+    from mlflow.projects import _project_spec
+
+    project = _project_spec.load_project(str(PROJECT_DIR))
+    for name, entry in project._entry_points.items():
+        for param in entry.parameters:
+            assert f"--{param} {{{param}}}" in entry.command, (name, param)
+            assert param in FIELDS or param in {"profile", "env_manager"} or param.endswith("_run_id")
+
+
+def test_every_main_setting_reaches_some_step() -> None:
+    declared = main_step.declared_parameters()
+    steps = set().union(*(declared[step] for step, _ in main_step.CHAIN))
+    # save_mode and registered_model are recorded in main's config for the lifecycle steps.
+    assert declared["main"] - steps <= {"env_manager", "save_mode", "registered_model"}
+
+
+def test_conda_env_installs_what_pyproject_declares() -> None:
+    pyproject = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())
+    conda = yaml.safe_load((PROJECT_DIR / "conda.yaml").read_text())
+    pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert sorted(pip) == sorted(pyproject["project"]["dependencies"])

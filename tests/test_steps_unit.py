@@ -1,0 +1,141 @@
+"""Pure functions of tokenize, finetune, evaluate, modeling and main."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from steps import common, evaluate, finetune, main, modeling, tokenize
+from steps.config import BUNDLED_BASE_MODEL, Config
+from steps.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(common.resolve_base_model(BUNDLED_BASE_MODEL))
+
+
+def test_label_mapping_is_sorted_and_stable() -> None:
+    assert tokenize.label_mapping(["spam", "ham", "spam"]) == {"ham": 0, "spam": 1}
+
+
+def test_tokenize_truncates_and_does_not_pad(tokenizer) -> None:
+    df = pd.DataFrame({"text": ["hi", "word " * 200], "label": ["ham", "spam"]})
+    out = tokenize.tokenize_frame(df, tokenizer, max_length=16, label2id={"ham": 0, "spam": 1})
+    lengths = [len(ids) for ids in out["input_ids"]]
+    assert lengths[0] == 3  # [CLS] hi [SEP]: no padding here
+    assert lengths[1] == 16  # truncated at max_length
+    assert list(out["label_id"]) == [0, 1]
+    metrics = tokenize.length_metrics("train", out, 16)
+    assert metrics == {"train_mean_tokens": 9.5, "train_truncated_share": 0.5}
+
+
+def test_training_arguments_are_valid_transformers_5_arguments(tmp_path) -> None:
+    from transformers import TrainingArguments
+
+    kwargs = finetune.training_arguments(Config(), "cpu", str(tmp_path))
+    args = TrainingArguments(**kwargs)
+    assert args.eval_strategy == "epoch" and args.load_best_model_at_end
+    assert args.metric_for_best_model == "f1" and args.use_cpu
+    assert args.train_sampling_strategy == "group_by_length"
+
+
+def test_metric_names_follow_the_project_convention() -> None:
+    logs = {
+        "eval_f1": 0.9,
+        "eval_loss": 0.2,
+        "loss": 0.5,
+        "epoch": 1.0,
+        "eval_runtime": 3.0,
+        "train_runtime": 10.0,
+        "note": "x",
+        "grad_norm": float("nan"),
+    }
+    assert finetune.mlflow_metric_names(logs) == {
+        "val_f1": 0.9,
+        "val_loss": 0.2,
+        "train_loss": 0.5,
+        "epoch": 1.0,
+        "val_runtime": 3.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("requested", "cuda", "mps", "expected"),
+    [
+        ("cpu", True, True, "cpu"),
+        ("auto", True, False, "cuda"),
+        ("auto", False, True, "mps"),
+        ("auto", False, False, "cpu"),
+        ("cuda", True, False, "cuda"),
+        ("mps", False, True, "mps"),
+    ],
+)
+def test_resolve_device(requested: str, cuda: bool, mps: bool, expected: str) -> None:
+    assert modeling.resolve_device(requested, cuda, mps) == expected
+
+
+@pytest.mark.parametrize("requested", ["cuda", "mps"])
+def test_missing_device_is_an_error_not_a_fallback(requested: str) -> None:
+    with pytest.raises(UserError, match=f"device {requested} requested but"):
+        modeling.resolve_device(requested, cuda=False, mps=False)
+
+
+def test_binary_metrics_score_the_positive_class() -> None:
+    y_true = ["spam", "spam", "ham", "ham"]
+    y_pred = ["spam", "ham", "ham", "spam"]
+    m = modeling.classification_metrics(y_true, y_pred, ["ham", "spam"], "spam")
+    assert m == {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}
+    perfect = modeling.classification_metrics(y_true, y_true, ["ham", "spam"], "spam")
+    assert perfect["f1"] == 1.0
+
+
+def test_multiclass_metrics_are_macro_averaged() -> None:
+    y_true = ["a", "b", "c", "c"]
+    y_pred = ["a", "b", "c", "a"]
+    m = modeling.classification_metrics(y_true, y_pred, ["a", "b", "c"], "spam")
+    assert m["accuracy"] == 0.75
+    assert m["recall"] == pytest.approx((1 + 1 + 0.5) / 3)
+
+
+def test_keyword_rule_flags_classic_spam_words_only() -> None:
+    assert evaluate.keyword_rule(["FREE entry, reply WIN", "see you at 6", "Evri: pay here"]) == [
+        "spam",
+        "ham",
+        "ham",
+    ]
+
+
+def test_predictions_frame_names_classes() -> None:
+    test = pd.DataFrame({"text": ["a", "b"], "label": ["ham", "spam"]})
+    probs = np.array([[0.9, 0.1], [0.3, 0.7]], dtype=np.float32)
+    out = evaluate.predictions_frame(test, probs, {0: "ham", 1: "spam"})
+    assert list(out["prediction"]) == ["ham", "spam"]
+    assert out["p_spam"].tolist() == pytest.approx([0.1, 0.7])
+
+
+def test_step_parameters_pass_only_what_the_step_declares() -> None:
+    params = main.step_parameters(
+        {"profile", "device", "tokenize_run_id"},
+        "smoke",
+        {"device": "cpu", "data": "x.csv"},
+        "tokenize_run_id",
+        "abc",
+    )
+    assert params == {"profile": "smoke", "device": "cpu", "tokenize_run_id": "abc"}
+    with pytest.raises(ValueError, match="previous step"):
+        main.step_parameters(set(), "smoke", {}, "tokenize_run_id", None)
+
+
+def test_base_model_resolution(tmp_path) -> None:
+    assert common.resolve_base_model("org/some-model") == "org/some-model"
+    bundled = common.resolve_base_model(BUNDLED_BASE_MODEL)
+    assert (tmp_path / "x").exists() is False and bundled.endswith("model")
+    rev = common.content_revision(__import__("pathlib").Path(bundled))
+    assert rev.startswith("sha256:") and len(rev) == len("sha256:") + 16
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"holds no config\.json"):
+        common.resolve_base_model(str(tmp_path / "empty"))
