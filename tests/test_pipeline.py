@@ -114,7 +114,7 @@ def test_finetune_logs_validation_history_and_a_loadable_checkpoint(pipeline: st
 def test_evaluate_logs_test_and_baseline_metrics_and_reports(pipeline: str) -> None:
     run = child_runs(pipeline)["evaluate"]
     m = run.data.metrics
-    for prefix in ("test", "baseline", "keyword"):
+    for prefix in ("test", "baseline", "keyword", "probe"):
         for name in ("accuracy", "precision", "recall", "f1"):
             assert 0.0 <= m[f"{prefix}_{name}"] <= 1.0
     assert m["test_rows"] == 30
@@ -124,6 +124,7 @@ def test_evaluate_logs_test_and_baseline_metrics_and_reports(pipeline: str) -> N
         "evaluation/classification_report.json",
         "evaluation/predictions.parquet",
         "evaluation/misclassified.csv",
+        "evaluation/probe_predictions.csv",
     } <= files
     folder = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluation")
     scored = pd.read_parquet(Path(folder) / "predictions.parquet")

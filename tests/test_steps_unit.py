@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from steps import common, evaluate, finetune, main, modeling, tokenize
-from steps.config import BUNDLED_BASE_MODEL, Config
+from steps.config import BUNDLED_BASE_MODEL, PROJECT_DIR, Config
 from steps.errors import UserError
 
 
@@ -139,3 +139,19 @@ def test_base_model_resolution(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"holds no config\.json"):
         common.resolve_base_model(str(tmp_path / "empty"))
+
+
+def test_probe_set_is_loaded_when_its_labels_are_the_models(tmp_path) -> None:
+    probe = evaluate.load_probe("data/probe_sms.csv", ["ham", "spam"])
+    assert probe is not None and len(probe) == 50
+    assert set(probe["label"]) == {"ham", "spam"}
+    assert evaluate.load_probe("data/probe_sms.csv", ["negative", "positive"]) is None
+    assert evaluate.load_probe("", ["ham", "spam"]) is None
+    with pytest.raises(UserError, match="does not exist"):
+        evaluate.load_probe(str(tmp_path / "nope.csv"), ["ham", "spam"])
+
+
+def test_probe_messages_are_not_in_the_bundled_data() -> None:
+    bundled = pd.read_csv(PROJECT_DIR / "data" / "sms_spam.csv", dtype=str, keep_default_na=False)
+    probe = pd.read_csv(PROJECT_DIR / "data" / "probe_sms.csv", dtype=str, keep_default_na=False)
+    assert not set(probe["text"].str.lower()) & set(bundled["text"].str.lower())
