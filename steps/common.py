@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import os
 import sys
 import tempfile
@@ -25,6 +24,8 @@ UPSTREAM_TAG = "pipeline.upstream_run_id"
 DATA_DIGEST_TAG = "data_digest"
 BASE_MODEL_TAG = "base_model"
 BASE_REVISION_TAG = "base_model_revision"
+BASE_REVISION_SOURCE_TAG = "base_model_revision_source"
+LINEAGE_TAGS = (BASE_MODEL_TAG, BASE_REVISION_TAG, BASE_REVISION_SOURCE_TAG, DATA_DIGEST_TAG)
 CONFIG_ARTIFACT = "config.yaml"
 EXIT_USER_ERROR = 2
 
@@ -107,6 +108,24 @@ def get_upstream(run_id: str | None, expected_step: str, flag: str) -> Any:
     return run
 
 
+def upstream_chain(run: Any) -> dict[str, Any]:
+    """``run`` and every run above it, by step, following ``pipeline.upstream_run_id`` tags."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    chain = {}
+    while run is not None:
+        chain[run.data.tags.get(STEP_TAG, "?")] = run
+        parent_id = run.data.tags.get(UPSTREAM_TAG)
+        run = client.get_run(parent_id) if parent_id else None
+    return chain
+
+
+def lineage_tags(run: Any) -> dict[str, str]:
+    """The data and base-model tags a step carries down from its upstream run."""
+    return {key: run.data.tags.get(key, "") for key in LINEAGE_TAGS}
+
+
 def download(run_id: str, artifact_path: str, dst: Path) -> Path:
     """Download one artifact (file or folder) of ``run_id`` into ``dst`` and return its path."""
     import mlflow
@@ -163,26 +182,20 @@ def resolve_base_model(name: str) -> str:
     return name  # a hub id: from_pretrained fetches it (or reads the local hub cache offline)
 
 
-def content_revision(folder: Path) -> str:
-    """A revision for a local model folder: sha256 of its weight and config files, not a hub commit."""
-    digest = hashlib.sha256()
-    for file in sorted(folder.iterdir()):
-        if file.is_file() and file.suffix in (".safetensors", ".bin", ".json", ".txt", ".model"):
-            digest.update(file.name.encode())
-            with file.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-    return "sha256:" + digest.hexdigest()[:16]
+def base_model_revision(resolved: str, loaded_config: Any) -> tuple[str, str]:
+    """The revision actually loaded, and where it came from.
 
+    A model from the hub (cache) knows its commit; a local folder gets the sha1 of its files,
+    recorded as ``content-sha1`` so that nobody mistakes it for a hub commit.
+    """
+    from steps import hub
 
-def base_model_revision(resolved: str, loaded_config: Any) -> str:
-    """The revision actually loaded: the hub commit from the config, else a content hash."""
     commit = getattr(loaded_config, "_commit_hash", None)
     if commit:
-        return str(commit)
+        return str(commit), "hub-commit"
     if Path(resolved).is_dir():
-        return content_revision(Path(resolved))
-    return "unknown"
+        return hub.content_sha1(Path(resolved)), "content-sha1"
+    return "unknown", "unknown"
 
 
 def load_model_error(name: str, exc: Exception) -> UserError:

@@ -64,9 +64,14 @@ class Config:
     # evaluation
     positive_label: str = "spam"
     probe_data: str = BUNDLED_PROBE  # hand-written messages unlike the training data; "" skips
-    # lifecycle (logged and registered by the later steps)
+    # lifecycle: log_model, register, persist, version_cleanup
     save_mode: str = "full"
     registered_model: str = "sms-spam-classifier"
+    min_test_f1: float = 0.9  # the quality gate: a champion needs at least this
+    champion_tolerance: float = 0.005  # ... and at most this much below the current champion
+    keep_last: int = 5  # version_cleanup keeps this many newest versions, plus every aliased one
+    dry_run: bool = False  # version_cleanup: print the plan, change nothing
+    delete_registered_model: bool = False  # version_cleanup: delete the whole model (explicit only)
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -92,6 +97,15 @@ class Config:
             raise UserError("num_train_epochs must be > 0 (or set max_steps > 0)")
         if self.learning_rate <= 0:
             raise UserError(f"learning_rate={self.learning_rate} must be > 0")
+        if self.keep_last < 1:
+            raise UserError(
+                f"keep_last={self.keep_last} must be at least 1: to delete every version, "
+                "pass --delete_registered_model true"
+            )
+        if not 0 <= self.min_test_f1 <= 1 or not 0 <= self.champion_tolerance <= 1:
+            raise UserError("min_test_f1 and champion_tolerance must be between 0 and 1")
+        if not self.registered_model.strip():
+            raise UserError("registered_model must not be empty")
         if not self.text_column or not self.label_column:
             raise UserError("text_column and label_column must not be empty")
 

@@ -171,12 +171,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         figure = confusion_figure(scored["label"], scored["prediction"], labels)
         figure.savefig(out / "confusion_matrix.png", dpi=120)
         mlflow.log_artifacts(str(out), EVAL_DIR)
-        mlflow.set_tags(
-            {
-                key: upstream.data.tags.get(key, "")
-                for key in (common.BASE_MODEL_TAG, common.BASE_REVISION_TAG, common.DATA_DIGEST_TAG)
-            }
-        )
+        mlflow.set_tags(common.lineage_tags(upstream))
         print(f"{STEP}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("_f1")))
         return run_id
 

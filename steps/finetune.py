@@ -176,12 +176,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         trainer.save_model(str(checkpoint))  # the best epoch's weights (load_best_model_at_end)
         tokenizer.save_pretrained(str(checkpoint))
         mlflow.log_artifacts(str(checkpoint), CHECKPOINT_DIR)
-        mlflow.set_tags(
-            {
-                key: tags.get(key, "")
-                for key in (common.BASE_MODEL_TAG, common.BASE_REVISION_TAG, common.DATA_DIGEST_TAG)
-            }
-        )
+        mlflow.set_tags(common.lineage_tags(upstream))
         return run_id
 
 

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from steps import common, evaluate, finetune, prepare, tokenize
+from steps import common, evaluate, finetune, log_model, persist, prepare, register, tokenize, version_cleanup
 from steps.config import PROJECT_DIR, Config
 from steps.errors import UserError
 
@@ -27,6 +27,10 @@ CHAIN: tuple[tuple[str, str | None], ...] = (
     (tokenize.STEP, tokenize.UPSTREAM),
     (finetune.STEP, finetune.UPSTREAM),
     (evaluate.STEP, evaluate.UPSTREAM),
+    (log_model.STEP, log_model.UPSTREAM),
+    (register.STEP, register.UPSTREAM),
+    (persist.STEP, persist.UPSTREAM),
+    (version_cleanup.STEP, version_cleanup.UPSTREAM),
 )
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
 
@@ -49,11 +53,20 @@ def step_parameters(
     return params
 
 
+def parent_tag(run_id: str, step: str) -> str:
+    """The run ID of ``step`` above ``run_id`` in the chain."""
+    import mlflow
+
+    chain = common.upstream_chain(mlflow.MlflowClient().get_run(run_id))
+    return str(chain[step].info.run_id)
+
+
 def preflight(cfg: Config) -> None:
     """Catch the common mistakes before any run starts: one clear line instead of a failed chain."""
     from steps import modeling
 
     prepare.resolve_data_path(cfg.data)
+    log_model.check_save_mode(cfg.save_mode, adapter=False)
     modeling.check_precision(cfg.precision, modeling.available_device(cfg.device))
 
 
@@ -105,7 +118,7 @@ def run(args: common.StepArgs, env_manager: str) -> str:
             upstream = submitted.run_id
             mlflow.set_tag(f"pipeline.{step}_run_id", upstream)
         assert upstream is not None  # CHAIN is not empty
-        metrics = mlflow.MlflowClient().get_run(upstream).data.metrics
+        metrics = mlflow.MlflowClient().get_run(parent_tag(upstream, evaluate.STEP)).data.metrics
         summary: dict[str, float] = {
             k: metrics[k] for k in ("test_f1", "baseline_f1", "keyword_f1") if k in metrics
         }

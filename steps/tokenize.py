@@ -4,7 +4,8 @@ Reads: ``--prepare_run_id``; that run's ``splits/*.parquet``.
 Writes:
 - artifacts ``tokenized/{train,validation,test}.parquet`` (``text``, ``label``, ``label_id``,
   ``input_ids``, ``attention_mask``), and ``tokenized/label_map.json`` (``label2id``);
-- tags ``base_model``, ``base_model_revision`` (hub commit, or a content hash for a local folder),
+- tags ``base_model``, ``base_model_revision`` (hub commit, or the sha1 of a local folder's files)
+  and ``base_model_revision_source`` (``hub-commit`` or ``content-sha1``),
   ``data_digest`` (carried from prepare);
 - metrics per split: mean tokens per text and the share truncated at ``max_length``.
 
@@ -61,8 +62,8 @@ def length_metrics(name: str, tokenized: pd.DataFrame, max_length: int) -> dict[
 
 
 # ----------------------------------------------------------------------------- MLflow
-def load_tokenizer(base_model: str) -> tuple[Any, str, str]:
-    """The tokenizer, the resolved location and the revision actually loaded."""
+def load_tokenizer(base_model: str) -> tuple[Any, str, tuple[str, str]]:
+    """The tokenizer, the resolved location, and the revision actually loaded with its source."""
     from transformers import AutoConfig, AutoTokenizer
 
     resolved = common.resolve_base_model(base_model)
@@ -78,7 +79,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     import mlflow
 
     upstream = common.get_upstream(upstream_run_id, prepare.STEP, UPSTREAM)
-    tokenizer, _, revision = load_tokenizer(cfg.base_model)
+    tokenizer, _, (revision, revision_source) = load_tokenizer(cfg.base_model)
 
     with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
         splits_dir = common.download(upstream.info.run_id, prepare.SPLITS_DIR, tmp / "in")
@@ -96,6 +97,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             {
                 common.BASE_MODEL_TAG: cfg.base_model,
                 common.BASE_REVISION_TAG: revision,
+                common.BASE_REVISION_SOURCE_TAG: revision_source,
                 common.DATA_DIGEST_TAG: upstream.data.tags.get(common.DATA_DIGEST_TAG, ""),
             }
         )

@@ -44,16 +44,41 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         mlflow.end_run()
 
 
-@pytest.fixture(scope="module")
-def module_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One store shared by a module's tests, for an expensive run that many tests read."""
+@pytest.fixture(scope="session")
+def smoke_main_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``main`` on the smoke profile, run once in-process for the whole session: (store, run ID).
+
+    Many tests read what it recorded. Tests that change the registry use their own registered
+    model names, so they never disturb what the others read.
+    """
     import mlflow
 
-    root = tmp_path_factory.mktemp("store")
+    from steps import main as main_step
+
+    root = tmp_path_factory.mktemp("smoke-store")
     with pytest.MonkeyPatch.context() as mp:
         for key, value in isolated_env(root).items():
             mp.setenv(key, value)
         mp.delenv("MLFLOW_RUN_ID", raising=False)
         mp.chdir(root)
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        yield root
+        assert main_step.main(["--profile", "smoke"]) == 0
+        client = mlflow.MlflowClient()
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], "tags.`pipeline.step` = 'main'"
+        )
+    assert len(runs) == 1
+    return root, runs[0].info.run_id
+
+
+@pytest.fixture
+def pipeline(smoke_main_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point this test at the session's smoke store; return the main run's ID."""
+    import mlflow
+
+    root, run_id = smoke_main_run
+    for key, value in isolated_env(root).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(root)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    return run_id

@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from steps import evaluate, finetune, prepare, tokenize
+from steps import evaluate, finetune, log_model, persist, prepare, register, tokenize, version_cleanup
 from steps import main as main_step
 from tests.conftest import PROJECT_DIR
 from tests.helpers import registered_models
@@ -188,3 +188,125 @@ def test_process_level_exit_status_and_single_line(tmp_path: Path) -> None:
         f"prepare: error: data file '{tmp_path / 'missing.csv'}' does not exist: pass --data with a "
         "csv, tsv, json, jsonl or parquet file, or a hub dataset id"
     ]
+
+
+# ----------------------------------------------------------------------------- lifecycle steps
+def registry_state() -> dict:
+    client = mlflow.MlflowClient()
+    return {
+        rm.name: (
+            dict(rm.aliases),
+            dict(rm.tags),
+            sorted(
+                (v.version, tuple(sorted(v.tags.items())))
+                for v in client.search_model_versions(f"name = '{rm.name}'")
+            ),
+        )
+        for rm in client.search_registered_models()
+    }
+
+
+def fake_chain(model_status: str = "READY", test_f1: float = 0.97) -> str:
+    """A finished evaluate run and a log_model run above a logged model in ``model_status``."""
+    from mlflow.entities import LoggedModelStatus
+
+    with mlflow.start_run(tags={"pipeline.step": "evaluate"}) as evaluate_run:
+        mlflow.log_metric("test_f1", test_f1)
+    model = mlflow.initialize_logged_model(name="model")
+    mlflow.finalize_logged_model(model.model_id, getattr(LoggedModelStatus, model_status))
+    tags = {
+        "pipeline.step": "log_model",
+        "pipeline.upstream_run_id": evaluate_run.info.run_id,
+        "pipeline.model_uri": f"models:/{model.model_id}",
+        "pipeline.model_id": model.model_id,
+        "save_mode": "full",
+    }
+    with mlflow.start_run(tags=tags) as run:
+        return run.info.run_id
+
+
+def test_reference_mode_for_a_full_fine_tune(capsys) -> None:
+    evaluate_id = finished_run("evaluate")
+    fails_with_one_line(
+        capsys,
+        log_model.main,
+        ["--profile", "smoke", "--evaluate_run_id", evaluate_id, "--save_mode", "reference"],
+        "use save_mode full or checkpoint",
+    )
+
+
+def test_unknown_save_mode_in_log_model(capsys) -> None:
+    fails_with_one_line(
+        capsys,
+        log_model.main,
+        ["--profile", "smoke", "--evaluate_run_id", "x", "--save_mode", "zip"],
+        "unknown save_mode 'zip'",
+    )
+
+
+def test_failed_logged_model_is_not_registered(capsys) -> None:
+    run_id = fake_chain("FAILED")
+    fails_with_one_line(
+        capsys, register.main, ["--profile", "smoke", "--log_model_run_id", run_id], "is FAILED, not READY"
+    )
+
+
+def test_logged_model_that_does_not_exist(capsys) -> None:
+    run_id = fake_chain()
+    model_id = mlflow.get_run(run_id).data.tags["pipeline.model_id"]
+    mlflow.MlflowClient().delete_logged_model(model_id)
+    fails_with_one_line(
+        capsys,
+        register.main,
+        ["--profile", "smoke", "--log_model_run_id", run_id],
+        f"logged model {model_id} does not exist",
+    )
+
+
+def test_registering_to_a_name_that_holds_another_task(capsys) -> None:
+    client = mlflow.MlflowClient()
+    client.create_registered_model("vision", tags={"task": "image-classification"})
+    before = registry_state()
+    assert (
+        register.main(
+            ["--profile", "smoke", "--log_model_run_id", fake_chain(), "--registered_model", "vision"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "registered model 'vision' holds image-classification models" in err
+    assert registry_state() == before
+
+
+def test_persisting_a_version_that_no_longer_exists(capsys) -> None:
+    with mlflow.start_run(tags={"pipeline.step": "log_model"}) as lm:
+        pass
+    tags = {
+        "pipeline.step": "register",
+        "registered_model": "gone",
+        "model_version": "4",
+        "pipeline.upstream_run_id": lm.info.run_id,
+    }
+    with mlflow.start_run(tags=tags) as run:
+        pass
+    fails_with_one_line(
+        capsys, persist.main, ["--profile", "smoke", "--register_run_id", run.info.run_id], "gone version 4"
+    )
+
+
+def test_keep_last_below_one(capsys) -> None:
+    fails_with_one_line(
+        capsys,
+        version_cleanup.main,
+        ["--profile", "smoke", "--keep_last", "0"],
+        "keep_last=0 must be at least 1",
+    )
+
+
+def test_cleanup_of_a_model_that_does_not_exist(capsys) -> None:
+    fails_with_one_line(
+        capsys,
+        version_cleanup.main,
+        ["--profile", "smoke", "--registered_model", "nope"],
+        "registered model 'nope' does not exist",
+    )

@@ -43,8 +43,7 @@ def test_every_declared_parameter_is_a_setting_and_is_used_in_its_command() -> N
 def test_every_main_setting_reaches_some_step() -> None:
     declared = main_step.declared_parameters()
     steps = set().union(*(declared[step] for step, _ in main_step.CHAIN))
-    # save_mode and registered_model are recorded in main's config for the lifecycle steps.
-    assert declared["main"] - steps <= {"env_manager", "save_mode", "registered_model"}
+    assert declared["main"] - steps == {"env_manager"}  # main's own
 
 
 def test_conda_env_installs_what_pyproject_declares() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -134,8 +136,8 @@ def test_base_model_resolution(tmp_path) -> None:
     assert common.resolve_base_model("org/some-model") == "org/some-model"
     bundled = common.resolve_base_model(BUNDLED_BASE_MODEL)
     assert (tmp_path / "x").exists() is False and bundled.endswith("model")
-    rev = common.content_revision(__import__("pathlib").Path(bundled))
-    assert rev.startswith("sha256:") and len(rev) == len("sha256:") + 16
+    rev, source = common.base_model_revision(bundled, loaded_config=None)
+    assert source == "content-sha1" and re.fullmatch(r"[0-9a-f]{40}", rev)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"holds no config\.json"):
         common.resolve_base_model(str(tmp_path / "empty"))

@@ -1,0 +1,233 @@
+"""log_model: the evaluated fine-tuned model -> an MLflow logged model, in the profile's save mode.
+
+Reads: ``--evaluate_run_id``; through its upstream tag the finetune run's ``checkpoint/``, and the
+evaluate run's ``evaluation/predictions.parquet`` (the input example and what the model said).
+Writes:
+- logged model ``model`` (MLflow 3: it lives outside the run's artifacts), with a signature that
+  declares the ``batch_size`` inference param, an input example, ``model_config`` (truncation) and
+  explicit ``pip_requirements``. Save modes:
+  ``full``: the pipeline is loaded and saved whole;
+  ``checkpoint``: logged from the checkpoint folder by path, the model never instantiated;
+  ``reference``: only a hub address; refused for a full fine-tune, whose weights all changed.
+- logged model ``baseline``: the base model by reference (repository + revision actually loaded,
+  kilobytes), tagged ``role=baseline``; skipped for a base model in a local folder.
+- the logged models' tags (``role``, ``save_mode``, ``base_model``, ``base_model_revision``,
+  ``data_digest``) and the candidate's test metrics;
+- run tags ``pipeline.model_uri`` (``ModelInfo.model_uri``), ``pipeline.model_id``,
+  ``pipeline.baseline_model_uri``, ``save_mode``; artifact ``expected_predictions.json`` (the input
+  example and the labels evaluate gave it, for persist's verification).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+import pandas as pd
+
+from steps import common, evaluate, finetune, hub
+from steps.config import Config
+from steps.errors import UserError
+
+STEP = "log_model"
+UPSTREAM = "evaluate_run_id"
+TASK: Final = "text-classification"
+MODEL_NAME = "model"
+BASELINE_NAME = "baseline"
+MODEL_URI_TAG = "pipeline.model_uri"
+MODEL_ID_TAG = "pipeline.model_id"
+BASELINE_URI_TAG = "pipeline.baseline_model_uri"
+SAVE_MODE_TAG = "save_mode"
+EXPECTED_FILE = "expected_predictions.json"
+INFERENCE_PARAMS = {"batch_size": 8}
+
+
+# ----------------------------------------------------------------------------- pure functions
+def check_save_mode(save_mode: str, adapter: bool) -> None:
+    """``reference`` stores no weights, so it only fits a model whose changes are an adapter."""
+    if save_mode == "reference" and not adapter:
+        raise UserError(
+            "save_mode reference stores only a pointer to the base model, but a full "
+            "fine-tune changed every weight: use save_mode full or checkpoint "
+            "(reference is for LoRA adapters)"
+        )
+
+
+def input_example(predictions: pd.DataFrame, size: int) -> pd.DataFrame:
+    """A few test texts, each label represented first, with what evaluate predicted for them."""
+    firsts = predictions.groupby("label", sort=True).head(1)
+    rest = predictions.drop(firsts.index)
+    chosen = pd.concat([firsts, rest]).head(max(size, len(firsts)))
+    return chosen[["text", "prediction"]].reset_index(drop=True)
+
+
+def pip_requirements(versions: dict[str, str]) -> list[str]:
+    """Pinned requirements for serving; a local build tag (``2.13.0+cpu``) is not on PyPI."""
+    return [f"{name}=={re.sub(r'[+].*$', '', version)}" for name, version in sorted(versions.items())]
+
+
+def model_config(max_length: int) -> dict[str, Any]:
+    """Pipeline call settings saved with the model: long texts are truncated, never an error."""
+    return {"truncation": True, "max_length": max_length}
+
+
+# ----------------------------------------------------------------------------- MLflow
+def installed_versions() -> dict[str, str]:
+    import mlflow
+    import safetensors
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
+        "mlflow": mlflow.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "tokenizers": tokenizers.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+@contextmanager
+def recorded_revision(revision: str) -> Iterator[None]:
+    """Make MLflow record ``revision`` for a reference instead of asking the hub for its latest.
+
+    MLflow 3.17 calls ``get_latest_commit_for_repo`` when ``save_pretrained=False``: offline that
+    fails, and online it may name a commit other than the one loaded. The loaded revision is the
+    truth; ``log_reference`` checks afterwards that it is what the MLmodel file says.
+    """
+    from unittest import mock
+
+    from mlflow.transformers import flavor_config
+
+    with mock.patch.object(flavor_config, "get_latest_commit_for_repo", lambda repo: revision):
+        yield
+
+
+def log_reference(ref: hub.HubReference, name: str, num_labels: int) -> Any:
+    """Log ``ref`` by reference only: a hub address and revision, no weights."""
+    import mlflow
+    import transformers
+
+    pipe = transformers.pipeline(
+        TASK, model=ref.repo_id, revision=ref.revision, model_kwargs={"num_labels": num_labels}
+    )
+    with recorded_revision(ref.revision):
+        info = mlflow.transformers.log_model(
+            pipe,
+            name=name,
+            task=TASK,
+            save_pretrained=False,
+            pip_requirements=pip_requirements(installed_versions()),
+        )
+    flavor = mlflow.models.Model.load(info.model_uri).flavors["transformers"]
+    if flavor.get("source_model_revision") != ref.revision:  # pragma: no cover - a guard
+        raise RuntimeError(f"MLflow recorded {flavor.get('source_model_revision')}, not {ref.revision}")
+    return info
+
+
+def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    upstream = common.get_upstream(upstream_run_id, evaluate.STEP, UPSTREAM)
+    check_save_mode(cfg.save_mode, adapter=False)
+    finetune_run_id = upstream.data.tags[common.UPSTREAM_TAG]
+    lineage_tags = common.lineage_tags(upstream)
+    test_metrics = {k: v for k, v in upstream.data.metrics.items() if k.startswith("test_")}
+    max_length = int(
+        mlflow.MlflowClient()
+        .get_run(upstream.data.tags[common.UPSTREAM_TAG])
+        .data.params.get("config.max_length", cfg.max_length)
+    )
+
+    with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
+        checkpoint = finetune.download_checkpoint(finetune_run_id, tmp / "model")
+        predictions = pd.read_parquet(
+            common.download(upstream.info.run_id, f"{evaluate.EVAL_DIR}/predictions.parquet", tmp / "eval")
+        )
+        example = input_example(predictions, size=3)
+        texts = example["text"].tolist()
+        signature = infer_signature(
+            texts,
+            pd.DataFrame({"label": example["prediction"], "score": [0.5] * len(example)}),
+            params=INFERENCE_PARAMS,
+        )
+        options: dict[str, Any] = {
+            "name": MODEL_NAME,
+            "task": TASK,
+            "signature": signature,
+            "input_example": texts,
+            "model_config": model_config(max_length),
+            "pip_requirements": pip_requirements(installed_versions()),
+        }
+        if cfg.save_mode == "full":
+            import transformers
+
+            pipe = transformers.pipeline(TASK, model=str(checkpoint), tokenizer=str(checkpoint))
+            info = mlflow.transformers.log_model(pipe, **options)
+        else:  # checkpoint: MLflow copies the folder; the model is never built in this process
+            info = mlflow.transformers.log_model(str(checkpoint), **options)
+
+        client = mlflow.MlflowClient()
+        client.set_logged_model_tags(
+            info.model_id, {"role": "candidate", SAVE_MODE_TAG: cfg.save_mode, **lineage_tags}
+        )
+        if test_metrics:
+            mlflow.log_metrics(test_metrics, model_id=info.model_id)
+        (tmp / EXPECTED_FILE).write_text(
+            json.dumps({"texts": texts, "labels": example["prediction"].tolist()}, indent=2)
+        )
+        mlflow.log_artifact(str(tmp / EXPECTED_FILE))
+        mlflow.set_tags(
+            {
+                MODEL_URI_TAG: info.model_uri,
+                MODEL_ID_TAG: info.model_id,
+                SAVE_MODE_TAG: cfg.save_mode,
+                **lineage_tags,
+            }
+        )
+
+        baseline_uri = log_baseline(lineage_tags, len(predictions["label"].unique()))
+        mlflow.set_tag(BASELINE_URI_TAG, baseline_uri)
+        print(f"{STEP}: logged {info.model_uri} ({cfg.save_mode}); baseline {baseline_uri}")
+        return run_id
+
+
+def log_baseline(lineage_tags: dict[str, str], num_labels: int) -> str:
+    """The base model by reference, as the baseline every candidate is compared with."""
+    import mlflow
+
+    base_model = lineage_tags[common.BASE_MODEL_TAG]
+    try:
+        ref = hub.reference_for(base_model, lineage_tags[common.BASE_REVISION_TAG])
+    except UserError as exc:
+        print(f"{STEP}: baseline not logged by reference: {exc}")
+        return f"skipped: {exc}"
+    info = log_reference(ref, BASELINE_NAME, num_labels)
+    mlflow.MlflowClient().set_logged_model_tags(
+        info.model_id,
+        {
+            "role": "baseline",
+            SAVE_MODE_TAG: "reference",
+            common.BASE_MODEL_TAG: base_model,
+            "hub_repo": ref.repo_id,
+            common.BASE_REVISION_TAG: ref.revision,
+            common.BASE_REVISION_SOURCE_TAG: ref.revision_source,
+            common.DATA_DIGEST_TAG: lineage_tags[common.DATA_DIGEST_TAG],
+        },
+    )
+    return str(info.model_uri)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.step_parser(__doc__, UPSTREAM)
+    args = common.parse_step_args(parser, argv, UPSTREAM)
+    return common.cli(STEP, lambda: run(args.upstream_run_id, common.config_for(args), args.profile))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""persist: make the registered version self-contained in place, verify it, then let it be champion.
+
+Reads: ``--register_run_id``; the version it registered, the logged model behind it, and the
+log_model run's ``expected_predictions.json``.
+Writes:
+- for a reference-only version: the referenced weights and tokenizer files, copied from the hub
+  cache (downloaded first only when the hub is reachable) into the logged model's own artifacts
+  (``model/``, ``components/tokenizer/``), then its ``MLmodel`` rewritten to point at them. Files
+  are copied, never loaded: memory does not grow with the model (MLflow's
+  ``persist_pretrained_model`` loads the whole pipeline to save it again). The weights go up
+  before the new ``MLmodel``, so a crash half-way leaves a valid reference model;
+- for every version: verification: it loads from the registry with its weights in the artifact
+  store and predicts the input example; for the fine-tuned candidate the labels must equal those
+  evaluate gave the same texts;
+- version tags ``persisted=true``, ``verified=true``; alias ``champion`` if the gate passed and the
+  version is still not worse than the champion by more than the tolerance;
+- run tags ``registered_model``, ``model_version``, ``persisted_now`` (``true`` if files were copied).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from steps import common, hub, log_model, register
+from steps.config import Config
+from steps.errors import UserError
+
+STEP = "persist"
+UPSTREAM = "register_run_id"
+VERIFIED_TAG = "verified"
+MODEL_DIR = "model"  # MLflow's transformers flavor layout
+TOKENIZER_DIR = "components/tokenizer"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "added_tokens.json",
+)
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+# ----------------------------------------------------------------------------- pure functions
+def files_to_copy(snapshot_files: list[str]) -> dict[str, str]:
+    """Snapshot file -> where it goes in the model's artifacts (model config and weights,
+    tokenizer files). Sentence-transformers extras, READMEs and other formats stay behind."""
+    plan = {}
+    for name in snapshot_files:
+        if "/" in name:
+            continue
+        if name == "config.json" or name.endswith(WEIGHT_SUFFIXES) or name.endswith(".index.json"):
+            plan[name] = f"{MODEL_DIR}/{name}"
+        elif name in TOKENIZER_FILES:
+            plan[name] = f"{TOKENIZER_DIR}/{name}"
+    return plan
+
+
+def is_reference_only(flavor: dict[str, Any]) -> bool:
+    return "model_binary" not in flavor and "source_model_revision" in flavor
+
+
+# ----------------------------------------------------------------------------- MLflow
+def flavor_of(location: str, dst: Path) -> tuple[Any, Path]:
+    """The MLmodel at artifact ``location`` (downloaded alone, not the weights) and its path."""
+    import mlflow
+    from mlflow.models import Model
+
+    path = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/MLmodel", dst_path=str(dst))
+    )
+    return Model.load(str(path)), path
+
+
+def persist_in_place(model_id: str, tmp: Path) -> bool:
+    """Copy a reference-only model's weights into its own artifacts. False if already there."""
+    import mlflow
+    from mlflow.transformers.flavor_config import update_flavor_conf_to_persist_pretrained_model
+
+    client = mlflow.MlflowClient()
+    mlmodel, mlmodel_path = flavor_of(client.get_logged_model(model_id).artifact_location, tmp / "meta")
+    flavor = mlmodel.flavors["transformers"]
+    if not is_reference_only(flavor):
+        return False
+    snapshot = hub.local_snapshot(flavor["source_model_name"], flavor["source_model_revision"])
+    plan = files_to_copy(sorted(p.name for p in snapshot.iterdir() if p.is_file()))
+    if not any(dst.startswith(MODEL_DIR) and dst.endswith(WEIGHT_SUFFIXES) for dst in plan.values()):
+        raise UserError(f"{snapshot} holds no weight files to persist")
+    staged = tmp / "persist"
+    for source, target in plan.items():
+        (staged / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(snapshot / source, staged / target)  # follows the cache's symlinks
+    client.log_model_artifacts(model_id, str(staged))  # weights first ...
+    mlmodel.add_flavor("transformers", **update_flavor_conf_to_persist_pretrained_model(flavor))
+    mlmodel.save(str(mlmodel_path))
+    client.log_model_artifact(model_id, str(mlmodel_path))  # ... then the MLmodel that uses them
+    return True
+
+
+def verify(name: str, version: str, texts: list[str], expected: list[str] | None, tmp: Path) -> None:
+    """The version is self-contained, loads and predicts; the same labels as evaluated, if known."""
+    import mlflow
+
+    model_uri = f"models:/{name}/{version}"
+    location = mlflow.MlflowClient().get_model_version_download_uri(name, version)
+    mlmodel, _ = flavor_of(location, tmp / "verify")
+    if "model_binary" not in mlmodel.flavors["transformers"]:
+        raise RuntimeError(f"{model_uri} still references its weights instead of holding them")
+    predicted = mlflow.pyfunc.load_model(model_uri).predict(texts)
+    if "label" not in getattr(predicted, "columns", []):
+        raise RuntimeError(f"{model_uri} predicted no 'label' column: {predicted!r}")
+    if expected is not None and list(predicted["label"]) != expected:
+        raise RuntimeError(
+            f"{model_uri} predicts {list(predicted['label'])} for the input example, "
+            f"evaluate saw {expected}: the registered artifacts are not the evaluated model"
+        )
+
+
+def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    upstream = common.get_upstream(upstream_run_id, register.STEP, UPSTREAM)
+    name = upstream.data.tags[register.REGISTERED_MODEL_TAG]
+    number = upstream.data.tags[register.VERSION_TAG]
+    try:
+        version = client.get_model_version(name, number)
+    except MlflowException:
+        raise UserError(
+            f"{name} version {number} (registered by run {upstream.info.run_id}) no "
+            "longer exists: register again"
+        ) from None
+    log_model_run = client.get_run(upstream.data.tags[common.UPSTREAM_TAG])
+    model_id = log_model_run.data.tags[log_model.MODEL_ID_TAG]
+
+    with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
+        expected = json.loads(
+            common.download(log_model_run.info.run_id, log_model.EXPECTED_FILE, tmp / "expected").read_text()
+        )
+        copied = persist_in_place(model_id, tmp)
+        verify(name, number, expected["texts"], expected["labels"], tmp)
+        client.set_model_version_tag(name, number, register.PERSISTED_TAG, "true")
+        client.set_model_version_tag(name, number, VERIFIED_TAG, "true")
+        promoted = False
+        if version.tags.get(register.GATE_TAG) == "passed":
+            gate = register.quality_gate(
+                float(version.tags["test_f1"]),
+                cfg.min_test_f1,
+                register.champion_f1(client, name),
+                cfg.champion_tolerance,
+            )
+            current = client.get_registered_model(name).aliases.get(register.CHAMPION)
+            if gate.passed and str(current) != str(number):
+                client.set_registered_model_alias(name, register.CHAMPION, number)
+                promoted = True
+        mlflow.set_tags(
+            {
+                register.REGISTERED_MODEL_TAG: name,
+                register.VERSION_TAG: str(number),
+                "persisted_now": str(copied).lower(),
+            }
+        )
+        print(
+            f"{STEP}: {name} v{number} "
+            + ("persisted and verified" if copied else "verified")
+            + ("; now champion" if promoted else "")
+        )
+        return run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.step_parser(__doc__, UPSTREAM)
+    args = common.parse_step_args(parser, argv, UPSTREAM)
+    return common.cli(STEP, lambda: run(args.upstream_run_id, common.config_for(args), args.profile))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

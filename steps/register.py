@@ -1,0 +1,188 @@
+"""register: the logged model -> a registered model version, with aliases and a quality gate.
+
+Reads: ``--log_model_run_id``; its ``pipeline.model_uri`` tag, the logged model's status, and the
+test metrics of the evaluate run above it.
+Writes (registry): a new version of ``registered_model`` (created with tag ``task`` if new),
+version tags ``save_mode``, ``persisted``, ``base_model``, ``base_model_revision``,
+``data_digest``, ``test_accuracy``, ``test_precision``, ``test_recall``, ``test_f1``,
+``run.<step>`` (the run ID of every step that produced it), ``gate`` (``passed``/``failed``) and
+``gate_reason``. Alias ``challenger`` always moves to the new version; ``champion`` moves only if
+the gate passes **and** the weights are in the artifact store (a reference-only version waits for
+persist). Stages are not used (deprecated in MLflow 3): aliases only.
+Writes (run): params ``registered_model``, ``version``; tags ``gate``, ``gate_reason``,
+``registered_model``, ``model_version``; metric ``gate_passed``.
+
+Every check runs before the first registry write; if a write fails after the version exists, the
+version is deleted again, so the registry is as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from steps import common, log_model
+from steps.config import Config
+from steps.errors import UserError
+
+STEP = "register"
+UPSTREAM = "log_model_run_id"
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+TASK_TAG = "task"
+PERSISTED_TAG = "persisted"
+GATE_TAG = "gate"
+GATE_REASON_TAG = "gate_reason"
+REGISTERED_MODEL_TAG = "registered_model"
+VERSION_TAG = "model_version"
+METRIC_TAGS = ("test_accuracy", "test_precision", "test_recall", "test_f1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    passed: bool
+    reason: str
+
+
+# ----------------------------------------------------------------------------- pure functions
+def quality_gate(test_f1: float, min_test_f1: float, champion_f1: float | None, tolerance: float) -> Gate:
+    """Good enough in absolute terms, and not worse than the champion by more than ``tolerance``."""
+    if test_f1 < min_test_f1:
+        return Gate(False, f"test_f1 {test_f1:.4f} is below min_test_f1 {min_test_f1:.4f}")
+    if champion_f1 is not None and test_f1 < champion_f1 - tolerance:
+        return Gate(
+            False,
+            f"test_f1 {test_f1:.4f} is below the champion's {champion_f1:.4f} "
+            f"minus tolerance {tolerance:.4f}",
+        )
+    versus = "no champion yet" if champion_f1 is None else f"champion has {champion_f1:.4f}"
+    return Gate(True, f"test_f1 {test_f1:.4f} >= min_test_f1 {min_test_f1:.4f}; {versus}")
+
+
+def is_self_contained(save_mode: str) -> bool:
+    return save_mode in ("full", "checkpoint")
+
+
+def version_tags(
+    save_mode: str, lineage: dict[str, str], metrics: dict[str, float], run_ids: dict[str, str], gate: Gate
+) -> dict[str, str]:
+    tags = {
+        log_model.SAVE_MODE_TAG: save_mode,
+        PERSISTED_TAG: str(is_self_contained(save_mode)).lower(),
+        GATE_TAG: "passed" if gate.passed else "failed",
+        GATE_REASON_TAG: gate.reason,
+    }
+    tags |= {k: v for k, v in lineage.items() if v}
+    tags |= {name: f"{metrics[name]:.6f}" for name in METRIC_TAGS if name in metrics}
+    tags |= {f"run.{step}": run_id for step, run_id in run_ids.items()}
+    return tags
+
+
+# ----------------------------------------------------------------------------- MLflow
+def champion_f1(client: Any, name: str) -> float | None:
+    """The current champion's test_f1, or None when there is no champion (or no model yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    value = champion.tags.get("test_f1")
+    return float(value) if value is not None else None
+
+
+def check_registered_model(client: Any, name: str) -> bool:
+    """True if ``name`` exists. A model of another task under that name is an error."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        existing = client.get_registered_model(name)
+    except MlflowException:
+        return False
+    task = existing.tags.get(TASK_TAG)
+    if task and task != log_model.TASK:
+        raise UserError(
+            f"registered model {name!r} holds {task} models, not {log_model.TASK}: "
+            "choose another --registered_model"
+        )
+    return True
+
+
+def check_logged_model(client: Any, model_id: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_logged_model(model_id)
+    except MlflowException:
+        raise UserError(f"logged model {model_id} does not exist (deleted?): rerun log_model and "
+                        "register the new run") from None
+    status = str(model.status).split(".")[-1].upper()
+    if status != "READY":
+        raise UserError(
+            f"logged model {model_id} is {status}, not READY (its log_model run "
+            "failed): rerun log_model and register the new run"
+        )
+
+
+def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    upstream = common.get_upstream(upstream_run_id, log_model.STEP, UPSTREAM)
+    model_uri = upstream.data.tags[log_model.MODEL_URI_TAG]
+    check_logged_model(client, upstream.data.tags[log_model.MODEL_ID_TAG])
+    chain = common.upstream_chain(upstream)
+    metrics = {k: v for k, v in chain["evaluate"].data.metrics.items() if k in METRIC_TAGS}
+    save_mode = upstream.data.tags[log_model.SAVE_MODE_TAG]
+    name = cfg.registered_model
+    exists = check_registered_model(client, name)
+    gate = quality_gate(
+        metrics["test_f1"], cfg.min_test_f1, champion_f1(client, name), cfg.champion_tolerance
+    )
+    promote = gate.passed and is_self_contained(save_mode)
+
+    with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, _):
+        tags = version_tags(
+            save_mode,
+            common.lineage_tags(upstream),
+            metrics,
+            {step: run.info.run_id for step, run in chain.items()},
+            gate,
+        )
+        version = None
+        try:
+            if not exists:
+                client.create_registered_model(name, tags={TASK_TAG: log_model.TASK})
+            version = mlflow.register_model(model_uri, name, tags=tags)
+            client.set_registered_model_alias(name, CHALLENGER, version.version)
+            if promote:
+                client.set_registered_model_alias(name, CHAMPION, version.version)
+        except BaseException:  # leave the registry as it was, then fail
+            if version is not None:
+                client.delete_model_version(name, version.version)
+            if not exists:
+                client.delete_registered_model(name)
+            raise
+        mlflow.log_params({"registered_model": name, "version": version.version})
+        mlflow.set_tags(
+            {
+                GATE_TAG: tags[GATE_TAG],
+                GATE_REASON_TAG: gate.reason,
+                REGISTERED_MODEL_TAG: name,
+                VERSION_TAG: str(version.version),
+            }
+        )
+        mlflow.log_metric("gate_passed", float(gate.passed))
+        where = "champion" if promote else "champion after persist" if gate.passed else "challenger only"
+        print(f"{STEP}: {name} v{version.version} -> {where} ({gate.reason})")
+        return run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.step_parser(__doc__, UPSTREAM)
+    args = common.parse_step_args(parser, argv, UPSTREAM)
+    return common.cli(STEP, lambda: run(args.upstream_run_id, common.config_for(args), args.profile))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

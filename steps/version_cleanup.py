@@ -1,0 +1,123 @@
+"""version_cleanup: delete old versions of the registered model, never one an alias points to.
+
+Reads: ``registered_model``, ``keep_last``, ``dry_run``, ``delete_registered_model`` from the
+config; ``--persist_run_id`` (optional: the chain passes it, to record where the run sits).
+Writes (registry): deletes every version that is neither among the newest ``keep_last`` nor named
+by an alias. Each version's aliases are read again just before it is deleted, so a version that
+became champion meanwhile is kept. ``dry_run`` prints the plan and changes nothing.
+``delete_registered_model=true`` deletes the whole registered model, aliases and all, and prints
+every version it deleted; nothing else ever does.
+Writes (run): metrics ``versions_before``, ``versions_deleted``, ``versions_kept``; artifact
+``cleanup_plan.json``; tag ``dry_run``.
+
+What it reclaims: registry entries only. The logged models and runs stay (they are the lineage of
+what was deleted) and so do their files. To free the disk, delete the runs or logged models you no
+longer need, then run ``mlflow gc`` (see README, "Cleaning up").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+from steps import common, persist
+from steps.config import Config
+from steps.errors import UserError
+
+STEP = "version_cleanup"
+UPSTREAM = "persist_run_id"
+PLAN_FILE = "cleanup_plan.json"
+
+
+# ----------------------------------------------------------------------------- pure functions
+def versions_to_delete(
+    versions: Iterable[int | str], keep_last: int, aliases: Mapping[str, int | str]
+) -> list[int]:
+    """Versions outside the newest ``keep_last`` that no alias names, oldest first.
+
+    Versions compare as ints: the registry returns them as strings in some APIs and ints in
+    others, and "10" < "9" as strings would delete the wrong ones.
+    """
+    if keep_last < 1:
+        raise ValueError("keep_last must be at least 1")
+    numbers = sorted({int(v) for v in versions}, reverse=True)
+    protected = {int(v) for v in aliases.values()} | set(numbers[:keep_last])
+    return sorted(v for v in numbers if v not in protected)
+
+
+# ----------------------------------------------------------------------------- MLflow
+def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    upstream = common.get_upstream(upstream_run_id, persist.STEP, UPSTREAM) if upstream_run_id else None
+    name = cfg.registered_model
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        raise UserError(
+            f"registered model {name!r} does not exist in {mlflow.get_tracking_uri()}: "
+            "check --registered_model"
+        ) from None
+    versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
+    aliases = dict(model.aliases)  # search_model_versions leaves aliases empty; this does not
+
+    with common.step_run(STEP, profile, cfg, upstream.info.run_id if upstream else None) as (run_id, tmp):
+        if cfg.delete_registered_model:
+            plan = sorted(versions)
+            print(f"{STEP}: deleting registered model {name!r} with versions {plan} and aliases {aliases}")
+            if not cfg.dry_run:
+                client.delete_registered_model(name)
+            deleted = [] if cfg.dry_run else plan
+        else:
+            plan = versions_to_delete(versions, cfg.keep_last, aliases)
+            deleted = []
+            for number in plan if not cfg.dry_run else []:
+                current = client.get_model_version(name, str(number))
+                if current.aliases:  # an alias moved here after the plan was made
+                    print(f"{STEP}: keeping v{number}: it now holds {', '.join(current.aliases)}")
+                    continue
+                client.delete_model_version(name, str(number))
+                deleted.append(number)
+            verb = "would delete" if cfg.dry_run else "deleted"
+            print(
+                f"{STEP}: {name}: {verb} {plan or 'nothing'}; kept the newest {cfg.keep_last} "
+                f"and aliased {aliases}"
+            )
+        (tmp / PLAN_FILE).write_text(
+            json.dumps(
+                {
+                    "registered_model": name,
+                    "versions": sorted(versions),
+                    "aliases": aliases,
+                    "keep_last": cfg.keep_last,
+                    "planned": plan,
+                    "deleted": deleted,
+                    "dry_run": cfg.dry_run,
+                    "delete_registered_model": cfg.delete_registered_model,
+                },
+                indent=2,
+            )
+        )
+        mlflow.log_artifact(str(tmp / PLAN_FILE))
+        mlflow.log_metrics(
+            {
+                "versions_before": len(versions),
+                "versions_deleted": len(deleted),
+                "versions_kept": len(versions) - len(deleted),
+            }
+        )
+        mlflow.set_tag("dry_run", str(cfg.dry_run).lower())
+        return run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.step_parser(__doc__)
+    parser.add_argument(f"--{UPSTREAM}", default=None, help="run ID of the persist run (optional)")
+    args = common.parse_step_args(parser, argv, UPSTREAM)
+    return common.cli(STEP, lambda: run(args.upstream_run_id, common.config_for(args), args.profile))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

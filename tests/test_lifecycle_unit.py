@@ -1,0 +1,167 @@
+"""Pure functions of the lifecycle steps: the gate, version tags, cleanup plans, persist plans."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from steps import hub, log_model, persist, register, version_cleanup
+from steps.errors import UserError
+
+
+@pytest.mark.parametrize(
+    ("f1", "minimum", "champion", "tolerance", "passed", "why"),
+    [
+        (0.97, 0.9, None, 0.005, True, "no champion yet"),
+        (0.97, 0.9, 0.96, 0.005, True, "champion has 0.9600"),
+        (0.956, 0.9, 0.96, 0.005, True, "champion has"),  # within tolerance
+        (0.95, 0.9, 0.96, 0.005, False, "below the champion's 0.9600 minus tolerance"),
+        (0.85, 0.9, None, 0.005, False, "below min_test_f1 0.9000"),
+        (0.85, 0.9, 0.5, 0.005, False, "below min_test_f1"),
+    ],
+)
+def test_quality_gate(
+    f1: float, minimum: float, champion: float | None, tolerance: float, passed: bool, why: str
+) -> None:
+    gate = register.quality_gate(f1, minimum, champion, tolerance)
+    assert gate.passed is passed
+    assert why in gate.reason
+
+
+@pytest.mark.parametrize(
+    ("mode", "persisted"), [("full", "true"), ("checkpoint", "true"), ("reference", "false")]
+)
+def test_version_tags(mode: str, persisted: str) -> None:
+    tags = register.version_tags(
+        mode,
+        {"base_model": "b", "data_digest": "d", "base_model_revision": ""},
+        {"test_f1": 0.91234567, "test_accuracy": 0.95, "val_f1": 0.2},
+        {"prepare": "p1", "evaluate": "e1"},
+        register.Gate(True, "fine"),
+    )
+    assert tags == {
+        "save_mode": mode,
+        "persisted": persisted,
+        "gate": "passed",
+        "gate_reason": "fine",
+        "base_model": "b",
+        "data_digest": "d",
+        "test_f1": "0.912346",
+        "test_accuracy": "0.950000",
+        "run.prepare": "p1",
+        "run.evaluate": "e1",
+    }
+
+
+def test_only_self_contained_modes_can_be_champion_before_persist() -> None:
+    assert register.is_self_contained("full") and register.is_self_contained("checkpoint")
+    assert not register.is_self_contained("reference")
+
+
+@pytest.mark.parametrize(
+    ("versions", "keep", "aliases", "expected"),
+    [
+        ([1, 2, 3, 4, 5, 6], 3, {}, [1, 2, 3]),
+        ([1, 2, 3, 4, 5, 6], 3, {"champion": 2}, [1, 3]),
+        (["1", "2", "9", "10", "11"], 2, {"champion": "9"}, [1, 2]),  # as ints: 10 > 9
+        ([1, 2], 5, {}, []),
+        ([3, 1, 2], 1, {"champion": "1", "challenger": 3}, [2]),
+    ],
+)
+def test_versions_to_delete(versions, keep: int, aliases, expected: list[int]) -> None:
+    assert version_cleanup.versions_to_delete(versions, keep, aliases) == expected
+
+
+def test_versions_to_delete_refuses_keep_last_below_one() -> None:
+    with pytest.raises(ValueError, match="keep_last"):
+        version_cleanup.versions_to_delete([1, 2], 0, {})
+
+
+def test_reference_mode_is_refused_for_a_full_fine_tune() -> None:
+    with pytest.raises(UserError, match="use save_mode full or checkpoint"):
+        log_model.check_save_mode("reference", adapter=False)
+    log_model.check_save_mode("reference", adapter=True)
+    log_model.check_save_mode("checkpoint", adapter=False)
+
+
+def test_input_example_shows_every_label_first() -> None:
+    predictions = pd.DataFrame(
+        {
+            "text": ["a", "b", "c", "d"],
+            "label": ["ham", "ham", "ham", "spam"],
+            "prediction": ["ham", "spam", "ham", "spam"],
+        }
+    )
+    example = log_model.input_example(predictions, size=3)
+    assert example["text"].tolist() == ["a", "d", "b"]
+    assert example["prediction"].tolist() == ["ham", "spam", "spam"]
+
+
+def test_pip_requirements_drop_local_build_tags() -> None:
+    assert log_model.pip_requirements({"torch": "2.13.0+cpu", "mlflow": "3.17.2"}) == [
+        "mlflow==3.17.2",
+        "torch==2.13.0",
+    ]
+
+
+def test_persist_copies_weights_config_and_tokenizer_only() -> None:
+    plan = persist.files_to_copy(
+        [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "vocab.txt",
+            "README.md",
+            "modules.json",
+            "1_Pooling/config.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ]
+    )
+    assert plan == {
+        "config.json": "model/config.json",
+        "model.safetensors": "model/model.safetensors",
+        "tokenizer.json": "components/tokenizer/tokenizer.json",
+        "vocab.txt": "components/tokenizer/vocab.txt",
+        "tokenizer_config.json": "components/tokenizer/tokenizer_config.json",
+        "special_tokens_map.json": "components/tokenizer/special_tokens_map.json",
+    }
+
+
+def test_reference_only_flavor_detection() -> None:
+    assert persist.is_reference_only({"source_model_revision": "abc"})
+    assert not persist.is_reference_only({"model_binary": "model"})
+
+
+def test_content_sha1_is_a_40_hex_digest_of_the_files(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("one")
+    first = hub.content_sha1(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{40}", first)
+    assert hub.content_sha1(tmp_path) == first
+    (tmp_path / "a.txt").write_text("two")
+    assert hub.content_sha1(tmp_path) != first
+
+
+def test_bundled_model_is_placed_in_the_hub_cache_by_link_and_loads_offline(tmp_path: Path) -> None:
+    from transformers import AutoConfig
+
+    ref = hub.materialize_bundled(tmp_path)
+    again = hub.materialize_bundled(tmp_path)  # idempotent
+    assert ref == again and ref.repo_id == hub.BUNDLED_REPO_ID and ref.revision_source == "content-sha1"
+    snapshot = hub.snapshot_dir(ref.repo_id, ref.revision, tmp_path)
+    weights = snapshot / "model.safetensors"
+    assert weights.is_symlink() and weights.stat().st_size > 50_000_000
+    assert not (tmp_path / "models--sentence-transformers--all-MiniLM-L6-v2" / "refs").exists()
+    config = AutoConfig.from_pretrained(ref.repo_id, revision=ref.revision, cache_dir=tmp_path)
+    assert config._commit_hash == ref.revision  # what the model itself reports as loaded
+
+
+def test_reference_for_a_local_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no hub address"):
+        hub.reference_for(str(tmp_path), "whatever")
+    with pytest.raises(UserError, match="not a hub commit"):
+        hub.reference_for("org/model", "content-hash")
+    assert hub.reference_for("org/model", "a" * 40) == hub.HubReference("org/model", "a" * 40, "hub-commit")
