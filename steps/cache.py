@@ -1,0 +1,138 @@
+"""The step cache of ``main``: a finished step run is reused when nothing it depends on changed.
+
+A step's cache key is the sha256 of:
+- its entry point;
+- the settings it actually reads (found in its source: every ``cfg.<name>``), with their types
+  normalised, as the step itself would merge them (profile, then the parameters main passes it);
+- a hash of its code: the step's module and every ``steps`` module it imports, transitively,
+  and its entry point in ``MLproject``;
+- the run IDs of the steps above it (a rerun upstream means new inputs);
+- for ``prepare``, the sha256 of the input data file.
+
+The key and its parts are run tags (``pipeline.cache_key``, ``pipeline.cache_inputs``), found
+with ``search_runs``, so the cache works against a remote tracking server as well as a local store.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from steps.config import PROJECT_DIR, Config
+
+KEY_TAG = "pipeline.cache_key"
+INPUTS_TAG = "pipeline.cache_inputs"
+REUSED_FROM_TAG = "pipeline.reused_from"
+
+
+# ----------------------------------------------------------------------------- pure functions
+def fields_read(source: str) -> set[str]:
+    """Every ``cfg.<name>`` a module's source reads."""
+    return {node.attr for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id == "cfg"}
+
+
+def imported_step_modules(source: str) -> set[str]:
+    """The ``steps.*`` modules a module imports (``from steps import x`` and ``import steps.x``)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "steps":
+                found |= {f"steps.{alias.name}" for alias in node.names}
+            elif node.module.startswith("steps."):
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("steps.")}
+    return found
+
+
+def key_inputs(step: str, cfg: Config, fields: set[str], code: str, upstream_run_id: str | None,
+               data_digest: str | None) -> dict[str, Any]:
+    """What the key covers, as a JSON-ready dict (also stored, to explain a miss)."""
+    values = dataclasses.asdict(cfg)
+    inputs: dict[str, Any] = {
+        "entry_point": step,
+        "config": {name: values[name] for name in sorted(fields)},
+        "code": code,
+        "upstream": upstream_run_id,
+    }
+    if data_digest is not None:
+        inputs["data"] = data_digest
+    return inputs
+
+
+def cache_key(inputs: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def what_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
+    """Why a step reruns, in a few words: ``base_model changed``, ``code changed``, ..."""
+    if old is None:
+        return "no earlier run"
+    changed = [name for name in new.get("config", {})
+               if old.get("config", {}).get(name) != new["config"][name]]
+    for part, label in (("code", "code"), ("upstream", "upstream run"), ("data", "data")):
+        if old.get(part) != new.get(part):
+            changed.append(label)
+    return (", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "") + " changed") if changed \
+        else "key changed"
+
+
+# ----------------------------------------------------------------------------- code and data
+def module_source(name: str) -> str:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:  # pragma: no cover - steps modules always exist
+        raise ModuleNotFoundError(name)
+    return Path(spec.origin).read_text(encoding="utf-8")
+
+
+@functools.cache
+def code_closure(module: str) -> tuple[str, ...]:
+    """``module`` and every steps module it imports, transitively, sorted."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(imported_step_modules(module_source(name)) - seen)
+    return tuple(sorted(seen))
+
+
+def code_hash(step: str, entry_point_spec: str) -> str:
+    """sha256 over the source of the step's module closure and its MLproject entry point."""
+    digest = hashlib.sha256(entry_point_spec.encode())
+    for name in code_closure(f"steps.{step}"):
+        digest.update(name.encode() + b"\0" + module_source(name).encode())
+    return digest.hexdigest()
+
+
+def step_fields(step: str) -> set[str]:
+    return fields_read(module_source(f"steps.{step}"))
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def entry_point_specs() -> dict[str, str]:
+    """Entry point -> its command and parameters as MLflow parsed them from ``MLproject``."""
+    from mlflow.projects import _project_spec
+
+    project = _project_spec.load_project(str(PROJECT_DIR))
+    return {name: json.dumps({"command": ep.command,
+                              "parameters": sorted(ep.parameters)}, sort_keys=True)
+            for name, ep in project._entry_points.items()}
