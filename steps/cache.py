@@ -35,9 +35,11 @@ REUSED_FROM_TAG = "pipeline.reused_from"
 # ----------------------------------------------------------------------------- pure functions
 def fields_read(source: str) -> set[str]:
     """Every ``cfg.<name>`` a module's source reads."""
-    return {node.attr for node in ast.walk(ast.parse(source))
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-            and node.value.id == "cfg"}
+    return {
+        node.attr
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "cfg"
+    }
 
 
 def imported_step_modules(source: str) -> set[str]:
@@ -54,8 +56,9 @@ def imported_step_modules(source: str) -> set[str]:
     return found
 
 
-def key_inputs(step: str, cfg: Config, fields: set[str], code: str, upstream_run_id: str | None,
-               data_digest: str | None) -> dict[str, Any]:
+def key_inputs(
+    step: str, cfg: Config, fields: set[str], code: str, upstream_run_id: str | None, data_digest: str | None
+) -> dict[str, Any]:
     """What the key covers, as a JSON-ready dict (also stored, to explain a miss)."""
     values = dataclasses.asdict(cfg)
     inputs: dict[str, Any] = {
@@ -77,13 +80,17 @@ def what_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
     """Why a step reruns, in a few words: ``base_model changed``, ``code changed``, ..."""
     if old is None:
         return "no earlier run"
-    changed = [name for name in new.get("config", {})
-               if old.get("config", {}).get(name) != new["config"][name]]
+    changed = [
+        name for name in new.get("config", {}) if old.get("config", {}).get(name) != new["config"][name]
+    ]
     for part, label in (("code", "code"), ("upstream", "upstream run"), ("data", "data")):
         if old.get(part) != new.get(part):
             changed.append(label)
-    return (", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "") + " changed") if changed \
+    return (
+        (", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "") + " changed")
+        if changed
         else "key changed"
+    )
 
 
 # ----------------------------------------------------------------------------- code and data
@@ -133,6 +140,7 @@ def entry_point_specs() -> dict[str, str]:
     from mlflow.projects import _project_spec
 
     project = _project_spec.load_project(str(PROJECT_DIR))
-    return {name: json.dumps({"command": ep.command,
-                              "parameters": sorted(ep.parameters)}, sort_keys=True)
-            for name, ep in project._entry_points.items()}
+    return {
+        name: json.dumps({"command": ep.command, "parameters": sorted(ep.parameters)}, sort_keys=True)
+        for name, ep in project._entry_points.items()
+    }

@@ -9,12 +9,18 @@ Writes:
   ``train_samples_per_second``; param ``resolved_device`` (what ``auto`` became);
 - artifact ``checkpoint/``: the best model and its tokenizer (safetensors), ready for
   ``from_pretrained`` and for ``mlflow.transformers.log_model`` by path;
+- artifact ``trainer_checkpoints/checkpoint-<step>/``: the last epoch's full Trainer state
+  (weights, optimizer, scheduler, RNG), replaced each epoch, so that a killed run can be resumed:
+  ``--resume_run_id <killed run>`` downloads it, copies that run's metric history, and trains
+  only the steps that are left (metrics ``resumed_from_step``, ``steps_trained_here``; tag
+  ``pipeline.resumed_from``);
 - tags ``base_model``, ``base_model_revision``, ``data_digest`` (carried from upstream).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -23,10 +29,15 @@ import numpy as np
 
 from steps import common, modeling, tokenize
 from steps.config import Config
+from steps.errors import UserError
 
 STEP = "finetune"
 UPSTREAM = "tokenize_run_id"
 CHECKPOINT_DIR = "checkpoint"
+RESUME_DIR = "trainer_checkpoints"
+RESUME_PARAM = "resume_run_id"
+RESUMED_FROM_TAG = "pipeline.resumed_from"
+LAST_CHECKPOINT_TAG = "pipeline.last_checkpoint"
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -54,7 +65,7 @@ def training_arguments(cfg: Config, device: str, output_dir: str) -> dict[str, A
         "metric_for_best_model": "f1",
         "greater_is_better": True,
         "save_total_limit": 2 if early_stopping else 1,
-        "save_only_model": True,
+        "save_only_model": False,  # optimizer, scheduler and RNG state too: needed to resume
         "seed": cfg.seed,
         "data_seed": cfg.seed,
         "report_to": "none",  # our own callback logs to the step's run; see MlflowEpochMetrics
@@ -81,7 +92,7 @@ def mlflow_metric_names(logs: dict[str, Any]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- MLflow
-def _metrics_callback() -> Any:
+def _callbacks(run_id: str) -> list[Any]:
     from transformers import TrainerCallback
 
     class MlflowEpochMetrics(TrainerCallback):
@@ -94,10 +105,88 @@ def _metrics_callback() -> Any:
             if metrics and state.is_world_process_zero:
                 mlflow.log_metrics(metrics, step=state.global_step)
 
-    return MlflowEpochMetrics()
+    class MlflowResumableCheckpoints(TrainerCallback):
+        """Log each epoch's full Trainer checkpoint to the run, replacing the one before it.
+
+        If the process dies (killed, out of memory, machine lost), ``main`` finds this run and a
+        new finetune resumes from the last checkpoint here instead of starting over.
+        """
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            import mlflow
+
+            if not state.is_world_process_zero:
+                return
+            name = f"checkpoint-{state.global_step}"
+            mlflow.log_artifacts(str(Path(args.output_dir) / name), f"{RESUME_DIR}/{name}")
+            mlflow.set_tag(LAST_CHECKPOINT_TAG, name)  # only once every file is up
+            best = Path(state.best_model_checkpoint or name).name  # early stopping needs it too
+            _delete_older_checkpoints(run_id, keep={name, best})
+
+    return [MlflowEpochMetrics(), MlflowResumableCheckpoints()]
 
 
-def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
+def _delete_older_checkpoints(run_id: str, keep: set[str]) -> None:
+    """Free the store of superseded checkpoints, where the artifact store can delete."""
+    import mlflow
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(mlflow.get_run(run_id).info.artifact_uri)
+    for info in repo.list_artifacts(RESUME_DIR):
+        if info.is_dir and info.path.rsplit("/", 1)[-1] not in keep:
+            try:
+                repo.delete_artifacts(info.path)
+            except (NotImplementedError, AttributeError):
+                return  # this store keeps them all; they cost disk, not correctness
+
+
+def prepare_resume(resume_run_id: str, work_dir: Path) -> tuple[Path, int]:
+    """Download the checkpoints a killed finetune run logged, and copy its metric history.
+
+    They land in ``work_dir/trainer_checkpoints``, this run's Trainer output folder, and the
+    last one's record of the best checkpoint is pointed there, so early stopping and
+    ``load_best_model_at_end`` carry on as if the run had never stopped.
+
+    The copied history (up to the checkpoint's step) and the resumed training, which carries on
+    counting steps from the checkpoint, make one continuous curve in this run.
+    """
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    try:
+        old = client.get_run(resume_run_id)
+    except mlflow.exceptions.MlflowException:
+        raise UserError(f"--resume_run_id {resume_run_id!r} does not exist") from None
+    if old.data.tags.get(common.STEP_TAG) != STEP:
+        raise UserError(f"--resume_run_id {resume_run_id} is not a finetune run")
+    latest = old.data.tags.get(LAST_CHECKPOINT_TAG)  # set after its upload completed
+    if latest is None:
+        raise UserError(
+            f"finetune run {resume_run_id} logged no checkpoint to resume from: "
+            "run finetune without --resume_run_id"
+        )
+    step = int(latest.split("-")[1])
+    folder = common.download(resume_run_id, RESUME_DIR, work_dir) / latest
+    state_file = folder / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    if state.get("best_model_checkpoint"):
+        state["best_model_checkpoint"] = str(folder.parent / Path(state["best_model_checkpoint"]).name)
+        state_file.write_text(json.dumps(state))
+    history = [
+        Metric(m.key, m.value, m.timestamp, m.step)
+        for key in old.data.metrics
+        for m in client.get_metric_history(resume_run_id, key)
+        if m.step <= step
+    ]
+    active = mlflow.active_run()
+    assert active is not None
+    for start in range(0, len(history), 500):
+        client.log_batch(active.info.run_id, metrics=history[start : start + 500])
+    return folder, step
+
+
+def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: str | None = None) -> str:
     import mlflow
     import torch
     from transformers import (
@@ -112,7 +201,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
     upstream = common.get_upstream(upstream_run_id, tokenize.STEP, UPSTREAM)
     tags = upstream.data.tags
-    cfg = dataclasses.replace(cfg, base_model=tags[common.BASE_MODEL_TAG])
+    base_model = tags[common.BASE_MODEL_TAG]  # the model the tokens were made for
+    cfg = dataclasses.replace(cfg, base_model=base_model)  # so the logged config says so too
     device = modeling.available_device(cfg.device)
     modeling.check_precision(cfg.precision, device)
     if cfg.torch_threads:
@@ -124,14 +214,14 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         if cfg.max_train_samples:
             train = train.sample(n=min(cfg.max_train_samples, len(train)), random_state=cfg.seed)
         id2label = {i: label for label, i in label2id.items()}
-        resolved = common.resolve_base_model(cfg.base_model)
+        resolved = common.resolve_base_model(base_model)
         set_seed(cfg.seed)  # the new classification head is initialised from this seed
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 resolved, num_labels=len(label2id), id2label=id2label, label2id=label2id
             )
         except OSError as exc:
-            raise common.load_model_error(cfg.base_model, exc) from None
+            raise common.load_model_error(base_model, exc) from None
         tokenizer = AutoTokenizer.from_pretrained(resolved)
         labels = [id2label[i] for i in range(len(id2label))]
 
@@ -145,12 +235,12 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
                 cfg.positive_label,
             )
 
-        callbacks = [_metrics_callback()]
+        callbacks = _callbacks(run_id)
         if cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_min_delta))
         trainer = Trainer(
             model=model,
-            args=TrainingArguments(**training_arguments(cfg, device, str(tmp / "trainer"))),
+            args=TrainingArguments(**training_arguments(cfg, device, str(tmp / RESUME_DIR))),
             train_dataset=modeling.to_features(train),
             eval_dataset=modeling.to_features(frames["validation"]),
             processing_class=tokenizer,
@@ -158,7 +248,12 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             compute_metrics=compute_metrics,
             callbacks=callbacks,
         )
-        result = trainer.train()
+        resume_from, resumed_step = None, 0
+        if resume_run_id:
+            resume_from, resumed_step = prepare_resume(resume_run_id, tmp)
+            mlflow.set_tag(RESUMED_FROM_TAG, resume_run_id)
+            print(f"{STEP}: resuming run {resume_run_id} from step {resumed_step}")
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         state = trainer.state
         planned_epochs = cfg.num_train_epochs if cfg.max_steps <= 0 else state.num_train_epochs
         mlflow.log_param("resolved_device", device)
@@ -170,6 +265,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
                 "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
                 "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
                 "train_rows": float(len(train)),
+                "resumed_from_step": float(resumed_step),
+                "steps_trained_here": float(state.global_step - resumed_step),
             }
         )
         checkpoint = tmp / CHECKPOINT_DIR
@@ -187,8 +284,19 @@ def download_checkpoint(run_id: str, dst: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = common.step_parser(__doc__, UPSTREAM)
+    parser.add_argument(
+        f"--{RESUME_PARAM}",
+        default="",
+        help="a killed finetune run of the same inputs: resume from its last checkpoint",
+    )
+    ns, _ = parser.parse_known_args(argv)
     args = common.parse_step_args(parser, argv, UPSTREAM)
-    return common.cli(STEP, lambda: run(args.upstream_run_id, common.config_for(args), args.profile))
+    return common.cli(
+        STEP,
+        lambda: run(
+            args.upstream_run_id, common.config_for(args), args.profile, getattr(ns, RESUME_PARAM) or None
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -138,11 +138,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     finetune_run_id = upstream.data.tags[common.UPSTREAM_TAG]
     lineage_tags = common.lineage_tags(upstream)
     test_metrics = {k: v for k, v in upstream.data.metrics.items() if k.startswith("test_")}
-    max_length = int(
-        mlflow.MlflowClient()
-        .get_run(upstream.data.tags[common.UPSTREAM_TAG])
-        .data.params.get("config.max_length", cfg.max_length)
-    )
+    tokenize_run = common.upstream_chain(upstream)["tokenize"]
+    max_length = int(tokenize_run.data.params["config.max_length"])  # what the model was trained on
 
     with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
         checkpoint = finetune.download_checkpoint(finetune_run_id, tmp / "model")

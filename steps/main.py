@@ -12,12 +12,24 @@ Writes on the parent run: tags ``pipeline.step=main``, ``pipeline.profile`` and
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from typing import Any
 
-from steps import common, evaluate, finetune, log_model, persist, prepare, register, tokenize, version_cleanup
-from steps.config import PROJECT_DIR, Config
+from steps import (
+    cache,
+    common,
+    evaluate,
+    finetune,
+    log_model,
+    persist,
+    prepare,
+    register,
+    tokenize,
+    version_cleanup,
+)
+from steps.config import PROJECT_DIR, Config, load_config
 from steps.errors import UserError
 
 STEP = "main"
@@ -33,6 +45,9 @@ CHAIN: tuple[tuple[str, str | None], ...] = (
     (version_cleanup.STEP, version_cleanup.UPSTREAM),
 )
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
+STEP_NAMES = tuple(step for step, _ in CHAIN)
+# Steps that change the registry are never skipped: they are idempotent instead.
+ALWAYS_RUN = frozenset({register.STEP, persist.STEP, version_cleanup.STEP})
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -44,13 +59,32 @@ def step_parameters(
     upstream_run_id: str | None,
 ) -> dict[str, str]:
     """The parameters one step gets: the profile, the settings it declares, the upstream run ID."""
-    params = {"profile": profile}
-    params |= {key: value for key, value in overrides.items() if key in declared}
+    params = {"profile": profile} | step_overrides(declared, overrides)
     if upstream_param:
         if upstream_run_id is None:
             raise ValueError(f"{upstream_param} needs the previous step's run ID")
         params[upstream_param] = upstream_run_id
     return params
+
+
+def forced_steps(force: str) -> set[str]:
+    """``all``, or named steps: those and every step after them."""
+    names = [name.strip() for name in force.split(",") if name.strip()]
+    if not names:
+        return set()
+    if names == ["all"]:
+        return set(STEP_NAMES)
+    unknown = [name for name in names if name not in STEP_NAMES]
+    if unknown:
+        raise UserError(
+            f"force names unknown step(s) {', '.join(unknown)}: use all or some of {', '.join(STEP_NAMES)}"
+        )
+    first = min(STEP_NAMES.index(name) for name in names)
+    return set(STEP_NAMES[first:])
+
+
+def step_overrides(declared: set[str], overrides: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in overrides.items() if key in declared}
 
 
 def parent_tag(run_id: str, step: str) -> str:
@@ -79,52 +113,199 @@ def declared_parameters() -> dict[str, set[str]]:
     return {name: set(ep.parameters) for name, ep in project._entry_points.items()}
 
 
-def run(args: common.StepArgs, env_manager: str) -> str:
+def data_digest(cfg: Config) -> str:
+    """What ``prepare`` will read: a file's bytes, or a hub dataset's id and split."""
+    path = prepare.resolve_data_path(cfg.data)
+    return cache.file_digest(path) if path else f"hub:{cfg.data}:{cfg.hub_split}"
+
+
+def find_cached(client: Any, experiment_id: str, step: str, key: str) -> Any | None:
+    """The newest finished run of ``step`` with this cache key, if any."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{common.STEP_TAG}` = '{step}' and tags.`{cache.KEY_TAG}` = '{key}' "
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def previous_inputs(client: Any, experiment_id: str, step: str) -> dict[str, Any] | None:
+    """The cache inputs of the newest keyed run of ``step``, to say what changed."""
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{common.STEP_TAG}` = '{step}' and tags.`{cache.INPUTS_TAG}` != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return json.loads(runs[0].data.tags[cache.INPUTS_TAG]) if runs else None
+
+
+def find_resumable(client: Any, experiment_id: str, step: str, key: str) -> Any | None:
+    """The newest unfinished run of ``step`` with this key that logged a checkpoint to resume from.
+
+    A run still marked RUNNING here is one whose process died without saying so (killed, machine
+    lost): this main is about to run the same step with the same key, so it marks it KILLED.
+    """
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{common.STEP_TAG}` = '{step}' and tags.`{cache.KEY_TAG}` = '{key}' "
+        "and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
+    for run in runs:
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+        if finetune.LAST_CHECKPOINT_TAG in run.data.tags:
+            return run
+    return None
+
+
+def record_reuse(
+    client: Any, parent: Any, step: str, profile: str, original: Any, upstream: str | None
+) -> str:
+    """A child run of this main that says ``step`` was reused, with the original's record.
+
+    It copies the original's params, latest metrics, lineage tags and dataset inputs (not its
+    artifacts: downstream steps read those from the original, whose ID they are given), so that
+    every main run has one child per step.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    tags = {
+        "mlflow.parentRunId": parent.info.run_id,
+        "mlflow.runName": f"{step} (reused)",
+        common.STEP_TAG: step,
+        common.PROFILE_TAG: profile,
+        cache.REUSED_FROM_TAG: original.info.run_id,
+        **common.lineage_tags(original),
+    }
+    if upstream:
+        tags[common.UPSTREAM_TAG] = upstream
+    marker = client.create_run(parent.info.experiment_id, tags={k: v for k, v in tags.items() if v})
+    run_id = marker.info.run_id
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, 0, 0) for k, v in original.data.metrics.items()],
+        params=[Param(k, v) for k, v in original.data.params.items()],
+        tags=[
+            RunTag(k, v)
+            for k, v in original.data.tags.items()
+            if k.startswith(("pipeline.model", "pipeline.baseline")) or k == "save_mode"
+        ],
+    )
+    if original.inputs and original.inputs.dataset_inputs:
+        client.log_inputs(run_id, datasets=list(original.inputs.dataset_inputs))
+    client.set_terminated(run_id, "FINISHED")
+    return str(run_id)
+
+
+def launch(
+    step: str, params: dict[str, str], env_manager: str, experiment_id: str, key_tags: dict[str, str]
+) -> str:
+    """Run one entry point through MLflow Projects as a child of the active run."""
     import mlflow
-    from mlflow.exceptions import ExecutionException
     from mlflow.projects import run as run_project
+
+    submitted: Any = run_project(
+        str(PROJECT_DIR),
+        entry_point=step,
+        parameters=params,
+        env_manager=env_manager,
+        experiment_id=experiment_id,
+        synchronous=False,
+    )
+    client = mlflow.MlflowClient()
+    for key, value in key_tags.items():  # tagged at once: a crashed run is found again to resume
+        client.set_tag(submitted.run_id, key, value)
+    if not submitted.wait():
+        if client.get_run(submitted.run_id).info.status == "RUNNING":  # died without a word
+            client.set_terminated(submitted.run_id, "FAILED")
+        raise UserError(f"step {step} failed (run {submitted.run_id}); its error is printed above")
+    return str(submitted.run_id)
+
+
+def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
+    import mlflow
 
     if env_manager not in ENV_MANAGERS:
         raise UserError(f"unknown env_manager {env_manager!r}: use one of {', '.join(ENV_MANAGERS)}")
+    forced = forced_steps(force)
     cfg = common.config_for(args)
     preflight(cfg)
     declared = declared_parameters()
+    specs = cache.entry_point_specs()
     if env_manager == "local":
         # `local` runs `python -m steps.<name>` from PATH: make that this interpreter, so a step
         # never lands in another Python when the virtualenv was not activated.
         bin_dir = os.path.dirname(sys.executable)
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
+    client = mlflow.MlflowClient()
     tags = {common.STEP_TAG: STEP, common.PROFILE_TAG: args.profile}
     with mlflow.start_run(run_id=os.environ.pop("MLFLOW_RUN_ID", None), tags=tags) as parent:
+        experiment_id = parent.info.experiment_id
         mlflow.set_tags(tags)
         mlflow.log_params({f"config.{k}": str(v) for k, v in dataclasses.asdict(cfg).items()})
-        mlflow.log_param("env_manager", env_manager)
+        # tags, not params: under `mlflow run` these are entry-point parameters, logged already
+        mlflow.set_tags({"pipeline.env_manager": env_manager, "pipeline.force": force or "none"})
         upstream: str | None = None
+        reused = 0
         for step, upstream_param in CHAIN:
             params = step_parameters(declared[step], args.profile, args.overrides, upstream_param, upstream)
-            print(f"{STEP}: running {step}", flush=True)
-            try:
-                submitted: Any = run_project(
-                    str(PROJECT_DIR),
-                    entry_point=step,
-                    parameters=params,
-                    env_manager=env_manager,
-                    experiment_id=parent.info.experiment_id,
-                    synchronous=True,
+            key_tags: dict[str, str] = {}
+            if step not in ALWAYS_RUN:
+                step_cfg = load_config(args.profile, step_overrides(declared[step], args.overrides))
+                inputs = cache.key_inputs(
+                    step,
+                    step_cfg,
+                    cache.step_fields(step),
+                    cache.code_hash(step, specs[step]),
+                    upstream,
+                    data_digest(step_cfg) if step == prepare.STEP else None,
                 )
-            except ExecutionException as exc:
-                raise UserError(f"step {step} failed ({exc}); its error is printed above") from None
-            upstream = submitted.run_id
+                key = cache.cache_key(inputs)
+                key_tags = {cache.KEY_TAG: key, cache.INPUTS_TAG: json.dumps(inputs, sort_keys=True)}
+                hit = None if step in forced else find_cached(client, experiment_id, step, key)
+                if hit is not None:
+                    print(f"{step}: reused run {hit.info.run_id} (key unchanged)", flush=True)
+                    record_reuse(client, parent, step, args.profile, hit, upstream)
+                    upstream = hit.info.run_id
+                    reused += 1
+                    mlflow.set_tag(f"pipeline.{step}_run_id", upstream)
+                    continue
+                why = "forced" if step in forced else what_changed_since(client, experiment_id, step, inputs)
+                resumable = (
+                    find_resumable(client, experiment_id, step, key)
+                    if finetune.RESUME_PARAM in declared[step] and step not in forced
+                    else None
+                )
+                if resumable is not None:
+                    params[finetune.RESUME_PARAM] = resumable.info.run_id
+                    why = f"resuming killed run {resumable.info.run_id} from its last checkpoint"
+                print(f"{step}: running ({why})", flush=True)
+            else:
+                print(f"{step}: running (changes the registry: never skipped, idempotent)", flush=True)
+            upstream = launch(step, params, env_manager, experiment_id, key_tags)
             mlflow.set_tag(f"pipeline.{step}_run_id", upstream)
         assert upstream is not None  # CHAIN is not empty
-        metrics = mlflow.MlflowClient().get_run(parent_tag(upstream, evaluate.STEP)).data.metrics
+        metrics = client.get_run(parent_tag(upstream, evaluate.STEP)).data.metrics
         summary: dict[str, float] = {
             k: metrics[k] for k in ("test_f1", "baseline_f1", "keyword_f1") if k in metrics
         }
-        mlflow.log_metrics(summary)
-        print(f"{STEP}: done; " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+        mlflow.log_metrics(summary | {"steps_reused": float(reused)})
+        print(
+            f"{STEP}: done; "
+            + ", ".join(f"{k}={v:.4f}" for k, v in summary.items())
+            + f"; {reused} of {len(CHAIN)} steps reused"
+        )
         return parent.info.run_id
+
+
+def what_changed_since(client: Any, experiment_id: str, step: str, inputs: dict[str, Any]) -> str:
+    return cache.what_changed(previous_inputs(client, experiment_id, step), inputs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,9 +316,12 @@ def main(argv: list[str] | None = None) -> int:
         help="how MLflow runs each step: local (this environment), virtualenv, uv "
         "or conda; `mlflow run` does not pass its own --env-manager down",
     )
+    parser.add_argument(
+        "--force", default="", help="rerun these steps and all after them (comma-separated), or all"
+    )
     ns, _ = parser.parse_known_args(argv)
     args = common.parse_step_args(parser, argv)
-    return common.cli(STEP, lambda: run(args, ns.env_manager or "local"))
+    return common.cli(STEP, lambda: run(args, ns.env_manager or "local", ns.force or ""))
 
 
 if __name__ == "__main__":

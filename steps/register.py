@@ -9,10 +9,12 @@ version tags ``save_mode``, ``persisted``, ``base_model``, ``base_model_revision
 ``gate_reason``. Alias ``challenger`` always moves to the new version; ``champion`` moves only if
 the gate passes **and** the weights are in the artifact store (a reference-only version waits for
 persist). Stages are not used (deprecated in MLflow 3): aliases only.
-Writes (run): params ``registered_model``, ``version``; tags ``gate``, ``gate_reason``,
+Writes (run): tags ``gate``, ``gate_reason``,
 ``registered_model``, ``model_version``; metric ``gate_passed``.
 
-Every check runs before the first registry write; if a write fails after the version exists, the
+A log_model run that is already registered is not registered again: the step records which
+version holds it and changes nothing (so reruns are idempotent). Every check runs before the
+first registry write; if a write fails after the version exists, the
 version is deleted again, so the registry is as it was.
 """
 
@@ -114,14 +116,23 @@ def check_logged_model(client: Any, model_id: str) -> None:
     try:
         model = client.get_logged_model(model_id)
     except MlflowException:
-        raise UserError(f"logged model {model_id} does not exist (deleted?): rerun log_model and "
-                        "register the new run") from None
+        raise UserError(
+            f"logged model {model_id} does not exist (deleted?): rerun log_model and register the new run"
+        ) from None
     status = str(model.status).split(".")[-1].upper()
     if status != "READY":
         raise UserError(
             f"logged model {model_id} is {status}, not READY (its log_model run "
             "failed): rerun log_model and register the new run"
         )
+
+
+def already_registered(client: Any, name: str, log_model_run_id: str) -> Any | None:
+    """The version this log_model run already became, if any: registering twice changes nothing."""
+    for version in client.search_model_versions(f"name = '{name}'"):
+        if version.tags.get(f"run.{log_model.STEP}") == log_model_run_id:
+            return version
+    return None
 
 
 def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
@@ -136,6 +147,19 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     save_mode = upstream.data.tags[log_model.SAVE_MODE_TAG]
     name = cfg.registered_model
     exists = check_registered_model(client, name)
+    earlier = already_registered(client, name, upstream.info.run_id) if exists else None
+    if earlier is not None:
+        with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, _):
+            mlflow.set_tags(
+                {
+                    GATE_TAG: earlier.tags.get(GATE_TAG, ""),
+                    REGISTERED_MODEL_TAG: name,
+                    VERSION_TAG: str(earlier.version),
+                    "already_registered": "true",
+                }
+            )
+            print(f"{STEP}: {name} v{earlier.version} already holds this model; registry unchanged")
+            return run_id
     gate = quality_gate(
         metrics["test_f1"], cfg.min_test_f1, champion_f1(client, name), cfg.champion_tolerance
     )
@@ -163,7 +187,6 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             if not exists:
                 client.delete_registered_model(name)
             raise
-        mlflow.log_params({"registered_model": name, "version": version.version})
         mlflow.set_tags(
             {
                 GATE_TAG: tags[GATE_TAG],

@@ -121,18 +121,50 @@ def test_checkpoint_mode_never_instantiates_the_model(pipeline: str) -> None:
     assert list(predicted["label"]) == expected["labels"]
 
 
+def copy_of_run(run_id: str) -> str:
+    """A new finished run with the same tags: to register one logged model as several versions."""
+    original = mlflow.get_run(run_id)
+    tags = {k: v for k, v in original.data.tags.items() if not k.startswith("mlflow.")}
+    with mlflow.start_run(tags=tags) as run:
+        return run.info.run_id
+
+
 def test_gate_both_ways_through_the_register_step(pipeline: str) -> None:
     client = mlflow.MlflowClient()
     log_model_id = child_runs(pipeline)["log_model"].info.run_id
-    base = ["--profile", "smoke", "--log_model_run_id", log_model_id, "--registered_model", "gate-test"]
-    assert register.main([*base, "--min_test_f1", "0"]) == 0
+
+    def register_copy(min_test_f1: str) -> int:
+        return register.main(
+            [
+                "--profile",
+                "smoke",
+                "--log_model_run_id",
+                copy_of_run(log_model_id),
+                "--registered_model",
+                "gate-test",
+                "--min_test_f1",
+                min_test_f1,
+            ]
+        )
+
+    assert register_copy("0") == 0
     assert aliases("gate-test") == {"champion": 1, "challenger": 1}
-    assert register.main([*base, "--min_test_f1", "0.999"]) == 0  # too strict: challenger only
+    assert register_copy("0.999") == 0  # too strict: challenger only
     assert aliases("gate-test") == {"champion": 1, "challenger": 2}
     v2 = client.get_model_version("gate-test", "2")
     assert v2.tags["gate"] == "failed" and "below min_test_f1 0.9990" in v2.tags["gate_reason"]
-    assert register.main([*base, "--min_test_f1", "0"]) == 0  # as good as the champion: passes
+    assert register_copy("0") == 0  # as good as the champion: passes
     assert aliases("gate-test") == {"champion": 3, "challenger": 3}
+
+
+def test_registering_the_same_log_model_run_twice_changes_nothing(pipeline: str) -> None:
+    log_model_id = child_runs(pipeline)["log_model"].info.run_id
+    args = ["--profile", "smoke", "--log_model_run_id", log_model_id, "--registered_model", "twice-test"]
+    assert register.main(args) == 0
+    before = registry_snapshot()
+    assert register.main(args) == 0
+    assert registry_snapshot() == before
+    assert before["twice-test"]["aliases"] == {"champion": 1, "challenger": 1}
 
 
 def test_a_worse_configuration_gets_challenger_but_not_champion(pipeline: str) -> None:

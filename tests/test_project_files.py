@@ -37,13 +37,25 @@ def test_every_declared_parameter_is_a_setting_and_is_used_in_its_command() -> N
     for name, entry in project._entry_points.items():
         for param in entry.parameters:
             assert f"--{param} {{{param}}}" in entry.command, (name, param)
-            assert param in FIELDS or param in {"profile", "env_manager"} or param.endswith("_run_id")
+            assert (
+                param in FIELDS or param in {"profile", "env_manager", "force"} or param.endswith("_run_id")
+            )
 
 
 def test_every_main_setting_reaches_some_step() -> None:
     declared = main_step.declared_parameters()
     steps = set().union(*(declared[step] for step, _ in main_step.CHAIN))
-    assert declared["main"] - steps == {"env_manager"}  # main's own
+    assert declared["main"] - steps == {"env_manager", "force"}  # main's own
+
+
+def test_every_setting_a_step_reads_that_main_takes_reaches_that_step() -> None:
+    """Else `main -P x=...` would change x for one step and not for another that reads it."""
+    from steps import cache
+
+    declared = main_step.declared_parameters()
+    for step, _ in main_step.CHAIN:
+        missing = (cache.step_fields(step) & declared["main"]) - declared[step]
+        assert not missing, (step, missing)
 
 
 def test_conda_env_installs_what_pyproject_declares() -> None:

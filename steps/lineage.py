@@ -1,0 +1,166 @@
+"""lineage: print the whole chain behind a registered model or a main run.
+
+    python -m steps.lineage models:/sms-spam-classifier@champion
+    python -m steps.lineage models:/sms-spam-classifier/3
+    python -m steps.lineage <main run ID>
+
+One block per step: its run ID and status, the settings it read, data digest, base model and
+revision, code version (git commit and the cache's code hash), and for a main run whether the step
+ran or was reused from the cache. It only reads the tracking store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from typing import Any
+
+from steps import cache, common
+from steps.errors import UserError
+
+STEPS = ("prepare", "tokenize", "finetune", "evaluate", "log_model", "register", "persist", "version_cleanup")
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+HEADLINE_METRICS = ("rows_clean", "best_val_f1", "epochs_completed", "test_f1", "probe_f1", "baseline_f1")
+
+
+# ----------------------------------------------------------------------------- pure functions
+def parse_target(target: str) -> tuple[str, str | None, str | None] | None:
+    """(name, alias, version) for a ``models:/`` URI; None for anything else (a run ID)."""
+    match = MODEL_URI.match(target)
+    if match is None:
+        if target.startswith("models:/"):
+            raise UserError(f"{target!r} is not models:/<name>@<alias> or models:/<name>/<version>")
+        return None
+    return match["name"], match["alias"], match["version"]
+
+
+def describe(step: str, run: Any, reused_by: str | None = None) -> list[str]:
+    """The lines printed for one step run."""
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    read = sorted(cache.step_fields(step)) if step in STEPS else []
+    settings = ", ".join(f"{k}={params[f'config.{k}']}" for k in read if f"config.{k}" in params)
+    code_hash = json.loads(tags[cache.INPUTS_TAG])["code"][:12] if cache.INPUTS_TAG in tags else "-"
+    lines = [
+        f"{step:<16} {run.info.run_id}  {run.info.status}"
+        + (f"  (reused from cache by {reused_by})" if reused_by else "")
+    ]
+    if settings:
+        lines.append(f"  settings       {settings}")
+    if tags.get(common.DATA_DIGEST_TAG):
+        lines.append(f"  data digest    {tags[common.DATA_DIGEST_TAG]}")
+    if tags.get(common.BASE_MODEL_TAG):
+        lines.append(
+            f"  base model     {tags[common.BASE_MODEL_TAG]} @ "
+            f"{tags.get(common.BASE_REVISION_TAG, '?')} "
+            f"({tags.get(common.BASE_REVISION_SOURCE_TAG, '?')})"
+        )
+    lines.append(
+        f"  code           git {tags.get('mlflow.source.git.commit', '-')[:12]}, step code {code_hash}"
+    )
+    shown = {k: metrics[k] for k in HEADLINE_METRICS if k in metrics}
+    if shown:
+        lines.append("  metrics        " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    for key in (
+        "pipeline.model_uri",
+        "registered_model",
+        "model_version",
+        "gate",
+        "gate_reason",
+        "pipeline.resumed_from",
+    ):
+        if key in tags:
+            lines.append(f"  {key.removeprefix('pipeline.'):<14} {tags[key]}")
+    return lines
+
+
+# ----------------------------------------------------------------------------- MLflow
+def chain_of_version(client: Any, name: str, alias: str | None, version: str | None) -> tuple[str, dict]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, version)
+        )
+    except MlflowException:
+        which = f"alias {alias!r}" if alias else f"version {version}"
+        raise UserError(
+            f"registered model {name!r} has no {which} in {_uri()}: check the name, alias or version"
+        ) from None
+    run_id = mv.tags.get(f"run.{STEPS[4]}") or mv.run_id
+    if not run_id:
+        raise UserError(f"{name} v{mv.version} was not registered by this pipeline (no run.log_model tag)")
+    chain = common.upstream_chain(client.get_run(run_id))
+    header = (
+        f"{name} v{mv.version}"
+        + (f" (@{alias})" if alias else "")
+        + f": save_mode={mv.tags.get('save_mode', '?')}, persisted={mv.tags.get('persisted', '?')}, "
+        f"test_f1={mv.tags.get('test_f1', '?')}, gate={mv.tags.get('gate', '?')}"
+    )
+    return header, {step: (run, None) for step, run in chain.items()}
+
+
+def chain_of_main(client: Any, run_id: str) -> tuple[str, dict]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        main_run = client.get_run(run_id)
+    except MlflowException:
+        raise UserError(f"{run_id!r} is neither a models:/ URI nor a run ID in {_uri()}") from None
+    if main_run.data.tags.get(common.STEP_TAG) != "main":
+        raise UserError(
+            f"run {run_id} is a {main_run.data.tags.get(common.STEP_TAG, 'non-pipeline')} "
+            "run, not a main run: pass a main run ID or a models:/ URI"
+        )
+    children = client.search_runs(
+        [main_run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=100
+    )
+    markers = {c.data.tags.get(common.STEP_TAG): c for c in children}
+    chain = {}
+    for step in STEPS:
+        used = main_run.data.tags.get(f"pipeline.{step}_run_id")
+        if used:
+            marker = markers.get(step)
+            reused = marker is not None and cache.REUSED_FROM_TAG in marker.data.tags
+            chain[step] = (client.get_run(used), run_id if reused else None)
+    header = f"main {run_id}: {main_run.info.status}, profile {main_run.data.tags.get(common.PROFILE_TAG)}"
+    return header, chain
+
+
+def _uri() -> str:
+    import mlflow
+
+    return str(mlflow.get_tracking_uri())
+
+
+def lineage(target: str) -> list[str]:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parsed = parse_target(target)
+    header, chain = chain_of_version(client, *parsed) if parsed else chain_of_main(client, target)
+    lines = [header]
+    for step in STEPS:
+        if step in chain:
+            run, reused_by = chain[step]
+            lines += describe(step, run, reused_by)
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("target", help="models:/<name>@<alias>, models:/<name>/<version>, or a main run ID")
+    args = parser.parse_args(argv)
+    try:
+        print("\n".join(lineage(args.target)))
+    except UserError as exc:
+        print(f"lineage: error: {exc}", file=sys.stderr)
+        return common.EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
