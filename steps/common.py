@@ -154,7 +154,8 @@ def step_run(
     tags = {STEP_TAG: step, PROFILE_TAG: profile}
     if upstream_run_id:
         tags[UPSTREAM_TAG] = upstream_run_id
-    with mlflow.start_run(run_id=run_id, tags=tags) as run:
+    # nested: main may run a light step in its own process, inside its parent run
+    with mlflow.start_run(run_id=run_id, tags=tags, nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags(tags)  # a resumed run ignores start_run's tags
         mlflow.log_params({f"config.{k}": v for k, v in as_params(cfg).items()})
         mlflow.log_dict(dataclasses.asdict(cfg), CONFIG_ARTIFACT)

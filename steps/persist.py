@@ -144,8 +144,15 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         expected = json.loads(
             common.download(log_model_run.info.run_id, log_model.EXPECTED_FILE, tmp / "expected").read_text()
         )
-        copied = persist_in_place(model_id, tmp)
-        verify(name, number, expected["texts"], expected["labels"], tmp)
+        done_before = (
+            version.tags.get(register.PERSISTED_TAG) == "true" and version.tags.get(VERIFIED_TAG) == "true"
+        )
+        copied = False
+        if done_before:  # idempotent: verified files do not change in place
+            print(f"{STEP}: {name} v{number} was persisted and verified before; not loading it again")
+        else:
+            copied = persist_in_place(model_id, tmp)
+            verify(name, number, expected["texts"], expected["labels"], tmp)
         client.set_model_version_tag(name, number, register.PERSISTED_TAG, "true")
         client.set_model_version_tag(name, number, VERIFIED_TAG, "true")
         promoted = False

