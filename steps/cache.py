@@ -21,7 +21,7 @@ import functools
 import hashlib
 import importlib.util
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,21 +76,30 @@ def cache_key(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-def what_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
-    """Why a step reruns, in a few words: ``base_model changed``, ``code changed``, ..."""
-    if old is None:
-        return "no earlier run"
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The settings and parts in which two cache inputs differ."""
     changed = [
         name for name in new.get("config", {}) if old.get("config", {}).get(name) != new["config"][name]
     ]
     for part, label in (("code", "code"), ("upstream", "upstream run"), ("data", "data")):
         if old.get(part) != new.get(part):
             changed.append(label)
-    return (
-        (", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "") + " changed")
-        if changed
-        else "key changed"
-    )
+    return changed
+
+
+def what_changed(earlier: Iterable[Mapping[str, Any]], new: Mapping[str, Any]) -> str:
+    """Why a step reruns, in a few words, against the closest earlier run of it.
+
+    The closest is the one that differs in the fewest parts: after a changed setting upstream,
+    a step reruns because its upstream run changed, whatever else other runs of it did.
+    """
+    candidates = [differences(old, new) for old in earlier]
+    if not candidates:
+        return "no earlier run"
+    changed = min(candidates, key=len)
+    if not changed:
+        return "key changed"
+    return ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else "") + " changed"
 
 
 # ----------------------------------------------------------------------------- code and data

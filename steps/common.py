@@ -78,6 +78,19 @@ def config_for(args: StepArgs) -> Config:
     return load_config(args.profile, args.overrides)
 
 
+def step_main(
+    step: str,
+    doc: str | None,
+    upstream: str,
+    run: Callable[[str | None, Config, str], str],
+    argv: list[str] | None,
+) -> int:
+    """The whole CLI of a step that takes the run ID of the step before it."""
+    parser = step_parser(doc, upstream)
+    args = parse_step_args(parser, argv, upstream)
+    return cli(step, lambda: run(args.upstream_run_id, config_for(args), args.profile))
+
+
 # ----------------------------------------------------------------------------- MLflow runs
 def get_upstream(run_id: str | None, expected_step: str, flag: str) -> Any:
     """Return the finished run ``run_id`` of ``expected_step``, or raise a ``UserError``."""

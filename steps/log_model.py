@@ -221,9 +221,7 @@ def log_baseline(lineage_tags: dict[str, str], num_labels: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.step_parser(__doc__, UPSTREAM)
-    args = common.parse_step_args(parser, argv, UPSTREAM)
-    return common.cli(STEP, lambda: run(args.upstream_run_id, common.config_for(args), args.profile))
+    return common.step_main(STEP, __doc__, UPSTREAM, run, argv)
 
 
 if __name__ == "__main__":

@@ -119,27 +119,30 @@ def data_digest(cfg: Config) -> str:
     return cache.file_digest(path) if path else f"hub:{cfg.data}:{cfg.hub_split}"
 
 
+def newest_runs(client: Any, experiment_id: str, step: str, condition: str, max_results: int) -> list[Any]:
+    """Runs of ``step`` that meet ``condition`` (a search filter), newest first."""
+    return list(
+        client.search_runs(
+            [experiment_id],
+            f"tags.`{common.STEP_TAG}` = '{step}' and {condition}",
+            order_by=["attributes.start_time DESC"],
+            max_results=max_results,
+        )
+    )
+
+
 def find_cached(client: Any, experiment_id: str, step: str, key: str) -> Any | None:
     """The newest finished run of ``step`` with this cache key, if any."""
-    runs = client.search_runs(
-        [experiment_id],
-        f"tags.`{common.STEP_TAG}` = '{step}' and tags.`{cache.KEY_TAG}` = '{key}' "
-        "and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+    runs = newest_runs(
+        client, experiment_id, step, f"tags.`{cache.KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'", 1
     )
     return runs[0] if runs else None
 
 
-def previous_inputs(client: Any, experiment_id: str, step: str) -> dict[str, Any] | None:
-    """The cache inputs of the newest keyed run of ``step``, to say what changed."""
-    runs = client.search_runs(
-        [experiment_id],
-        f"tags.`{common.STEP_TAG}` = '{step}' and tags.`{cache.INPUTS_TAG}` != ''",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return json.loads(runs[0].data.tags[cache.INPUTS_TAG]) if runs else None
+def previous_inputs(client: Any, experiment_id: str, step: str) -> list[dict[str, Any]]:
+    """The cache inputs of recent keyed runs of ``step``, to say what changed."""
+    runs = newest_runs(client, experiment_id, step, f"tags.`{cache.INPUTS_TAG}` != ''", 50)
+    return [json.loads(run.data.tags[cache.INPUTS_TAG]) for run in runs]
 
 
 def find_resumable(client: Any, experiment_id: str, step: str, key: str) -> Any | None:
@@ -148,12 +151,12 @@ def find_resumable(client: Any, experiment_id: str, step: str, key: str) -> Any 
     A run still marked RUNNING here is one whose process died without saying so (killed, machine
     lost): this main is about to run the same step with the same key, so it marks it KILLED.
     """
-    runs = client.search_runs(
-        [experiment_id],
-        f"tags.`{common.STEP_TAG}` = '{step}' and tags.`{cache.KEY_TAG}` = '{key}' "
-        "and attributes.status != 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=5,
+    runs = newest_runs(
+        client,
+        experiment_id,
+        step,
+        f"tags.`{cache.KEY_TAG}` = '{key}' and attributes.status != 'FINISHED'",
+        5,
     )
     for run in runs:
         if run.info.status == "RUNNING":

@@ -202,9 +202,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.step_parser(__doc__, UPSTREAM)
-    args = common.parse_step_args(parser, argv, UPSTREAM)
-    return common.cli(STEP, lambda: run(args.upstream_run_id, common.config_for(args), args.profile))
+    return common.step_main(STEP, __doc__, UPSTREAM, run, argv)
 
 
 if __name__ == "__main__":

@@ -113,9 +113,7 @@ def read_tokenized(run_id: str, dst: Path) -> tuple[dict[str, pd.DataFrame], dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.step_parser(__doc__, UPSTREAM)
-    args = common.parse_step_args(parser, argv, UPSTREAM)
-    return common.cli(STEP, lambda: run(args.upstream_run_id, common.config_for(args), args.profile))
+    return common.step_main(STEP, __doc__, UPSTREAM, run, argv)
 
 
 if __name__ == "__main__":

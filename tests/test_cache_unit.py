@@ -60,9 +60,16 @@ def test_profiles_with_the_same_values_share_keys_and_different_values_do_not() 
 
 def test_what_changed_names_the_settings_and_parts() -> None:
     old, new = inputs(), inputs(cfg=load_config("smoke", {"max_length": "20"}), code="c2")
-    assert cache.what_changed(old, new) == "max_length, code changed"
-    assert cache.what_changed(None, new) == "no earlier run"
-    assert cache.what_changed(inputs(), inputs(upstream_run_id="r9")) == "upstream run changed"
+    assert cache.what_changed([old], new) == "max_length, code changed"
+    assert cache.what_changed([], new) == "no earlier run"
+    assert cache.what_changed([inputs()], inputs(upstream_run_id="r9")) == "upstream run changed"
+
+
+def test_what_changed_is_told_against_the_closest_earlier_run() -> None:
+    first = inputs()
+    other_setting = inputs(cfg=load_config("smoke", {"max_length": "20"}), upstream_run_id="r2")
+    new = inputs(upstream_run_id="r3")
+    assert cache.what_changed([other_setting, first], new) == "upstream run changed"
 
 
 def test_fields_read_finds_every_cfg_attribute() -> None:
