@@ -499,7 +499,36 @@ def spam_account(rng: random.Random) -> str:
     )
 
 
+def spam_short(rng: random.Random) -> str:
+    """Terse scams: a brand or a relative, one claim, one demand; few of the longer scams' words."""
+    carrier, bank = rng.choice(CARRIERS), rng.choice(BANKS)
+    link = _scam_link(
+        rng, rng.choice(LOOKALIKE_STEMS[carrier]) if rng.random() < 0.5 else _brand_stem(rng, bank)
+    )
+    fee, who = _money(rng, 0.99, 4.99), rng.choice(FAMILY)
+    amount = (
+        _money(rng, 80, 900, cents=False).lstrip("£$€")
+        if rng.random() < 0.4
+        else _money(rng, 80, 900, cents=False)
+    )
+    return rng.choice(
+        [
+            f"{carrier}: parcel held. Pay {fee} to release: {link}",
+            f"{carrier}: your parcel is on hold, pay {fee} at {link}",
+            f"Your parcel is held at our depot. Release fee {fee}: {link}",
+            f"{bank}: action needed on your account {link}",
+            f"{bank}: payment blocked. Confirm it was you: {link}",
+            f"Action required: verify your details today {link}",
+            f"Hi {who}, new phone. Can you send {amount} for rent today? x",
+            f"{who} it's me, lost my phone. Can you transfer {amount}? Will pay you back tmrw",
+            f"Hey {who}, this is my new number. Need {amount} for a bill urgently, can you help?",
+            f"Final notice: unpaid {rng.choice(['toll', 'parking charge', 'fine'])} {fee}. Pay now {link}",
+        ]
+    )
+
+
 SPAM_FAMILIES: list[Callable[[random.Random], str]] = [
+    spam_short,
     spam_parcel,
     spam_parcel,
     spam_bank,
@@ -658,7 +687,26 @@ def ham_service(rng: random.Random) -> str:
     )
 
 
+def ham_favours(rng: random.Random) -> str:
+    """Real requests for money and help between people who know each other."""
+    n, amount = rng.choice(FIRST_NAMES), _money(rng, 5, 60, cents=False)
+    return rng.choice(
+        [
+            f"Can you send me {amount} for the taxi? Will pay you back tmrw",
+            f"Mum can you lend me {amount} till payday pls x",
+            f"{n} says can you transfer {amount} for the gift, same account as before",
+            f"Sent you {amount} for your half of the rent",
+            "Dad my phone screen is cracked again, can I use yours later?",
+            f"Lost my phone at the party, using {n}'s. Call me on this one tonight",
+            f"Parcel for you came, it's on hold at the post office till {rng.choice(['friday', 'monday'])}",
+            f"The bank app keeps logging me out, so annoying. Can you pay {n} back for me?",
+            f"Need {amount} for the school trip by {rng.choice(['friday', 'monday'])}, can you sort it?",
+        ]
+    )
+
+
 HAM_FAMILIES: list[Callable[[random.Random], str]] = [
+    ham_favours,
     ham_plans,
     ham_plans,
     ham_family,

@@ -179,3 +179,38 @@ def test_mlflow_run_cli_runs_the_whole_chain(tmp_path: Path) -> None:
     assert all(r.info.status == "FINISHED" for r in children.values())
     m = children["prepare"].data.metrics
     assert m["rows_train"] + m["rows_validation"] + m["rows_test"] == 200  # -P reached the step
+
+
+def test_mlflow_run_runs_one_entry_point_alone(tmp_path: Path) -> None:
+    bin_dir = os.path.dirname(sys.executable)
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PATH": bin_dir + os.pathsep + os.environ["PATH"],
+    }
+    done = subprocess.run(
+        [
+            os.path.join(bin_dir, "mlflow"),
+            "run",
+            str(PROJECT_DIR),
+            "-e",
+            "prepare",
+            "--env-manager",
+            "local",
+            "-P",
+            "profile=smoke",
+            "-P",
+            "max_rows=100",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`pipeline.step` = 'prepare'")
+    assert len(runs) == 1 and runs["status"][0] == "FINISHED"
+    assert (
+        runs["metrics.rows_train"][0] + runs["metrics.rows_validation"][0] + runs["metrics.rows_test"][0]
+        == 100
+    )
