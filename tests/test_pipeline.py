@@ -143,31 +143,25 @@ def test_a_step_runs_alone_from_an_upstream_run_id(pipeline: str) -> None:
     assert run.data.metrics["train_mean_tokens"] <= 16
 
 
-def test_mlflow_run_cli_runs_the_whole_chain(tmp_path: Path) -> None:
+def mlflow_run(tmp_path: Path, *args: str) -> str:
+    """`mlflow run <project> --env-manager local <args>` on a store in ``tmp_path``; its URI."""
     bin_dir = os.path.dirname(sys.executable)  # `mlflow run` starts `python` from PATH
-    env = os.environ | {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "PATH": bin_dir + os.pathsep + os.environ["PATH"],
-    }
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
     done = subprocess.run(
-        [
-            os.path.join(bin_dir, "mlflow"),
-            "run",
-            str(PROJECT_DIR),
-            "--env-manager",
-            "local",
-            "-P",
-            "profile=smoke",
-            "-P",
-            "max_rows=200",
-        ],
+        [os.path.join(bin_dir, "mlflow"), "run", str(PROJECT_DIR), "--env-manager", "local", *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def test_mlflow_run_cli_runs_the_whole_chain(tmp_path: Path) -> None:
+    mlflow_run(tmp_path, "-P", "profile=smoke", "-P", "max_rows=200")
     client = mlflow.MlflowClient()
     mains = client.search_runs(
         [e.experiment_id for e in client.search_experiments()], "tags.`pipeline.step` = 'main'"
@@ -182,32 +176,7 @@ def test_mlflow_run_cli_runs_the_whole_chain(tmp_path: Path) -> None:
 
 
 def test_mlflow_run_runs_one_entry_point_alone(tmp_path: Path) -> None:
-    bin_dir = os.path.dirname(sys.executable)
-    env = os.environ | {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "PATH": bin_dir + os.pathsep + os.environ["PATH"],
-    }
-    done = subprocess.run(
-        [
-            os.path.join(bin_dir, "mlflow"),
-            "run",
-            str(PROJECT_DIR),
-            "-e",
-            "prepare",
-            "--env-manager",
-            "local",
-            "-P",
-            "profile=smoke",
-            "-P",
-            "max_rows=100",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow_run(tmp_path, "-e", "prepare", "-P", "profile=smoke", "-P", "max_rows=100")
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`pipeline.step` = 'prepare'")
     assert len(runs) == 1 and runs["status"][0] == "FINISHED"
     assert (
