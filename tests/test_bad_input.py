@@ -310,3 +310,24 @@ def test_cleanup_of_a_model_that_does_not_exist(capsys) -> None:
         ["--profile", "smoke", "--registered_model", "nope"],
         "registered model 'nope' does not exist",
     )
+
+
+# ----------------------------------------------------------------------------- driver
+def test_force_naming_an_unknown_step(capsys) -> None:
+    fails_with_one_line(
+        capsys,
+        main_step.main,
+        ["--profile", "smoke", "--force", "training"],
+        "force names unknown step(s) training: use all or some of prepare",
+    )
+    assert mlflow.MlflowClient().search_runs(["0"]) == []
+
+
+@pytest.mark.parametrize("target", ["models:/sms-spam-classifier@champion", "0123456789abcdef"])
+def test_lineage_target_that_does_not_exist(capsys, target: str) -> None:
+    from steps import lineage
+
+    assert lineage.main([target]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if ": error: " in line]  # MLflow may log INFO lines
+    assert len(lines) == 1 and lines[0].startswith("lineage: error: ") and "Traceback" not in err
