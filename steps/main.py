@@ -250,26 +250,38 @@ def launch(
     return str(submitted.run_id)
 
 
+def child_env_manager(given: str, own_run_tags: dict[str, str]) -> str:
+    """The env manager for the steps: the one given, else the one ``mlflow run`` used for main.
+
+    MLflow records a conda, virtualenv or uv environment as the tag ``mlflow.project.env`` on the
+    run it starts; nested ``mlflow.projects.run`` calls do not inherit it by themselves.
+    """
+    chosen = given or own_run_tags.get("mlflow.project.env", "local")
+    if chosen not in ENV_MANAGERS:
+        raise UserError(f"unknown env_manager {chosen!r}: use one of {', '.join(ENV_MANAGERS)}")
+    return chosen
+
+
 def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
     import mlflow
 
-    if env_manager not in ENV_MANAGERS:
-        raise UserError(f"unknown env_manager {env_manager!r}: use one of {', '.join(ENV_MANAGERS)}")
+    child_env_manager(env_manager, {})  # a misspelt one fails before any run starts
     forced = forced_steps(force)
     cfg = common.config_for(args)
     preflight(cfg)
     declared = declared_parameters()
     specs = cache.entry_point_specs()
-    if env_manager == "local":
-        # `local` runs `python -m steps.<name>` from PATH: make that this interpreter, so a step
-        # never lands in another Python when the virtualenv was not activated.
-        bin_dir = os.path.dirname(sys.executable)
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
     client = mlflow.MlflowClient()
     tags = {common.STEP_TAG: STEP, common.PROFILE_TAG: args.profile}
     with mlflow.start_run(run_id=os.environ.pop("MLFLOW_RUN_ID", None), tags=tags) as parent:
         experiment_id = parent.info.experiment_id
+        env_manager = child_env_manager(env_manager, client.get_run(parent.info.run_id).data.tags)
+        if env_manager == "local":
+            # `local` runs `python -m steps.<name>` from PATH: make that this interpreter, so a step
+            # never lands in another Python when the virtualenv was not activated.
+            bin_dir = os.path.dirname(sys.executable)
+            os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
         mlflow.set_tags(tags)
         mlflow.log_params({f"config.{k}": str(v) for k, v in dataclasses.asdict(cfg).items()})
         # tags, not params: under `mlflow run` these are entry-point parameters, logged already
@@ -340,16 +352,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = common.step_parser(__doc__)
     parser.add_argument(
         "--env_manager",
-        default="local",
-        help="how MLflow runs each step: local (this environment), virtualenv, uv "
-        "or conda; `mlflow run` does not pass its own --env-manager down",
+        default="",
+        help="how MLflow runs each step: local (this environment), virtualenv, uv or conda; "
+        "default: the one `mlflow run` used for main, else local",
     )
     parser.add_argument(
         "--force", default="", help="rerun these steps and all after them (comma-separated), or all"
     )
     ns, _ = parser.parse_known_args(argv)
     args = common.parse_step_args(parser, argv)
-    return common.cli(STEP, lambda: run(args, ns.env_manager or "local", ns.force or ""))
+    return common.cli(STEP, lambda: run(args, ns.env_manager or "", ns.force or ""))
 
 
 if __name__ == "__main__":

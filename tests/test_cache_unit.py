@@ -106,3 +106,21 @@ def test_forced_steps_include_everything_downstream(force: str, expected: set[st
 def test_force_naming_an_unknown_step_is_an_error() -> None:
     with pytest.raises(UserError, match=r"force names unknown step.*finetuning.*use all or some of prepare"):
         main.forced_steps("finetuning")
+
+
+@pytest.mark.parametrize(
+    ("given", "tags", "expected"),
+    [
+        ("", {}, "local"),
+        ("", {"mlflow.project.env": "uv"}, "uv"),  # what `mlflow run --env-manager uv` records
+        ("local", {"mlflow.project.env": "conda"}, "local"),  # an explicit choice wins
+        ("virtualenv", {}, "virtualenv"),
+    ],
+)
+def test_steps_run_with_mains_own_env_manager_by_default(given: str, tags: dict, expected: str) -> None:
+    assert main.child_env_manager(given, tags) == expected
+
+
+def test_unknown_env_manager_is_an_error() -> None:
+    with pytest.raises(UserError, match="unknown env_manager 'pip'"):
+        main.child_env_manager("pip", {})
