@@ -61,6 +61,7 @@ class Config:
     early_stopping_min_delta: float = 0.001
     group_by_length: bool = True
     torch_threads: int = 0
+    nproc_per_node: int = 1  # > 1: finetune runs under torchrun, one process per device (DDP)
     # evaluation
     positive_label: str = "spam"
     probe_data: str = BUNDLED_PROBE  # hand-written messages unlike the training data; "" skips
@@ -84,7 +85,7 @@ class Config:
             value = getattr(self, name)
             if not 0 < value < 0.5:
                 raise UserError(f"{name}={value} must be between 0 and 0.5 (exclusive)")
-        positive_ints = ("max_length", "train_batch_size", "eval_batch_size")
+        positive_ints = ("max_length", "train_batch_size", "eval_batch_size", "nproc_per_node")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be at least 1")

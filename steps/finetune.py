@@ -15,13 +15,26 @@ Writes:
   only the steps that are left (metrics ``resumed_from_step``, ``steps_trained_here``; tag
   ``pipeline.resumed_from``);
 - tags ``base_model``, ``base_model_revision``, ``data_digest`` (carried from upstream).
+
+Several processes (DDP): with ``nproc_per_node`` > 1 the step starts itself again under
+``torchrun`` (``python -m torch.distributed.run --standalone``), one process per device; you may
+also start it that way yourself: ``torchrun --nproc_per_node 2 -m steps.finetune ...``. The
+Trainer does the distributed work (gloo on CPU, NCCL on CUDA). Only rank 0 logs to MLflow and
+writes artifacts; the others train and stay silent. Param ``world_size`` records how many.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +51,69 @@ RESUME_DIR = "trainer_checkpoints"
 RESUME_PARAM = "resume_run_id"
 RESUMED_FROM_TAG = "pipeline.resumed_from"
 LAST_CHECKPOINT_TAG = "pipeline.last_checkpoint"
+SHARED_DIR_ENV = "PIPELINE_FINETUNE_SHARED_DIR"  # set by the relaunch: the ranks' common folder
 
 
 # ----------------------------------------------------------------------------- pure functions
-def training_arguments(cfg: Config, device: str, output_dir: str) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world_from_env(env: Mapping[str, str]) -> World:
+    """What ``torchrun`` told this process (``RANK``, ``WORLD_SIZE``); nothing means one process."""
+    return World(rank=int(env.get("RANK", "0")), size=int(env.get("WORLD_SIZE", "1")))
+
+
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """This step again, under torchrun on this machine, with the same arguments."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "steps.finetune",
+        *argv,
+    ]
+
+
+def shared_output_dir(env: Mapping[str, str], upstream_run_id: str) -> Path:
+    """The Trainer's output folder, the same for every rank of one launch.
+
+    Rank 0 writes the epoch checkpoints and every rank reads the best one back at the end
+    (``load_best_model_at_end``), so the ranks must agree on the folder without talking first.
+    """
+    if env.get(SHARED_DIR_ENV):
+        return Path(env[SHARED_DIR_ENV])
+    launch = f"{env.get('TORCHELASTIC_RUN_ID', 'none')}-{env.get('MASTER_PORT', '0')}"
+    return Path(tempfile.gettempdir()) / f"finetune-{upstream_run_id}-{launch}"
+
+
+def training_arguments(cfg: Config, device: str, output_dir: str, world: World = World()) -> dict[str, Any]:
     """Keyword arguments for ``TrainingArguments`` (transformers 5 names)."""
     early_stopping = cfg.early_stopping_patience > 0
-    return {
+    distributed: dict[str, Any] = {}
+    if world.size > 1:
+        # gloo is the backend that works on CPU; on CUDA the Trainer picks NCCL itself
+        backend = "gloo" if device == "cpu" else None
+        distributed = {
+            "ddp_backend": backend,
+            "ddp_find_unused_parameters": False,
+            # One label per text: DDP's mean over ranks is already right. With this on,
+            # transformers 5 multiplies the (already averaged) classification loss by the
+            # number of processes: loss and gradients twice as large on 2 processes.
+            "average_tokens_across_devices": False,
+        }
+    return distributed | {
         "output_dir": output_dir,
         "use_cpu": device == "cpu",
         "bf16": cfg.precision == "bf16",
@@ -140,7 +209,7 @@ def _delete_older_checkpoints(run_id: str, keep: set[str]) -> None:
                 return  # this store keeps them all; they cost disk, not correctness
 
 
-def prepare_resume(resume_run_id: str, work_dir: Path) -> tuple[Path, int]:
+def prepare_resume(resume_run_id: str, work_dir: Path, copy_history: bool = True) -> tuple[Path, int]:
     """Download the checkpoints a killed finetune run logged, and copy its metric history.
 
     They land in ``work_dir/trainer_checkpoints``, this run's Trainer output folder, and the
@@ -173,6 +242,8 @@ def prepare_resume(resume_run_id: str, work_dir: Path) -> tuple[Path, int]:
     if state.get("best_model_checkpoint"):
         state["best_model_checkpoint"] = str(folder.parent / Path(state["best_model_checkpoint"]).name)
         state_file.write_text(json.dumps(state))
+    if not copy_history:  # a rank other than 0: the checkpoint, not the record
+        return folder, step
     history = [
         Metric(m.key, m.value, m.timestamp, m.step)
         for key in old.data.metrics
@@ -184,6 +255,20 @@ def prepare_resume(resume_run_id: str, work_dir: Path) -> tuple[Path, int]:
     for start in range(0, len(history), 500):
         client.log_batch(active.info.run_id, metrics=history[start : start + 500])
     return folder, step
+
+
+@contextlib.contextmanager
+def rank_run(
+    world: World, profile: str, cfg: Config, upstream_run_id: str
+) -> Iterator[tuple[str | None, Path]]:
+    """Rank 0: the step's MLflow run. Other ranks: no run at all, only a scratch folder."""
+    if world.is_main:
+        with common.step_run(STEP, profile, cfg, upstream_run_id) as (run_id, tmp):
+            yield run_id, tmp
+        return
+    os.environ.pop("MLFLOW_RUN_ID", None)  # rank 0's run: only rank 0 writes to it
+    with tempfile.TemporaryDirectory(prefix=f"{STEP}-rank{world.rank}-") as tmp:
+        yield None, Path(tmp)
 
 
 def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: str | None = None) -> str:
@@ -199,6 +284,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
         set_seed,
     )
 
+    world = world_from_env(os.environ)
     upstream = common.get_upstream(upstream_run_id, tokenize.STEP, UPSTREAM)
     tags = upstream.data.tags
     base_model = tags[common.BASE_MODEL_TAG]  # the model the tokens were made for
@@ -208,7 +294,9 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
 
-    with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
+    with rank_run(world, profile, cfg, upstream.info.run_id) as (run_id, tmp):
+        work_dir = shared_output_dir(os.environ, upstream.info.run_id) if world.size > 1 else tmp
+        output_dir = work_dir / RESUME_DIR
         frames, label2id = tokenize.read_tokenized(upstream.info.run_id, tmp / "in")
         train = frames["train"]
         if cfg.max_train_samples:
@@ -235,12 +323,12 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
                 cfg.positive_label,
             )
 
-        callbacks = _callbacks(run_id)
+        callbacks = _callbacks(run_id) if run_id else []
         if cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_min_delta))
         trainer = Trainer(
             model=model,
-            args=TrainingArguments(**training_arguments(cfg, device, str(tmp / RESUME_DIR))),
+            args=TrainingArguments(**training_arguments(cfg, device, str(output_dir), world)),
             train_dataset=modeling.to_features(train),
             eval_dataset=modeling.to_features(frames["validation"]),
             processing_class=tokenizer,
@@ -250,13 +338,25 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
         )
         resume_from, resumed_step = None, 0
         if resume_run_id:
-            resume_from, resumed_step = prepare_resume(resume_run_id, tmp)
-            mlflow.set_tag(RESUMED_FROM_TAG, resume_run_id)
-            print(f"{STEP}: resuming run {resume_run_id} from step {resumed_step}")
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            # rank 0 downloads into the shared output folder; the others into their own
+            resume_from, resumed_step = prepare_resume(
+                resume_run_id, work_dir if world.is_main else tmp, copy_history=world.is_main
+            )
+            if world.is_main:
+                mlflow.set_tag(RESUMED_FROM_TAG, resume_run_id)
+                print(f"{STEP}: resuming run {resume_run_id} from step {resumed_step}")
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        finally:
+            if world.size > 1:
+                trainer.accelerator.wait_for_everyone()  # every rank has read the best checkpoint
+        if run_id is None:
+            return ""
+        if world.size > 1 and SHARED_DIR_ENV not in os.environ:  # else the launcher removes it
+            shutil.rmtree(work_dir, ignore_errors=True)
         state = trainer.state
         planned_epochs = cfg.num_train_epochs if cfg.max_steps <= 0 else state.num_train_epochs
-        mlflow.log_param("resolved_device", device)
+        mlflow.log_params({"resolved_device": device, "world_size": str(world.size)})
         mlflow.log_metrics(
             {
                 "best_val_f1": float(state.best_metric if state.best_metric is not None else float("nan")),
@@ -277,12 +377,21 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
         return run_id
 
 
+def relaunch(nproc: int, argv: list[str]) -> int:
+    """Start this step under torchrun with ``nproc`` processes; their exit status is ours."""
+    with tempfile.TemporaryDirectory(prefix=f"{STEP}-ddp-") as shared:
+        env = {**os.environ, SHARED_DIR_ENV: shared}
+        print(f"{STEP}: starting {nproc} training processes (torchrun, DDP)", flush=True)
+        return subprocess.run(torchrun_command(nproc, argv), env=env, check=False).returncode
+
+
 def download_checkpoint(run_id: str, dst: Path) -> Path:
     """Downstream steps' way in: the fine-tuned model folder of a finetune run."""
     return common.download(run_id, CHECKPOINT_DIR, dst)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = common.step_parser(__doc__, UPSTREAM)
     parser.add_argument(
         f"--{RESUME_PARAM}",
@@ -291,12 +400,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     ns, _ = parser.parse_known_args(argv)
     args = common.parse_step_args(parser, argv, UPSTREAM)
-    return common.cli(
-        STEP,
-        lambda: run(
-            args.upstream_run_id, common.config_for(args), args.profile, getattr(ns, RESUME_PARAM) or None
-        ),
-    )
+
+    def body() -> str | None:
+        cfg = common.config_for(args)
+        if cfg.nproc_per_node > 1 and "RANK" not in os.environ:
+            # bad input fails here, in one line, before any training process starts
+            common.get_upstream(args.upstream_run_id, tokenize.STEP, UPSTREAM)
+            status = relaunch(cfg.nproc_per_node, argv)
+            if status:
+                raise SystemExit(status)
+            return None  # rank 0 said which run it finished
+        return run(args.upstream_run_id, cfg, args.profile, getattr(ns, RESUME_PARAM) or None)
+
+    return common.cli(STEP, body)
 
 
 if __name__ == "__main__":

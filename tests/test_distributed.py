@@ -1,0 +1,100 @@
+"""finetune under torchrun: several processes (DDP, gloo on CPU), one MLflow run written by rank 0."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from steps import finetune
+from steps.config import load_config
+from tests.conftest import PROJECT_DIR
+from tests.helpers import artifact_paths, child_runs
+
+
+def test_one_process_when_torchrun_set_nothing() -> None:
+    assert finetune.world_from_env({}) == finetune.World(rank=0, size=1)
+    world = finetune.world_from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert (world.rank, world.size, world.is_main) == (1, 2, False)
+
+
+def test_relaunch_runs_this_step_under_torchrun_with_the_same_arguments() -> None:
+    command = finetune.torchrun_command(2, ["--profile", "smoke", "--tokenize_run_id", "abc"])
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--nproc_per_node=2" in command and "--standalone" in command
+    assert command[-6:] == ["-m", "steps.finetune", "--profile", "smoke", "--tokenize_run_id", "abc"]
+
+
+def test_every_rank_of_one_launch_agrees_on_the_trainer_folder(tmp_path: Path) -> None:
+    launch = {"TORCHELASTIC_RUN_ID": "x1", "MASTER_PORT": "29500"}
+    assert finetune.shared_output_dir(launch | {"RANK": "0"}, "run") == finetune.shared_output_dir(
+        launch | {"RANK": "1"}, "run"
+    )
+    other_launch = finetune.shared_output_dir({"TORCHELASTIC_RUN_ID": "x2", "MASTER_PORT": "29500"}, "run")
+    assert other_launch != finetune.shared_output_dir(launch, "run")
+    given = {finetune.SHARED_DIR_ENV: str(tmp_path)}
+    assert finetune.shared_output_dir(given, "run") == tmp_path
+
+
+def test_distributed_training_arguments_use_gloo_on_cpu_and_plain_mean_loss() -> None:
+    cfg = load_config("smoke")
+    one = finetune.training_arguments(cfg, "cpu", "out")
+    assert "ddp_backend" not in one
+    two = finetune.training_arguments(cfg, "cpu", "out", finetune.World(rank=0, size=2))
+    assert two["ddp_backend"] == "gloo"
+    assert two["average_tokens_across_devices"] is False  # else the loss is doubled on 2 ranks
+    assert finetune.training_arguments(cfg, "cuda", "out", finetune.World(0, 2))["ddp_backend"] is None
+
+
+def test_bad_upstream_fails_in_one_line_before_any_training_process_starts() -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "steps.finetune", "--profile", "smoke", "--nproc_per_node", "2"),
+            *("--tokenize_run_id", "0123456789abcdef0123456789abcdef"),
+        ],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("finetune: error: run ")
+    assert "starting 2 training processes" not in done.stdout
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_finetune_logs_one_run_from_rank_zero(pipeline: str) -> None:
+    tokenize_id = child_runs(pipeline)["tokenize"].info.run_id
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(tokenize_id).info.experiment_id
+    before = {r.info.run_id for r in client.search_runs([experiment], "tags.`pipeline.step` = 'finetune'")}
+    bin_dir = os.path.dirname(sys.executable)
+    done = subprocess.run(
+        [
+            *(os.path.join(bin_dir, "mlflow"), "run", str(PROJECT_DIR), "--env-manager", "local"),
+            *("-e", "finetune", "--experiment-id", experiment, "-P", "profile=smoke"),
+            *("-P", f"tokenize_run_id={tokenize_id}", "-P", "nproc_per_node=2", "-P", "max_steps=6"),
+        ],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PATH": bin_dir + os.pathsep + os.environ["PATH"]},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "starting 2 training processes" in done.stdout
+    after = client.search_runs([experiment], "tags.`pipeline.step` = 'finetune'")
+    new = [r for r in after if r.info.run_id not in before]
+    assert len(new) == 1, "exactly one run: only rank 0 talks to MLflow"
+    run = new[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["world_size"] == "2"
+    assert run.data.params["nproc_per_node"] == "2"
+    # 6 optimizer steps of 2 x 16 rows: 192 rows seen, on 240 training rows of the smoke data
+    assert run.data.metrics["steps_trained_here"] == 6
+    history = client.get_metric_history(run.info.run_id, "val_f1")
+    assert len(history) == 1, "one evaluation, logged once (not once per rank)"
+    assert 0.0 < run.data.metrics["val_loss"] < 1.0  # a 2-class loss, not multiplied by the ranks
+    assert {"checkpoint/model.safetensors", "checkpoint/config.json"} <= artifact_paths(run.info.run_id)
