@@ -38,13 +38,13 @@ test-fast: setup ## unit tests only (no training)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup ## ruff and mypy
-	$(BIN)/ruff check steps tests data benchmarks
-	$(BIN)/ruff format --check steps tests data benchmarks
+	$(BIN)/ruff check steps tests data benchmarks deploy
+	$(BIN)/ruff format --check steps tests data benchmarks deploy
 	$(BIN)/mypy
 
 format: setup ## rewrite the code in the project's format
-	$(BIN)/ruff format steps tests data benchmarks
-	$(BIN)/ruff check --fix steps tests data benchmarks
+	$(BIN)/ruff format steps tests data benchmarks deploy
+	$(BIN)/ruff check --fix steps tests data benchmarks deploy
 
 ui: setup ## browse the local tracking store at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -1,0 +1,2 @@
+"""The shared tracking server: ``python -m deploy.server`` starts it, ``python -m deploy.server.auth``
+manages its users."""
