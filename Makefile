@@ -13,7 +13,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help setup run test test-fast lint format ui clean
+.PHONY: help setup run test test-fast lint format ui server clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -48,6 +48,10 @@ format: setup ## rewrite the code in the project's format
 
 ui: setup ## browse the local tracking store at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+server: setup ## a shared tracking server with basic-auth on :5000 (see README, "Beyond one laptop")
+	$(BIN)/python -m deploy.server init
+	$(BIN)/python -m deploy.server start
 
 clean: ## remove the local tracking store and caches (keeps .venv)
 	rm -rf mlflow.db mlruns .pytest_cache .mypy_cache .ruff_cache
