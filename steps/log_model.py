@@ -112,15 +112,17 @@ def log_reference(ref: hub.HubReference, name: str, num_labels: int) -> Any:
     import mlflow
     import transformers
 
-    pipe = transformers.pipeline(
-        TASK, model=ref.repo_id, revision=ref.revision, model_kwargs={"num_labels": num_labels}
-    )
-    with recorded_revision(ref.revision):
+    snapshot = hub.snapshot_dir(ref.repo_id, ref.revision)  # finetune loaded it from there
+    with hub.offline(), recorded_revision(ref.revision):
+        pipe = transformers.pipeline(
+            TASK, model=ref.repo_id, revision=ref.revision, model_kwargs={"num_labels": num_labels}
+        )
         info = mlflow.transformers.log_model(
             pipe,
             name=name,
             task=TASK,
             save_pretrained=False,
+            model_card=hub.model_card(snapshot),  # the cached README, not a hub request
             pip_requirements=pip_requirements(installed_versions()),
         )
     flavor = mlflow.models.Model.load(info.model_uri).flavors["transformers"]
@@ -161,13 +163,14 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             "model_config": model_config(max_length),
             "pip_requirements": pip_requirements(installed_versions()),
         }
-        if cfg.save_mode == "full":
-            import transformers
+        with hub.offline():  # every file is local: no model-card or license lookups on the hub
+            if cfg.save_mode == "full":
+                import transformers
 
-            pipe = transformers.pipeline(TASK, model=str(checkpoint), tokenizer=str(checkpoint))
-            info = mlflow.transformers.log_model(pipe, **options)
-        else:  # checkpoint: MLflow copies the folder; the model is never built in this process
-            info = mlflow.transformers.log_model(str(checkpoint), **options)
+                pipe = transformers.pipeline(TASK, model=str(checkpoint), tokenizer=str(checkpoint))
+                info = mlflow.transformers.log_model(pipe, **options)
+            else:  # checkpoint: MLflow copies the folder; the model is never built in this process
+                info = mlflow.transformers.log_model(str(checkpoint), **options)
 
         client = mlflow.MlflowClient()
         client.set_logged_model_tags(

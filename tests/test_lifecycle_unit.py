@@ -165,3 +165,43 @@ def test_reference_for_a_local_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a hub commit"):
         hub.reference_for("org/model", "content-hash")
     assert hub.reference_for("org/model", "a" * 40) == hub.HubReference("org/model", "a" * 40, "hub-commit")
+
+
+def test_no_hub_request_is_tried_inside_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # as if unset
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)  # a retry would sleep first
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    with hub.offline(), pytest.raises(LocalEntryNotFoundError):  # at once: cache only
+        huggingface_hub.ModelCard.load("sentence-transformers/all-MiniLM-L6-v2")
+    assert slept == []
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored afterwards
+
+
+def test_logging_the_baseline_by_reference_never_waits_for_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no network and HF_HUB_OFFLINE unset, MLflow's card/license lookups retried for minutes."""
+    import time
+
+    import huggingface_hub.constants
+    import mlflow
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    slept: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(time, "sleep", lambda s: slept.append(s) if s >= 1 else real_sleep(s))
+    ref = hub.materialize_bundled()
+    with mlflow.start_run():
+        info = log_model.log_reference(ref, "baseline", 2)
+    assert slept == [], f"waited for the hub: {slept}"
+    flavor = mlflow.models.Model.load(info.model_uri).flavors["transformers"]
+    assert flavor["source_model_revision"] == ref.revision
+    location = mlflow.MlflowClient().get_logged_model(info.model_id).artifact_location
+    card = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/model_card.md")
+    assert "all-MiniLM-L6-v2" in Path(card).read_text()  # the cached README, kept with the model
