@@ -7,7 +7,8 @@ Writes:
   declares the ``batch_size`` inference param, an input example, ``model_config`` (truncation) and
   explicit ``pip_requirements``. Save modes:
   ``full``: the pipeline is loaded and saved whole;
-  ``checkpoint``: logged from the checkpoint folder by path, the model never instantiated;
+  ``checkpoint``: logged from the checkpoint folder by path, the model never instantiated, its
+  weights written once (MLflow alone stages a copy first: here the staging copy is hard links);
   ``reference``: only a hub address; refused for a full fine-tune, whose weights all changed.
 - logged model ``baseline``: the base model by reference (repository + revision actually loaded,
   kilobytes), tagged ``role=baseline``; skipped for a base model in a local folder.
@@ -21,10 +22,15 @@ Writes:
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Final
+from unittest import mock
 
 import pandas as pd
 
@@ -107,6 +113,49 @@ def recorded_revision(revision: str) -> Iterator[None]:
         yield
 
 
+def link_or_copy(src: str, dst: str) -> str:
+    """Hard-link ``src`` at ``dst`` (no bytes written); copy where a link cannot be made."""
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
+    return dst
+
+
+@contextmanager
+def linked_checkpoint_copy() -> Iterator[None]:
+    """Let MLflow's checkpoint save link the weights into its staging folder instead of copying.
+
+    ``mlflow.transformers.log_model(<checkpoint folder>)`` copies the folder into a temporary
+    model folder and then copies that into the artifact store: every weight byte is written
+    twice (and read twice). With links, the upload is the only copy. The staging folder is
+    MLflow's own temporary directory, deleted after the upload; the links never outlive it.
+    """
+    from mlflow.transformers import model_io
+
+    def copytree(src: Any, dst: Any, **kw: Any) -> Any:
+        return shutil.copytree(src, dst, copy_function=link_or_copy, **kw)
+
+    # model_io uses shutil for this one call only: give it a shutil whose copytree links
+    with mock.patch.object(model_io, "shutil", types.SimpleNamespace(copytree=copytree)):
+        yield
+
+
+def log_candidate(checkpoint: Path, save_mode: str, options: dict[str, Any]) -> Any:
+    """Log the fine-tuned model from its checkpoint folder: the pipeline (``full``) or the folder."""
+    import mlflow
+
+    with hub.offline():  # every file is local: no model-card or license lookups on the hub
+        if save_mode == "full":
+            import transformers
+
+            pipe = transformers.pipeline(TASK, model=str(checkpoint), tokenizer=str(checkpoint))
+            return mlflow.transformers.log_model(pipe, **options)
+        # checkpoint: logged by path; the model is never built in this process
+        with linked_checkpoint_copy():
+            return mlflow.transformers.log_model(str(checkpoint), **options)
+
+
 def log_reference(ref: hub.HubReference, name: str, num_labels: int) -> Any:
     """Log ``ref`` by reference only: a hub address and revision, no weights."""
     import mlflow
@@ -163,14 +212,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             "model_config": model_config(max_length),
             "pip_requirements": pip_requirements(installed_versions()),
         }
-        with hub.offline():  # every file is local: no model-card or license lookups on the hub
-            if cfg.save_mode == "full":
-                import transformers
-
-                pipe = transformers.pipeline(TASK, model=str(checkpoint), tokenizer=str(checkpoint))
-                info = mlflow.transformers.log_model(pipe, **options)
-            else:  # checkpoint: MLflow copies the folder; the model is never built in this process
-                info = mlflow.transformers.log_model(str(checkpoint), **options)
+        info = log_candidate(checkpoint, cfg.save_mode, options)
 
         client = mlflow.MlflowClient()
         client.set_logged_model_tags(

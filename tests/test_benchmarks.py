@@ -1,0 +1,39 @@
+"""Every benchmark script runs at a tiny size and prints its figures as JSON lines (so none rots).
+
+The figures at tiny sizes say nothing about the targets; docs/PERFORMANCE.md has the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import PROJECT_DIR
+
+pytestmark = pytest.mark.slow
+KEYS = {"benchmark", "figure", "value", "target", "better", "unit"}
+
+
+def test_run_all_quick_runs_every_benchmark_and_prints_json_lines() -> None:
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "benchmarks" / "run_all.py"), "--quick"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(t) for t in done.stdout.splitlines() if t.startswith('{"benchmark"')]
+    figures = {(line["benchmark"], line["figure"].split("[")[0]) for line in lines}
+    assert ("cached_main", "second_over_first_wall") in figures
+    assert ("log_modes", "checkpoint_over_cp") in figures and ("log_modes", "persist_over_copy") in figures
+    for line in lines:
+        assert set(line) == KEYS and line["better"] in ("lower", "higher")
+        assert isinstance(line["value"], (int, float))
+    by_name = {line["figure"]: line["value"] for line in lines}
+    assert by_name["reference_artifact_mb[tiny]"] < 1.0  # a reference stores no weights at any size
+    assert by_name["second_over_first_wall[smoke]"] < 1.0
