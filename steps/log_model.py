@@ -156,18 +156,35 @@ def log_candidate(checkpoint: Path, save_mode: str, options: dict[str, Any]) -> 
             return mlflow.transformers.log_model(str(checkpoint), **options)
 
 
+def reference_pipeline(ref: hub.HubReference, num_labels: int) -> Any:
+    """A pipeline that describes ``ref`` without holding its weights.
+
+    For a reference (``save_pretrained=False``) MLflow reads names, classes, dtype and task from
+    the pipeline and never its weights, so the model is built on PyTorch's meta device (shapes,
+    no data): logging a reference costs the same for a 100 MB model as for a 100 GB one, in time
+    and in memory. Only the config and tokenizer files are read.
+    """
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(
+        ref.repo_id, revision=ref.revision, num_labels=num_labels
+    )
+    with torch.device("meta"):
+        model = transformers.AutoModelForSequenceClassification.from_config(config)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(ref.repo_id, revision=ref.revision)
+    # device=meta: the pipeline would otherwise move the (empty) model to the CPU
+    return transformers.pipeline(TASK, model=model, tokenizer=tokenizer, device=torch.device("meta"))
+
+
 def log_reference(ref: hub.HubReference, name: str, num_labels: int) -> Any:
     """Log ``ref`` by reference only: a hub address and revision, no weights."""
     import mlflow
-    import transformers
 
     snapshot = hub.snapshot_dir(ref.repo_id, ref.revision)  # finetune loaded it from there
     with hub.offline(), recorded_revision(ref.revision):
-        pipe = transformers.pipeline(
-            TASK, model=ref.repo_id, revision=ref.revision, model_kwargs={"num_labels": num_labels}
-        )
         info = mlflow.transformers.log_model(
-            pipe,
+            reference_pipeline(ref, num_labels),
             name=name,
             task=TASK,
             save_pretrained=False,
