@@ -131,6 +131,34 @@ def test_mlflow_renders_the_kubernetes_job_from_our_files(
     assert run.data.tags["mlflow.project.env"] == "docker"
 
 
+def submit_to_databricks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec_file: Path) -> dict[str, Any]:
+    """``mlflow.projects.run(backend="databricks")`` with only the DBFS upload and the Jobs API
+    calls replaced; the Jobs ``runs/submit`` request MLflow would have sent."""
+    import mlflow.projects.databricks as mlflow_databricks
+
+    sent: list[dict[str, Any]] = []
+    runner = mlflow_databricks.DatabricksJobRunner
+    monkeypatch.setattr(mlflow_databricks, "before_run_validations", lambda uri, config: None)
+    monkeypatch.setattr(runner, "_upload_project_to_dbfs", lambda self, d, e: "/dbfs/mlflow/code/abc.tar.gz")
+    monkeypatch.setattr(runner, "_jobs_runs_submit", lambda self, body: sent.append(body) or {"run_id": 7})
+    monkeypatch.setattr(
+        mlflow_databricks.DatabricksSubmittedRun, "_print_description_and_log_tags", lambda s: None
+    )
+    experiment = mlflow.create_experiment(spec_file.stem, artifact_location=str(tmp_path / "artifacts"))
+    mlflow.projects.run(
+        str(PROJECT_DIR),
+        entry_point="main",
+        parameters={"profile": "cuda"},
+        experiment_id=experiment,
+        backend="databricks",
+        backend_config=str(spec_file),
+        env_manager="local",
+        synchronous=False,
+    )
+    [body] = sent
+    return body
+
+
 def test_mlflow_submits_the_databricks_cluster_spec_as_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,30 +168,7 @@ def test_mlflow_submits_the_databricks_cluster_spec_as_written(
     # MLflow's own check, as it runs it for a remote tracking server
     mlflow_databricks.before_run_validations("https://mlflow.example.com", dict(spec))
 
-    sent: list[dict[str, Any]] = []
-    runner = mlflow_databricks.DatabricksJobRunner
-    monkeypatch.setattr(mlflow_databricks, "before_run_validations", lambda uri, config: None)
-    monkeypatch.setattr(
-        runner, "_upload_project_to_dbfs", lambda self, d, e: "/dbfs/mlflow-experiments/1/code/abc.tar.gz"
-    )
-    monkeypatch.setattr(runner, "_jobs_runs_submit", lambda self, body: sent.append(body) or {"run_id": 7})
-    monkeypatch.setattr(
-        mlflow_databricks.DatabricksSubmittedRun, "_print_description_and_log_tags", lambda s: None
-    )
-    experiment = mlflow.create_experiment("dbx", artifact_location=str(tmp_path / "artifacts"))
-
-    mlflow.projects.run(
-        str(PROJECT_DIR),
-        entry_point="main",
-        parameters={"profile": "cuda"},
-        experiment_id=experiment,
-        backend="databricks",
-        backend_config=str(DATABRICKS_SPEC),
-        env_manager="local",
-        synchronous=False,
-    )
-
-    [body] = sent
+    body = submit_to_databricks(tmp_path, monkeypatch, DATABRICKS_SPEC)
     # exactly our cluster: MLflow's own keys (env manager, storage dir...) stay out of it
     assert body["new_cluster"] == spec["new_cluster"]
     packages = [lib["pypi"]["package"] for lib in body["libraries"]]
@@ -178,30 +183,11 @@ def test_a_flat_databricks_spec_would_leak_mlflow_settings_into_the_cluster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Why the spec wraps its cluster in new_cluster (the 3.x docs' flat example does not)."""
-    import mlflow.projects.databricks as mlflow_databricks
-
     flat = json.loads(DATABRICKS_SPEC.read_text())["new_cluster"]
     flat_file = tmp_path / "flat.json"
     flat_file.write_text(json.dumps(flat))
-    sent: list[dict[str, Any]] = []
-    runner = mlflow_databricks.DatabricksJobRunner
-    monkeypatch.setattr(mlflow_databricks, "before_run_validations", lambda uri, config: None)
-    monkeypatch.setattr(runner, "_upload_project_to_dbfs", lambda self, d, e: "/dbfs/x/abc.tar.gz")
-    monkeypatch.setattr(runner, "_jobs_runs_submit", lambda self, body: sent.append(body) or {"run_id": 7})
-    monkeypatch.setattr(
-        mlflow_databricks.DatabricksSubmittedRun, "_print_description_and_log_tags", lambda s: None
-    )
-    experiment = mlflow.create_experiment("flat", artifact_location=str(tmp_path / "artifacts"))
-    mlflow.projects.run(
-        str(PROJECT_DIR),
-        parameters={"profile": "cuda"},
-        experiment_id=experiment,
-        backend="databricks",
-        backend_config=str(flat_file),
-        env_manager="local",
-        synchronous=False,
-    )
-    assert set(sent[0]["new_cluster"]) - set(flat), "MLflow added its own keys to the cluster request"
+    body = submit_to_databricks(tmp_path, monkeypatch, flat_file)
+    assert set(body["new_cluster"]) - set(flat), "MLflow added its own keys to the cluster request"
     with pytest.raises(UserError, match="lacks a top-level 'new_cluster'"):
         check.check_databricks(flat_file)
 
