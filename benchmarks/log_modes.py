@@ -86,7 +86,7 @@ def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
                 info = mlflow.transformers.log_model(str(model_dir), **options)
             elif mode == "full":
                 info = log_model.log_candidate(model_dir, "full", options)
-            elif mode in ("reference", "persist-setup"):
+            elif mode == "reference":
                 revision = hub.content_sha1(model_dir)
                 ref = hub.HubReference(REPO_ID, revision, "content-sha1")
                 info = log_model.log_reference(ref, "model", 2)
@@ -212,15 +212,12 @@ def measure(size: str, root: Path, repeat: int) -> dict[str, float]:
             run_child("init-store", workdir, model_dir, env)
             os.sync()
             samples.setdefault(mode, []).append(run_child(mode, workdir, model_dir, env))
+            if mode == "reference":  # persist the reference-only model just logged
+                os.sync()
+                samples.setdefault("persist", []).append(run_child("persist", workdir, model_dir, env))
             shutil.rmtree(workdir)
         copies["cp"].append(timed_copy(model_dir, fresh("cp") / "copy"))
         shutil.rmtree(root / "cp")
-        persist_dir = fresh("persist")
-        run_child("init-store", persist_dir, model_dir, env)
-        run_child("persist-setup", persist_dir, model_dir, env)
-        os.sync()
-        samples.setdefault("persist", []).append(run_child("persist", persist_dir, model_dir, env))
-        shutil.rmtree(persist_dir)
         copies["weights"].append(timed_copy(model_dir, root / "weights-copy", weights_only=True))
         shutil.rmtree(root / "weights-copy")
     runs = {mode: median_run(results) for mode, results in samples.items()}

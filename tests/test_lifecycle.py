@@ -75,7 +75,7 @@ def test_full_mode_holds_the_weights_and_the_baseline_reference_holds_kilobytes(
     assert candidate.tags["role"] == "candidate" and candidate.tags["save_mode"] == "full"
     assert baseline.tags["role"] == "baseline" and baseline.tags["save_mode"] == "reference"
     assert folder_size(candidate.artifact_location) > 50_000_000
-    assert folder_size(baseline.artifact_location) < 10_000
+    assert folder_size(baseline.artifact_location) < 50_000  # MLmodel, requirements, the model card
     flavor = mlflow.models.Model.load(f"{baseline.artifact_location}/MLmodel").flavors["transformers"]
     assert flavor["source_model_name"] == hub.BUNDLED_REPO_ID
     # The revision recorded is the one loaded (the files' sha1), not the hub's latest commit.
@@ -194,7 +194,7 @@ def test_persist_makes_a_reference_only_model_self_contained_in_place(pipeline: 
     hub.materialize_bundled()  # this process's hub cache, as the log_model step's was
     uri = child_runs(pipeline)["log_model"].data.tags["pipeline.baseline_model_uri"]
     model = logged_model(uri)
-    assert folder_size(model.artifact_location) < 10_000
+    assert folder_size(model.artifact_location) < 50_000  # no weights
     version = mlflow.register_model(uri, "reference-test")
     assert persist.persist_in_place(model.model_id, tmp_path / "a") is True
     assert folder_size(model.artifact_location) > 50_000_000  # the same logged model, in place
