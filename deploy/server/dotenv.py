@@ -52,11 +52,7 @@ def settings(path: Path, keys: tuple[str, ...], environ: Mapping[str, str] | Non
 
 
 def write(path: Path, updates: Mapping[str, str]) -> None:
-    """Set ``updates`` in ``path`` (others kept, in order), atomically, mode 0600.
-
-    The new file is written beside the old one and renamed over it: a crash leaves either the
-    old file or the new one, never half of one.
-    """
+    """Set ``updates`` in ``path`` (others kept, in order), atomically, mode 0600."""
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     pending = dict(updates)
     out = []
@@ -67,12 +63,21 @@ def write(path: Path, updates: Mapping[str, str]) -> None:
         else:
             out.append(line)
     out.extend(f"{key}={shlex.quote(value)}" for key, value in pending.items())
+    write_private(path, "\n".join(out) + "\n")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, readable by its owner only (mode 0600), atomically.
+
+    The new file is written beside the old one and renamed over it: a crash leaves either the
+    old file or the new one, never half of one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".env-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(out) + "\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -165,10 +165,7 @@ def start(opts: ServerOptions, env_file: Path, print_only: bool = False) -> int:
     env = server_env(values, opts, ini_path, os.environ)
     auth_db = values.get(AUTH_DB_URI) or f"sqlite:///{opts.data_dir / 'basic_auth.db'}"
     ini = auth_ini(auth_db, env[ADMIN_USERNAME], opts.default_permission, opts.auth_cache_ttl)
-    fd = os.open(ini_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold a DB password
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(ini)
+    dotenv.write_private(ini_path, ini)  # it may hold a database password
     command = server_command(opts)
     print(f"server: backend store {redact(env[BACKEND_URI])}, users in {redact(auth_db)}", flush=True)
     print("server: " + " ".join(command[1:]), flush=True)
