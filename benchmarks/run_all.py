@@ -22,11 +22,9 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {  # script: (arguments for the full run, arguments for --quick)
     "log_modes.py": ([], ["--sizes", "tiny", "--repeat", "1"]),
     "cached_main.py": ([], ["--profile", "smoke"]),
+    "finetune_speed.py": ([], ["--train-rows", "64", "--epochs", "1", "--repeat", "1"]),
 }
-NOT_MEASURED = (
-    "finetune samples/s, project defaults over the MLflow tutorial recipe (target >= 3.0)",
-    "MLflow tracking overhead during finetune (target <= 2%)",
-)
+NOT_MEASURED: tuple[str, ...] = ()  # figures the issue asks for that no script measures yet
 
 
 def met(line: dict[str, Any]) -> bool | None:

@@ -63,7 +63,7 @@ def key_inputs(
     values = dataclasses.asdict(cfg)
     inputs: dict[str, Any] = {
         "entry_point": step,
-        "config": {name: values[name] for name in sorted(fields)},
+        "config": {name: values[name] for name in sorted(fields) if name in values},  # not methods
         "code": code,
         "upstream": upstream_run_id,
     }

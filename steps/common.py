@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -149,15 +150,48 @@ def download(run_id: str, artifact_path: str, dst: Path) -> Path:
     )
 
 
+def link_or_copy(src: str, dst: str) -> str:
+    """Hard-link ``src`` at ``dst`` (no bytes written); copy where a link cannot be made."""
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed
+        shutil.copy2(src, dst)
+    return dst
+
+
+def log_artifacts_linked(local_dir: Path, artifact_path: str) -> None:
+    """``mlflow.log_artifacts`` for files that are never changed in place after this (checkpoints
+    the Trainer or ``save_pretrained`` just wrote): into a local artifact store they are
+    hard-linked, not copied (hundreds of MB per epoch, measured: ~3 % of a CPU epoch); any other
+    store gets MLflow's own upload."""
+    import mlflow
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    run = mlflow.active_run()
+    repo = get_artifact_repository(run.info.artifact_uri) if run else None
+    if not isinstance(repo, LocalArtifactRepository):
+        mlflow.log_artifacts(str(local_dir), artifact_path)
+        return
+    target = Path(repo.artifact_dir) / artifact_path
+    shutil.copytree(local_dir, target, copy_function=link_or_copy, dirs_exist_ok=True)
+
+
 @contextlib.contextmanager
 def step_run(
-    step: str, profile: str, cfg: Config, upstream_run_id: str | None = None
+    step: str,
+    profile: str,
+    cfg: Config,
+    upstream_run_id: str | None = None,
+    system_metrics_interval_s: float | None = None,
 ) -> Iterator[tuple[str, Path]]:
     """Start (or, under ``mlflow run``, resume) this step's run; yield its ID and a scratch dir.
 
     Tags the run with the step, profile and upstream run, and logs the merged config as
     ``config.*`` params (the raw entry-point parameters keep their own names) and as a YAML
-    artifact. An exception inside marks the run FAILED.
+    artifact. An exception inside marks the run FAILED. With ``system_metrics_interval_s``, MLflow
+    samples CPU, memory, disk, network (and GPU where ``nvidia-ml-py`` finds one) every so many
+    seconds into ``system/*`` metrics of the run while it is open.
     """
     import mlflow
 
@@ -168,7 +202,16 @@ def step_run(
     if upstream_run_id:
         tags[UPSTREAM_TAG] = upstream_run_id
     # nested: main may run a light step in its own process, inside its parent run
-    with mlflow.start_run(run_id=run_id, tags=tags, nested=mlflow.active_run() is not None) as run:
+    if system_metrics_interval_s is not None:
+        mlflow.set_system_metrics_sampling_interval(system_metrics_interval_s)
+        mlflow.set_system_metrics_samples_before_logging(1)  # each sample as soon as it is taken
+    with mlflow.start_run(
+        run_id=run_id,
+        tags=tags,
+        nested=mlflow.active_run() is not None,
+        # None: MLflow's own switch (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING) still applies
+        log_system_metrics=True if system_metrics_interval_s is not None else None,
+    ) as run:
         mlflow.set_tags(tags)  # a resumed run ignores start_run's tags
         mlflow.log_params({f"config.{k}": v for k, v in as_params(cfg).items()})
         mlflow.log_dict(dataclasses.asdict(cfg), CONFIG_ARTIFACT)

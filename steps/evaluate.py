@@ -1,7 +1,8 @@
 """evaluate: the fine-tuned model on the held-out test split, beside two baselines.
 
-Reads: ``--finetune_run_id``; that run's ``checkpoint/``, and through its upstream tag the
-tokenize run's ``tokenized/test.parquet``.
+Reads: ``--finetune_run_id``; that run's ``checkpoint/`` (the best model), or with
+``--checkpoint_epoch N`` the model it logged for epoch N (a LoRA epoch: its adapter, loaded onto
+the base model), and through its upstream tag the tokenize run's ``tokenized/test.parquet``.
 Writes:
 - metrics ``test_accuracy``, ``test_precision``, ``test_recall``, ``test_f1`` (precision/recall/F1
   of ``positive_label`` for two classes, macro otherwise);
@@ -14,7 +15,8 @@ Writes:
 - artifacts ``evaluation/confusion_matrix.png``, ``evaluation/classification_report.json``,
   ``evaluation/predictions.parquet`` (text, label, prediction, class probabilities) and
   ``evaluation/misclassified.csv``;
-- tags ``base_model``, ``base_model_revision``, ``data_digest`` (carried from upstream).
+- tags ``base_model``, ``base_model_revision``, ``data_digest`` (carried from upstream), and
+  ``pipeline.checkpoint_path``: the finetune artifact evaluated (log_model logs that model).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from steps.errors import UserError
 STEP = "evaluate"
 UPSTREAM = "finetune_run_id"
 EVAL_DIR = "evaluation"
+CHECKPOINT_PATH_TAG = "pipeline.checkpoint_path"  # which of finetune's models was evaluated
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1")
 # What a filter of the 2010s looks for. The bundled data is built so that this is not enough.
 SPAM_KEYWORDS = re.compile(
@@ -105,14 +108,19 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     client = mlflow.MlflowClient()
     device = modeling.available_device(cfg.device)
 
+    # an epoch that was not logged fails here, before a run starts
+    path = finetune.checkpoint_path(upstream.data.tags, upstream.info.run_id, cfg.checkpoint_epoch)
+
     with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
         frames, label2id = tokenize.read_tokenized(tokenize_run_id, tmp / "data")
         test = frames["test"]
         id2label = {i: label for label, i in label2id.items()}
         labels = [id2label[i] for i in range(len(id2label))]
-        checkpoint = finetune.download_checkpoint(upstream.info.run_id, tmp / "model")
+        checkpoint = finetune.download_checkpoint(upstream.info.run_id, tmp / "model", path)
+        base_model = common.resolve_base_model(upstream.data.tags[common.BASE_MODEL_TAG])
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
+        model = modeling.load_classifier(checkpoint, base_model, id2label)  # a model or an adapter
+        mlflow.set_tag(CHECKPOINT_PATH_TAG, path)
         probs = modeling.predict_proba(model, tokenizer, test, cfg.eval_batch_size, device)
         scored = predictions_frame(test, probs, id2label)
         metrics = prefixed(
@@ -125,7 +133,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         # The same model before fine-tuning: base weights and a head initialised as finetune did.
         set_seed(cfg.seed)
         base = AutoModelForSequenceClassification.from_pretrained(
-            common.resolve_base_model(upstream.data.tags[common.BASE_MODEL_TAG]),
+            base_model,
             num_labels=len(labels),
             id2label=id2label,
             label2id=label2id,

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from steps import common, modeling, tokenize
-from steps.config import Config
+from steps.config import Config, module_names
 from steps.errors import UserError
 
 STEP = "finetune"
@@ -52,6 +52,13 @@ RESUME_PARAM = "resume_run_id"
 RESUMED_FROM_TAG = "pipeline.resumed_from"
 LAST_CHECKPOINT_TAG = "pipeline.last_checkpoint"
 SHARED_DIR_ENV = "PIPELINE_FINETUNE_SHARED_DIR"  # set by the relaunch: the ranks' common folder
+ADAPTER_DIR = "adapter"  # LoRA: the best epoch's adapter (and classifier head), with the tokenizer
+EPOCHS_DIR = "epochs"  # epoch_checkpoints=all: epochs/epoch-<n>/, each epoch's model files
+PEFT_TAG = "pipeline.peft"
+BEST_EPOCH_TAG = "pipeline.best_epoch"
+EPOCH_CHECKPOINTS_TAG = "pipeline.epoch_checkpoints"  # JSON: {"<epoch>": "<artifact path>"}
+# What a Trainer checkpoint holds beyond the model: needed to resume, not to predict.
+TRAINER_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json")
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -142,6 +149,31 @@ def training_arguments(cfg: Config, device: str, output_dir: str, world: World =
     }
 
 
+def epoch_number(epoch: float | None) -> int:
+    """The epoch a checkpoint closes, counted from 1 (a partial last epoch counts as one)."""
+    return max(1, math.ceil((epoch or 0.0) - 1e-6))
+
+
+def model_files(checkpoint: Path) -> list[Path]:
+    """The files of a Trainer checkpoint that make up the model (weights or adapter, config,
+    tokenizer): what inference needs, without the optimizer and RNG state."""
+    return sorted(
+        p
+        for p in checkpoint.iterdir()
+        if p.is_file() and p.name not in TRAINER_STATE_FILES and not p.name.startswith("rng_state")
+    )
+
+
+def check_target_modules(wanted: list[str], available: list[str]) -> None:
+    """LoRA adapts modules by name: each wanted name must be one the model has."""
+    missing = [name for name in wanted if name not in available]
+    if missing:
+        raise UserError(
+            f"lora_target_modules {', '.join(missing)} not found in the base model: "
+            f"its linear layers are {', '.join(available)}"
+        )
+
+
 def mlflow_metric_names(logs: dict[str, Any]) -> dict[str, float]:
     """Trainer log keys -> this project's metric names (``eval_f1`` -> ``val_f1``)."""
     renamed = {}
@@ -187,12 +219,52 @@ def _callbacks(run_id: str) -> list[Any]:
             if not state.is_world_process_zero:
                 return
             name = f"checkpoint-{state.global_step}"
-            mlflow.log_artifacts(str(Path(args.output_dir) / name), f"{RESUME_DIR}/{name}")
+            common.log_artifacts_linked(Path(args.output_dir) / name, f"{RESUME_DIR}/{name}")
             mlflow.set_tag(LAST_CHECKPOINT_TAG, name)  # only once every file is up
             best = Path(state.best_model_checkpoint or name).name  # early stopping needs it too
             _delete_older_checkpoints(run_id, keep={name, best})
 
     return [MlflowEpochMetrics(), MlflowResumableCheckpoints()]
+
+
+class EpochCheckpoints:
+    """Which epoch each Trainer checkpoint closes; with ``log_each``, each epoch's model files
+    are logged to ``epochs/epoch-<n>/`` of the run as the epoch ends (model files only: no
+    optimizer state, so an epoch costs the model's size)."""
+
+    def __init__(self, log_each: bool) -> None:
+        self.log_each = log_each
+        self.epoch_of_step: dict[int, int] = {}
+        self.logged: dict[int, str] = {}
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class MlflowEpochCheckpoints(TrainerCallback):
+            def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                if state.is_world_process_zero:
+                    outer.saved(Path(args.output_dir) / f"checkpoint-{state.global_step}", state)
+
+        return MlflowEpochCheckpoints()
+
+    def saved(self, folder: Path, state: Any) -> None:
+        epoch = epoch_number(state.epoch)
+        self.epoch_of_step[state.global_step] = epoch
+        if self.log_each:
+            path = f"{EPOCHS_DIR}/epoch-{epoch}"
+            with tempfile.TemporaryDirectory(prefix="epoch-") as staging:
+                for file in model_files(folder):
+                    common.link_or_copy(str(file), str(Path(staging) / file.name))
+                common.log_artifacts_linked(Path(staging), path)
+            self.logged[epoch] = path
+
+    def best_epoch(self, state: Any) -> int:
+        """The epoch of the checkpoint the Trainer kept as best (the last one, without eval)."""
+        name = state.best_model_checkpoint
+        step = int(Path(name).name.split("-")[1]) if name else state.global_step
+        return self.epoch_of_step.get(step, epoch_number(state.epoch))
 
 
 def _delete_older_checkpoints(run_id: str, keep: set[str]) -> None:
@@ -263,7 +335,8 @@ def rank_run(
 ) -> Iterator[tuple[str | None, Path]]:
     """Rank 0: the step's MLflow run. Other ranks: no run at all, only a scratch folder."""
     if world.is_main:
-        with common.step_run(STEP, profile, cfg, upstream_run_id) as (run_id, tmp):
+        interval = cfg.system_metrics_interval_s if cfg.system_metrics else None
+        with common.step_run(STEP, profile, cfg, upstream_run_id, interval) as (run_id, tmp):
             yield run_id, tmp
         return
     os.environ.pop("MLFLOW_RUN_ID", None)  # rank 0's run: only rank 0 writes to it
@@ -312,6 +385,15 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
             raise common.load_model_error(base_model, exc) from None
         tokenizer = AutoTokenizer.from_pretrained(resolved)
         labels = [id2label[i] for i in range(len(id2label))]
+        if cfg.peft == "lora":
+            model = with_lora(model, cfg)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        if run_id:
+            mlflow.log_metrics(
+                {"trainable_params": float(trainable), "trainable_fraction": trainable / total}
+            )
+            mlflow.set_tag(PEFT_TAG, cfg.peft)
 
         def compute_metrics(prediction: Any) -> dict[str, float]:
             logits, label_ids = prediction
@@ -323,7 +405,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
                 cfg.positive_label,
             )
 
-        callbacks = _callbacks(run_id) if run_id else []
+        epochs = EpochCheckpoints(log_each=cfg.epoch_checkpoints == "all")
+        callbacks = [*_callbacks(run_id), epochs.callback()] if run_id else []
         if cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_min_delta))
         trainer = Trainer(
@@ -356,11 +439,14 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
             shutil.rmtree(work_dir, ignore_errors=True)
         state = trainer.state
         planned_epochs = cfg.num_train_epochs if cfg.max_steps <= 0 else state.num_train_epochs
+        best_epoch = epochs.best_epoch(state)
         mlflow.log_params({"resolved_device": device, "world_size": str(world.size)})
         mlflow.log_metrics(
             {
                 "best_val_f1": float(state.best_metric if state.best_metric is not None else float("nan")),
                 "epochs_completed": float(state.epoch or 0.0),
+                "best_epoch": float(best_epoch),
+                "stopped_epoch": float(epoch_number(state.epoch)),  # early stopping or the plan
                 "stopped_early": float(cfg.max_steps <= 0 and (state.epoch or 0) + 1e-6 < planned_epochs),
                 "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
                 "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
@@ -370,11 +456,44 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
             }
         )
         checkpoint = tmp / CHECKPOINT_DIR
-        trainer.save_model(str(checkpoint))  # the best epoch's weights (load_best_model_at_end)
+        if cfg.peft == "lora":
+            adapter = tmp / ADAPTER_DIR
+            trainer.save_model(str(adapter))  # a PEFT model saves its adapter (and head) only
+            tokenizer.save_pretrained(str(adapter))
+            common.log_artifacts_linked(adapter, ADAPTER_DIR)
+            # checkpoint/ is always a whole model: the adapter folded into the base weights
+            peft_model: Any = trainer.model
+            peft_model.merge_and_unload().save_pretrained(str(checkpoint))
+        else:
+            trainer.save_model(str(checkpoint))  # the best epoch's weights (load_best_model_at_end)
         tokenizer.save_pretrained(str(checkpoint))
-        mlflow.log_artifacts(str(checkpoint), CHECKPOINT_DIR)
-        mlflow.set_tags(common.lineage_tags(upstream))
+        common.log_artifacts_linked(checkpoint, CHECKPOINT_DIR)
+        logged = epochs.logged or {best_epoch: ADAPTER_DIR if cfg.peft == "lora" else CHECKPOINT_DIR}
+        mlflow.set_tags(
+            {
+                BEST_EPOCH_TAG: str(best_epoch),
+                EPOCH_CHECKPOINTS_TAG: json.dumps({str(k): v for k, v in sorted(logged.items())}),
+                **common.lineage_tags(upstream),
+            }
+        )
         return run_id
+
+
+def with_lora(model: Any, cfg: Config) -> Any:
+    """``model`` with LoRA adapters on ``cfg``'s target modules; only they and the classifier
+    head train (PEFT's sequence-classification task keeps the new head trainable)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    wanted = module_names(cfg.lora_target_modules)
+    check_target_modules(wanted, modeling.linear_module_names(model))
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=wanted,
+    )
+    return get_peft_model(model, lora)
 
 
 def relaunch(nproc: int, argv: list[str]) -> int:
@@ -385,9 +504,23 @@ def relaunch(nproc: int, argv: list[str]) -> int:
         return subprocess.run(torchrun_command(nproc, argv), env=env, check=False).returncode
 
 
-def download_checkpoint(run_id: str, dst: Path) -> Path:
-    """Downstream steps' way in: the fine-tuned model folder of a finetune run."""
-    return common.download(run_id, CHECKPOINT_DIR, dst)
+def download_checkpoint(run_id: str, dst: Path, path: str = CHECKPOINT_DIR) -> Path:
+    """Downstream steps' way in: a model folder of a finetune run (by default the best model)."""
+    return common.download(run_id, path, dst)
+
+
+def checkpoint_path(tags: Mapping[str, str], run_id: str, epoch: int) -> str:
+    """Where epoch ``epoch``'s model is in the finetune run's artifacts (0: the best model)."""
+    if epoch == 0:
+        return CHECKPOINT_DIR
+    logged = {int(k): v for k, v in json.loads(tags.get(EPOCH_CHECKPOINTS_TAG, "{}")).items()}
+    if epoch not in logged:
+        have = ", ".join(map(str, sorted(logged))) or "none"
+        raise UserError(
+            f"checkpoint_epoch={epoch} was not logged by finetune run {run_id} (logged epochs: "
+            f"{have}): pick one of those, or fine-tune with epoch_checkpoints all"
+        )
+    return logged[epoch]
 
 
 def main(argv: list[str] | None = None) -> int:

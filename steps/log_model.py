@@ -14,6 +14,7 @@ Writes:
   kilobytes), tagged ``role=baseline``; skipped for a base model in a local folder.
 - the logged models' tags (``role``, ``save_mode``, ``base_model``, ``base_model_revision``,
   ``data_digest``) and the candidate's test metrics;
+- metric ``model_artifact_bytes``: the size of the logged model as logged;
 - run tags ``pipeline.model_uri`` (``ModelInfo.model_uri``), ``pipeline.model_id``,
   ``pipeline.baseline_model_uri``, ``save_mode``; artifact ``expected_predictions.json`` (the input
   example and the labels evaluate gave it, for persist's verification).
@@ -22,7 +23,6 @@ Writes:
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import types
@@ -34,7 +34,7 @@ from unittest import mock
 
 import pandas as pd
 
-from steps import common, evaluate, finetune, hub
+from steps import common, evaluate, finetune, hub, modeling
 from steps.config import Config
 from steps.errors import UserError
 
@@ -81,20 +81,25 @@ def model_config(max_length: int) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- MLflow
-def installed_versions() -> dict[str, str]:
+def installed_versions(adapter: bool = False) -> dict[str, str]:
     import mlflow
     import safetensors
     import tokenizers
     import torch
     import transformers
 
-    return {
+    versions = {
         "mlflow": mlflow.__version__,
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "tokenizers": tokenizers.__version__,
         "safetensors": safetensors.__version__,
     }
+    if adapter:  # MLflow applies a LoRA adapter with peft when it loads the model
+        import peft
+
+        versions["peft"] = peft.__version__
+    return versions
 
 
 @contextmanager
@@ -113,13 +118,18 @@ def recorded_revision(revision: str) -> Iterator[None]:
         yield
 
 
-def link_or_copy(src: str, dst: str) -> str:
-    """Hard-link ``src`` at ``dst`` (no bytes written); copy where a link cannot be made."""
-    try:
-        os.link(src, dst)
-    except OSError:  # another filesystem, or links not allowed
-        shutil.copy2(src, dst)
-    return dst
+@contextmanager
+def pins_from_this_environment() -> Iterator[None]:
+    """Skip MLflow's check that the model's pip requirements match this environment.
+
+    Our requirements are made from the installed versions (``installed_versions``), so they
+    match by construction; MLflow's check maps every installed distribution to its modules to
+    find out, about half a second per logged model on this machine (measured with cProfile).
+    """
+    from mlflow.utils import environment
+
+    with mock.patch.object(environment, "warn_dependency_requirement_mismatches", lambda reqs: None):
+        yield
 
 
 @contextmanager
@@ -134,7 +144,7 @@ def linked_checkpoint_copy() -> Iterator[None]:
     from mlflow.transformers import model_io
 
     def copytree(src: Any, dst: Any, **kw: Any) -> Any:
-        return shutil.copytree(src, dst, copy_function=link_or_copy, **kw)
+        return shutil.copytree(src, dst, copy_function=common.link_or_copy, **kw)
 
     # model_io uses shutil for this one call only: give it a shutil whose copytree links
     with mock.patch.object(model_io, "shutil", types.SimpleNamespace(copytree=copytree)):
@@ -145,7 +155,8 @@ def log_candidate(checkpoint: Path, save_mode: str, options: dict[str, Any]) -> 
     """Log the fine-tuned model from its checkpoint folder: the pipeline (``full``) or the folder."""
     import mlflow
 
-    with hub.offline():  # every file is local: no model-card or license lookups on the hub
+    # every file is local: no model-card or license lookups on the hub
+    with hub.offline(), pins_from_this_environment():
         if save_mode == "full":
             import transformers
 
@@ -177,12 +188,44 @@ def reference_pipeline(ref: hub.HubReference, num_labels: int) -> Any:
     return transformers.pipeline(TASK, model=model, tokenizer=tokenizer, device=torch.device("meta"))
 
 
+def adapter_pipeline(ref: hub.HubReference, adapter: Path, id2label: dict[int, str]) -> Any:
+    """A pipeline of the LoRA ``adapter`` on the base model at ``ref``, loaded from the hub cache
+    by its hub name and revision, so that MLflow records that address and saves only the adapter.
+    The base weights are read once (PEFT needs real tensors to attach the adapter to)."""
+    import transformers
+
+    model = modeling.load_classifier(adapter, ref.repo_id, id2label, revision=ref.revision)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(adapter)
+    return transformers.pipeline(TASK, model=model, tokenizer=tokenizer)
+
+
+def log_adapter_reference(
+    ref: hub.HubReference, adapter: Path, id2label: dict[int, str], options: dict[str, Any]
+) -> Any:
+    """Log a LoRA fine-tune as its adapter (kilobytes to megabytes) plus the base model's hub
+    address and the revision actually loaded; ``persist`` later folds it into whole weights."""
+    import mlflow
+
+    snapshot = hub.snapshot_dir(ref.repo_id, ref.revision)
+    with hub.offline(), recorded_revision(ref.revision), pins_from_this_environment():
+        info = mlflow.transformers.log_model(
+            adapter_pipeline(ref, adapter, id2label),
+            save_pretrained=False,
+            model_card=hub.model_card(snapshot),
+            **options,
+        )
+    flavor = mlflow.models.Model.load(info.model_uri).flavors["transformers"]
+    if flavor.get("source_model_revision") != ref.revision or "peft_adaptor" not in flavor:
+        raise RuntimeError(f"MLflow did not record the adapter on {ref.repo_id}@{ref.revision}: {flavor}")
+    return info
+
+
 def log_reference(ref: hub.HubReference, name: str, num_labels: int) -> Any:
     """Log ``ref`` by reference only: a hub address and revision, no weights."""
     import mlflow
 
     snapshot = hub.snapshot_dir(ref.repo_id, ref.revision)  # finetune loaded it from there
-    with hub.offline(), recorded_revision(ref.revision):
+    with hub.offline(), recorded_revision(ref.revision), pins_from_this_environment():
         info = mlflow.transformers.log_model(
             reference_pipeline(ref, num_labels),
             name=name,
@@ -197,20 +240,49 @@ def log_reference(ref: hub.HubReference, name: str, num_labels: int) -> Any:
     return info
 
 
+def artifact_bytes(artifact_uri: str) -> int:
+    """The size of everything under ``artifact_uri``, through the artifact store's listing."""
+    import mlflow
+
+    total = 0
+    for info in mlflow.artifacts.list_artifacts(artifact_uri=artifact_uri):
+        if info.is_dir:
+            total += artifact_bytes(f"{artifact_uri.rstrip('/')}/{info.path.rsplit('/', 1)[-1]}")
+        else:
+            total += info.file_size or 0
+    return total
+
+
 def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     import mlflow
     from mlflow.models import infer_signature
 
     upstream = common.get_upstream(upstream_run_id, evaluate.STEP, UPSTREAM)
-    check_save_mode(cfg.save_mode, adapter=False)
+    chain = common.upstream_chain(upstream)
+    adapter = "finetune" in chain and chain["finetune"].data.tags.get(finetune.PEFT_TAG) == "lora"
+    check_save_mode(cfg.save_mode, adapter=adapter)
     finetune_run_id = upstream.data.tags[common.UPSTREAM_TAG]
+    evaluated = upstream.data.tags.get(evaluate.CHECKPOINT_PATH_TAG, finetune.CHECKPOINT_DIR)
     lineage_tags = common.lineage_tags(upstream)
     test_metrics = {k: v for k, v in upstream.data.metrics.items() if k.startswith("test_")}
-    tokenize_run = common.upstream_chain(upstream)["tokenize"]
+    tokenize_run = chain["tokenize"]
     max_length = int(tokenize_run.data.params["config.max_length"])  # what the model was trained on
+    id2label = {i: label for label, i in json.loads(tokenize_run.data.params["label2id"]).items()}
+    reference = None
+    if cfg.save_mode == "reference":  # before the run: a base model with no hub address is an error
+        reference = hub.reference_for(
+            lineage_tags[common.BASE_MODEL_TAG], lineage_tags[common.BASE_REVISION_TAG]
+        )
 
     with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
-        checkpoint = finetune.download_checkpoint(finetune_run_id, tmp / "model")
+        if reference is not None:  # the adapter that evaluate evaluated (checkpoint/ is merged)
+            path = finetune.ADAPTER_DIR if evaluated == finetune.CHECKPOINT_DIR else evaluated
+            checkpoint = finetune.download_checkpoint(finetune_run_id, tmp / "model", path)
+        else:
+            checkpoint = finetune.download_checkpoint(finetune_run_id, tmp / "model", evaluated)
+            if modeling.is_adapter(checkpoint):  # an epoch of a LoRA run: fold it in first
+                base = common.resolve_base_model(lineage_tags[common.BASE_MODEL_TAG])
+                checkpoint = modeling.merge_adapter(checkpoint, base, id2label, tmp / "merged")
         predictions = pd.read_parquet(
             common.download(upstream.info.run_id, f"{evaluate.EVAL_DIR}/predictions.parquet", tmp / "eval")
         )
@@ -227,9 +299,12 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             "signature": signature,
             "input_example": texts,
             "model_config": model_config(max_length),
-            "pip_requirements": pip_requirements(installed_versions()),
+            "pip_requirements": pip_requirements(installed_versions(adapter=reference is not None)),
         }
-        info = log_candidate(checkpoint, cfg.save_mode, options)
+        if reference is not None:
+            info = log_adapter_reference(reference, checkpoint, id2label, options)
+        else:
+            info = log_candidate(checkpoint, cfg.save_mode, options)
 
         client = mlflow.MlflowClient()
         client.set_logged_model_tags(
@@ -237,6 +312,10 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         )
         if test_metrics:
             mlflow.log_metrics(test_metrics, model_id=info.model_id)
+        # what this save mode stored (persist may add the weights later, in place)
+        mlflow.log_metric(
+            "model_artifact_bytes", artifact_bytes(client.get_logged_model(info.model_id).artifact_location)
+        )
         (tmp / EXPECTED_FILE).write_text(
             json.dumps({"texts": texts, "labels": example["prediction"].tolist()}, indent=2)
         )

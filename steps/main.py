@@ -100,7 +100,7 @@ def preflight(cfg: Config) -> None:
     from steps import modeling
 
     prepare.resolve_data_path(cfg.data)
-    log_model.check_save_mode(cfg.save_mode, adapter=False)
+    log_model.check_save_mode(cfg.save_mode, adapter=cfg.peft == "lora")
     modeling.check_precision(cfg.precision, modeling.available_device(cfg.device))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,4 +95,65 @@ def predict_proba(
             idx = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in collate([features[i] for i in idx]).items()}
             out[idx] = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()
+    return out
+
+
+# ----------------------------------------------------------------------------- LoRA adapters
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """The distinct last names of the model's linear layers: what LoRA ``target_modules`` match."""
+    import torch
+
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+        }
+    )
+
+
+def is_adapter(folder: Path) -> bool:
+    """A PEFT adapter folder (adapter weights and config), as opposed to a whole model."""
+    return (folder / ADAPTER_CONFIG).is_file()
+
+
+def load_classifier(
+    folder: Path,
+    base_model: str | None = None,
+    id2label: dict[int, str] | None = None,
+    revision: str | None = None,
+) -> Any:
+    """A fine-tuned classifier from ``folder``: a whole model, or a LoRA adapter on ``base_model``
+    (loaded with the fine-tune's labels, so the head's outputs keep their names)."""
+    from transformers import AutoModelForSequenceClassification
+
+    if not is_adapter(folder):
+        return AutoModelForSequenceClassification.from_pretrained(folder)
+    from peft import PeftModel
+
+    if base_model is None or id2label is None:
+        raise ValueError(f"{folder} holds a LoRA adapter: its base model and labels are needed")
+    base = AutoModelForSequenceClassification.from_pretrained(
+        base_model,
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={label: i for i, label in id2label.items()},
+        revision=revision,
+    )
+    return PeftModel.from_pretrained(base, folder)
+
+
+def merge_adapter(adapter: Path, base_model: str, id2label: dict[int, str], out: Path) -> Path:
+    """Fold a LoRA adapter into its base model's weights: one ordinary, self-contained model
+    folder (weights, config with the labels, tokenizer) that predicts what base + adapter did."""
+    from transformers import AutoTokenizer
+
+    merged = load_classifier(adapter, base_model, id2label).merge_and_unload()
+    merged.save_pretrained(out)
+    AutoTokenizer.from_pretrained(
+        adapter if (adapter / "tokenizer_config.json").is_file() else base_model
+    ).save_pretrained(out)
     return out

@@ -3,6 +3,10 @@
 Reads: ``--register_run_id``; the version it registered, the logged model behind it, and the
 log_model run's ``expected_predictions.json``.
 Writes:
+- for a LoRA adapter by reference: the adapter folded into the base model's weights (the base
+  is loaded once for that), checked to give the input example the adapter model's class
+  probabilities (to 1e-5), then written as for a whole model below. MLflow's own
+  ``persist_pretrained_model`` writes adapter-keyed weights that do not load (mlflow #23761);
 - for a reference-only version: the referenced weights and tokenizer files, copied from the hub
   cache (downloaded first only when the hub is reachable) into the logged model's own artifacts
   (``model/``, ``components/tokenizer/``), then its ``MLmodel`` rewritten to point at them. Files
@@ -23,7 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steps import common, hub, log_model, register
+from steps import common, hub, log_model, modeling, register
 from steps.config import Config
 from steps.errors import UserError
 
@@ -44,6 +48,8 @@ TOKENIZER_FILES = (
     "added_tokens.json",
 )
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+PEFT_KEY = "peft_adaptor"  # MLflow's flavor key for an adapter folder in the model's artifacts
+MERGE_TOLERANCE = 1e-5  # largest difference in any class probability, adapter vs merged
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -77,31 +83,83 @@ def flavor_of(location: str, dst: Path) -> tuple[Any, Path]:
     return Model.load(str(path)), path
 
 
-def persist_in_place(model_id: str, tmp: Path) -> bool:
-    """Copy a reference-only model's weights into its own artifacts. False if already there."""
+def persist_in_place(
+    model_id: str, tmp: Path, id2label: dict[int, str] | None = None, texts: list[str] | None = None
+) -> bool:
+    """Make a reference-only model self-contained in its own artifacts. False if it already was.
+
+    A whole base model by reference: its files are copied from the hub cache, never loaded. A LoRA
+    adapter by reference: the adapter is folded into the base weights (``id2label`` names the
+    head's outputs) and the merged model must give ``texts`` the adapter model's probabilities.
+    """
     import mlflow
     from mlflow.transformers.flavor_config import update_flavor_conf_to_persist_pretrained_model
 
     client = mlflow.MlflowClient()
-    mlmodel, mlmodel_path = flavor_of(client.get_logged_model(model_id).artifact_location, tmp / "meta")
+    location = client.get_logged_model(model_id).artifact_location
+    mlmodel, mlmodel_path = flavor_of(location, tmp / "meta")
     flavor = mlmodel.flavors["transformers"]
     if not is_reference_only(flavor):
         return False
     snapshot = hub.local_snapshot(flavor["source_model_name"], flavor["source_model_revision"])
-    plan = files_to_copy(sorted(p.name for p in snapshot.iterdir() if p.is_file()))
-    if not any(dst.startswith(MODEL_DIR) and dst.endswith(WEIGHT_SUFFIXES) for dst in plan.values()):
-        raise UserError(f"{snapshot} holds no weight files to persist")
     staged = tmp / "persist"
+    if flavor.get(PEFT_KEY):
+        if id2label is None or not texts:
+            raise ValueError("persisting a LoRA adapter needs the labels and texts to compare")
+        adapter = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{location.rstrip('/')}/{flavor[PEFT_KEY]}", dst_path=str(tmp / "adapter")
+            )
+        )
+        merged = merge_verified(adapter, snapshot, id2label, texts, tmp / "merged")
+        plan = files_to_copy(sorted(p.name for p in merged.iterdir() if p.is_file()))
+        source_dir = merged
+    else:
+        plan = files_to_copy(sorted(p.name for p in snapshot.iterdir() if p.is_file()))
+        source_dir = snapshot
+    if not any(dst.startswith(MODEL_DIR) and dst.endswith(WEIGHT_SUFFIXES) for dst in plan.values()):
+        raise UserError(f"{source_dir} holds no weight files to persist")
     for source, target in plan.items():
         (staged / target).parent.mkdir(parents=True, exist_ok=True)
         # staged by hard link to the cache's file (a copy only across filesystems): the upload
         # below is then the one time the weights are written
-        log_model.link_or_copy(str((snapshot / source).resolve()), str(staged / target))
+        common.link_or_copy(str((source_dir / source).resolve()), str(staged / target))
     client.log_model_artifacts(model_id, str(staged))  # weights first ...
-    mlmodel.add_flavor("transformers", **update_flavor_conf_to_persist_pretrained_model(flavor))
+    persisted = update_flavor_conf_to_persist_pretrained_model(flavor)
+    persisted.pop(PEFT_KEY, None)  # merged: the adapter stays in the artifacts as a record only
+    mlmodel.add_flavor("transformers", **persisted)
     mlmodel.save(str(mlmodel_path))
     client.log_model_artifact(model_id, str(mlmodel_path))  # ... then the MLmodel that uses them
     return True
+
+
+def merge_verified(adapter: Path, base: Path, id2label: dict[int, str], texts: list[str], out: Path) -> Path:
+    """Fold ``adapter`` into ``base`` and check the merged model predicts what base + adapter did.
+
+    MLflow's own ``persist_pretrained_model`` on a PEFT model writes LoRA-keyed weights that do
+    not load as the model (mlflow issue #23761); a merge is an ordinary model, and this check
+    makes sure of it on the input example before anything is written to the artifacts.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)  # an adapter is trained on its base's tokens
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+
+    def probabilities(model: Any) -> Any:
+        with torch.inference_mode():
+            return torch.softmax(model.eval()(**batch).logits.float(), dim=-1)
+
+    model = modeling.load_classifier(adapter, str(base), id2label)
+    before = probabilities(model)
+    model.merge_and_unload().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    del model
+    after = probabilities(AutoModelForSequenceClassification.from_pretrained(out))  # as written
+    gap = float((before - after).abs().max())
+    if gap > MERGE_TOLERANCE:
+        raise RuntimeError(f"the merged model's probabilities differ from the adapter's by {gap:.2e}")
+    return out
 
 
 def verify(name: str, version: str, texts: list[str], expected: list[str] | None, tmp: Path) -> None:
@@ -152,7 +210,9 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         if done_before:  # idempotent: verified files do not change in place
             print(f"{STEP}: {name} v{number} was persisted and verified before; not loading it again")
         else:
-            copied = persist_in_place(model_id, tmp)
+            tokenize_run = common.upstream_chain(log_model_run)["tokenize"]
+            id2label = {i: label for label, i in json.loads(tokenize_run.data.params["label2id"]).items()}
+            copied = persist_in_place(model_id, tmp, id2label, expected["texts"])
             verify(name, number, expected["texts"], expected["labels"], tmp)
         client.set_model_version_tag(name, number, register.PERSISTED_TAG, "true")
         client.set_model_version_tag(name, number, VERIFIED_TAG, "true")

@@ -331,3 +331,37 @@ def test_lineage_target_that_does_not_exist(capsys, target: str) -> None:
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if ": error: " in line]  # MLflow may log INFO lines
     assert len(lines) == 1 and lines[0].startswith("lineage: error: ") and "Traceback" not in err
+
+
+def test_lora_rank_below_one_stops_main_before_any_run(capsys) -> None:
+    fails_with_one_line(
+        capsys,
+        main_step.main,
+        ["--profile", "lora-reference", "--lora_r", "0"],
+        "lora_r=0 and lora_alpha=16 must be at least 1",
+    )
+    assert mlflow.MlflowClient().search_runs(["0"]) == []
+
+
+def test_lora_target_module_the_model_lacks_stops_finetune(capsys, pipeline: str) -> None:
+    from tests.helpers import child_runs
+
+    client = mlflow.MlflowClient()
+    versions_before = len(client.search_model_versions())
+    tokenize_id = child_runs(pipeline)["tokenize"].info.run_id
+    argv = [
+        "--profile",
+        "smoke",
+        "--tokenize_run_id",
+        tokenize_id,
+        "--peft",
+        "lora",
+        "--lora_target_modules",
+        "q_proj",
+    ]
+    assert finetune.main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert len(lines) == 1
+    assert "lora_target_modules q_proj not found in the base model" in lines[0]
+    assert "key, query, value" in lines[0]
+    assert len(client.search_model_versions()) == versions_before
