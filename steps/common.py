@@ -151,11 +151,18 @@ def download(run_id: str, artifact_path: str, dst: Path) -> Path:
 
 
 def link_or_copy(src: str, dst: str) -> str:
-    """Hard-link ``src`` at ``dst`` (no bytes written); copy where a link cannot be made."""
+    """Hard-link ``src`` at ``dst`` (no bytes written); copy where a link cannot be made.
+    An existing ``dst`` is replaced, atomically (unless it already is ``src``)."""
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        return dst
+    staged = f"{dst}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(staged)
     try:
-        os.link(src, dst)
+        os.link(src, staged)
     except OSError:  # another filesystem, or links not allowed
-        shutil.copy2(src, dst)
+        shutil.copy2(src, staged)
+    os.replace(staged, dst)
     return dst
 
 

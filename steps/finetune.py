@@ -5,15 +5,24 @@ Reads: ``--tokenize_run_id``; that run's ``tokenized/`` splits and label map, an
 Writes:
 - per-epoch metrics ``val_accuracy``, ``val_precision``, ``val_recall``, ``val_f1``, ``val_loss``
   and ``train_loss`` / ``learning_rate`` (step = optimizer step);
-- metrics ``best_val_f1``, ``epochs_completed``, ``stopped_early`` (1/0), ``train_runtime_s``,
-  ``train_samples_per_second``; param ``resolved_device`` (what ``auto`` became);
+- metrics ``best_val_f1``, ``best_epoch``, ``epochs_completed``, ``stopped_epoch``,
+  ``stopped_early`` (1/0; early stopping on validation F1 with ``early_stopping_patience`` and
+  ``early_stopping_min_delta``), ``train_runtime_s``, ``train_samples_per_second``,
+  ``trainable_params``, ``trainable_fraction``; param ``resolved_device`` (what ``auto`` became);
 - artifact ``checkpoint/``: the best model and its tokenizer (safetensors), ready for
-  ``from_pretrained`` and for ``mlflow.transformers.log_model`` by path;
+  ``from_pretrained`` and for ``mlflow.transformers.log_model`` by path. With ``peft: lora`` only
+  LoRA adapters on ``lora_target_modules`` and the classifier head train; ``checkpoint/`` is then
+  the adapter merged into the base weights, and ``adapter/`` the adapter itself (tag
+  ``pipeline.peft``);
+- with ``epoch_checkpoints: all``, ``epochs/epoch-<n>/``: each epoch's model files (weights or
+  adapter, config, tokenizer), logged as the epoch ends; tags ``pipeline.best_epoch`` and
+  ``pipeline.epoch_checkpoints`` (JSON: epoch -> artifact path; ``evaluate --checkpoint_epoch``);
+- with ``system_metrics: true``, MLflow's ``system/*`` metrics every ``system_metrics_interval_s``;
 - artifact ``trainer_checkpoints/checkpoint-<step>/``: the last epoch's full Trainer state
   (weights, optimizer, scheduler, RNG), replaced each epoch, so that a killed run can be resumed:
   ``--resume_run_id <killed run>`` downloads it, copies that run's metric history, and trains
   only the steps that are left (metrics ``resumed_from_step``, ``steps_trained_here``; tag
-  ``pipeline.resumed_from``);
+  ``pipeline.resumed_from``). Into a local artifact store checkpoints are hard-linked, not copied;
 - tags ``base_model``, ``base_model_revision``, ``data_digest`` (carried from upstream).
 
 Several processes (DDP): with ``nproc_per_node`` > 1 the step starts itself again under

@@ -143,3 +143,25 @@ def test_evaluate_takes_any_logged_epoch_and_names_them_for_one_that_was_not(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert "checkpoint_epoch=7 was not logged" in err and "(logged epochs: 1, 2)" in err
+
+
+def test_early_stopping_records_the_epoch_it_stopped_at(pipeline: str) -> None:
+    """Patience 1 and a learning rate too small to change anything: validation F1 cannot improve
+    after epoch 1, so training stops after epoch 2 of 4, and the run says so."""
+    tokenize_id = child_runs(pipeline)["tokenize"].info.run_id
+    argv = ["--profile", "smoke", "--tokenize_run_id", tokenize_id, "--max_steps", "-1"]
+    argv += ["--num_train_epochs", "4", "--learning_rate", "1e-9", "--early_stopping_patience", "1"]
+    assert finetune.main([*argv, "--epoch_checkpoints", "all"]) == 0
+    client = mlflow.MlflowClient()
+    run = client.search_runs(
+        [client.get_run(pipeline).info.experiment_id],
+        "tags.`pipeline.step` = 'finetune'",
+        order_by=["attributes.start_time DESC"],
+    )[0]
+    metrics = run.data.metrics
+    assert (metrics["best_epoch"], metrics["stopped_epoch"], metrics["stopped_early"]) == (1, 2, 1)
+    assert json.loads(run.data.tags[finetune.EPOCH_CHECKPOINTS_TAG]) == {
+        "1": "epochs/epoch-1",
+        "2": "epochs/epoch-2",
+    }
+    assert "epochs/epoch-2/model.safetensors" in artifact_paths(run.info.run_id)
