@@ -44,6 +44,37 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         mlflow.end_run()
 
 
+def main_in_store(root: Path, argv: list[str]) -> str:
+    """``main`` run in-process against a fresh store under ``root``; the main run's ID."""
+    import mlflow
+
+    from steps import main as main_step
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in isolated_env(root).items():
+            mp.setenv(key, value)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mp.chdir(root)
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        assert main_step.main(argv) == 0
+        client = mlflow.MlflowClient()
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], "tags.`pipeline.step` = 'main'"
+        )
+    assert len(runs) == 1
+    return str(runs[0].info.run_id)
+
+
+def use_store(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point this test at the store under ``root`` (made by ``main_in_store``)."""
+    import mlflow
+
+    for key, value in isolated_env(root).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(root)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+
+
 @pytest.fixture(scope="session")
 def smoke_main_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """``main`` on the smoke profile, run once in-process for the whole session: (store, run ID).
@@ -51,34 +82,13 @@ def smoke_main_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
     Many tests read what it recorded. Tests that change the registry use their own registered
     model names, so they never disturb what the others read.
     """
-    import mlflow
-
-    from steps import main as main_step
-
     root = tmp_path_factory.mktemp("smoke-store")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in isolated_env(root).items():
-            mp.setenv(key, value)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.chdir(root)
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        assert main_step.main(["--profile", "smoke"]) == 0
-        client = mlflow.MlflowClient()
-        runs = client.search_runs(
-            [e.experiment_id for e in client.search_experiments()], "tags.`pipeline.step` = 'main'"
-        )
-    assert len(runs) == 1
-    return root, runs[0].info.run_id
+    return root, main_in_store(root, ["--profile", "smoke"])
 
 
 @pytest.fixture
 def pipeline(smoke_main_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> str:
     """Point this test at the session's smoke store; return the main run's ID."""
-    import mlflow
-
     root, run_id = smoke_main_run
-    for key, value in isolated_env(root).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(root)
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    use_store(root, monkeypatch)
     return run_id

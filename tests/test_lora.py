@@ -7,7 +7,6 @@ otherwise) is read by every test here.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import mlflow
@@ -15,9 +14,8 @@ import pandas as pd
 import pytest
 
 from steps import common, evaluate, finetune, modeling
-from steps import main as main_step
 from steps.config import BUNDLED_BASE_MODEL, PROJECT_DIR
-from tests.conftest import isolated_env
+from tests.conftest import main_in_store, use_store
 from tests.helpers import artifact_paths, child_runs
 
 pytestmark = pytest.mark.slow
@@ -28,28 +26,14 @@ ID2LABEL = {0: "ham", 1: "spam"}
 @pytest.fixture(scope="module")
 def lora_main(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("lora-store")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in isolated_env(root).items():
-            mp.setenv(key, value)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.chdir(root)
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        argv = ["--profile", "lora-reference", "--num_train_epochs", "2"]
-        assert main_step.main([*argv, "--registered_model", MODEL]) == 0
-        client = mlflow.MlflowClient()
-        runs = client.search_runs(
-            [e.experiment_id for e in client.search_experiments()], "tags.`pipeline.step` = 'main'"
-        )
-    return root, runs[0].info.run_id
+    argv = ["--profile", "lora-reference", "--num_train_epochs", "2", "--registered_model", MODEL]
+    return root, main_in_store(root, argv)
 
 
 @pytest.fixture
 def steps_of(lora_main: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> dict:
     root, run_id = lora_main
-    for key, value in isolated_env(root).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(root)
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    use_store(root, monkeypatch)
     return child_runs(run_id)
 
 
