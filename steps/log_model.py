@@ -34,7 +34,7 @@ from unittest import mock
 
 import pandas as pd
 
-from steps import common, evaluate, finetune, hub, modeling
+from steps import common, evaluate, finetune, hub, modeling, tokenize
 from steps.config import Config
 from steps.errors import UserError
 
@@ -267,7 +267,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     test_metrics = {k: v for k, v in upstream.data.metrics.items() if k.startswith("test_")}
     tokenize_run = chain["tokenize"]
     max_length = int(tokenize_run.data.params["config.max_length"])  # what the model was trained on
-    id2label = {i: label for label, i in json.loads(tokenize_run.data.params["label2id"]).items()}
+    id2label = tokenize.id2label_of(tokenize_run)
     reference = None
     if cfg.save_mode == "reference":  # before the run: a base model with no hub address is an error
         reference = hub.reference_for(

@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steps import common, hub, log_model, modeling, register
+from steps import common, hub, log_model, modeling, register, tokenize
 from steps.config import Config
 from steps.errors import UserError
 
@@ -211,7 +211,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             print(f"{STEP}: {name} v{number} was persisted and verified before; not loading it again")
         else:
             tokenize_run = common.upstream_chain(log_model_run)["tokenize"]
-            id2label = {i: label for label, i in json.loads(tokenize_run.data.params["label2id"]).items()}
+            id2label = tokenize.id2label_of(tokenize_run)
             copied = persist_in_place(model_id, tmp, id2label, expected["texts"])
             verify(name, number, expected["texts"], expected["labels"], tmp)
         client.set_model_version_tag(name, number, register.PERSISTED_TAG, "true")

@@ -112,6 +112,11 @@ def read_tokenized(run_id: str, dst: Path) -> tuple[dict[str, pd.DataFrame], dic
     return frames, json.loads((folder / LABEL_MAP_FILE).read_text())
 
 
+def id2label_of(run: Any) -> dict[int, str]:
+    """A tokenize run's label ids -> labels, from its ``label2id`` param (no download)."""
+    return {i: label for label, i in json.loads(run.data.params["label2id"]).items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     return common.step_main(STEP, __doc__, UPSTREAM, run, argv)
 
