@@ -9,6 +9,8 @@ Writes:
   ``stopped_early`` (1/0; early stopping on validation F1 with ``early_stopping_patience`` and
   ``early_stopping_min_delta``), ``train_runtime_s``, ``train_samples_per_second``,
   ``trainable_params``, ``trainable_fraction``; param ``resolved_device`` (what ``auto`` became);
+  on CUDA also ``peak_gpu_memory_allocated_mb`` / ``peak_gpu_memory_reserved_mb`` (rank 0's
+  device, PyTorch's allocator: tensors, and tensors plus its cache);
 - artifact ``checkpoint/``: the best model and its tokenizer (safetensors), ready for
   ``from_pretrained`` and for ``mlflow.transformers.log_model`` by path. With ``peft: lora`` only
   LoRA adapters on ``lora_target_modules`` and the classifier head train; ``checkpoint/`` is then
@@ -437,6 +439,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
             if world.is_main:
                 mlflow.set_tag(RESUMED_FROM_TAG, resume_run_id)
                 print(f"{STEP}: resuming run {resume_run_id} from step {resumed_step}")
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         try:
             result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         finally:
@@ -464,6 +468,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
                 "steps_trained_here": float(state.global_step - resumed_step),
             }
         )
+        if device == "cuda":
+            mlflow.log_metrics(gpu_memory_metrics())
         checkpoint = tmp / CHECKPOINT_DIR
         if cfg.peft == "lora":
             adapter = tmp / ADAPTER_DIR
@@ -486,6 +492,17 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
             }
         )
         return run_id
+
+
+def gpu_memory_metrics() -> dict[str, float]:
+    """Peak GPU memory of this process's device since training started, in MiB."""
+    import torch
+
+    mib = 2**20
+    return {
+        "peak_gpu_memory_allocated_mb": torch.cuda.max_memory_allocated() / mib,
+        "peak_gpu_memory_reserved_mb": torch.cuda.max_memory_reserved() / mib,
+    }
 
 
 def with_lora(model: Any, cfg: Config) -> Any:

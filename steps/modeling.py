@@ -35,9 +35,19 @@ def available_device(requested: str) -> str:
     return resolve_device(requested, torch.cuda.is_available(), torch.backends.mps.is_available())
 
 
-def check_precision(precision: str, device: str) -> None:
+def check_precision(precision: str, device: str, bf16_on_gpu: bool | None = None) -> None:
+    """Refuse a precision the device cannot train in (``bf16_on_gpu``: None asks torch)."""
     if precision == "fp16" and device == "cpu":
         raise UserError("precision fp16 is not supported on cpu: use precision fp32 (or bf16)")
+    if precision == "bf16" and device == "cuda":
+        if bf16_on_gpu is None:
+            import torch
+
+            bf16_on_gpu = torch.cuda.is_bf16_supported()
+        if not bf16_on_gpu:
+            raise UserError(
+                "precision bf16 needs an Ampere or newer GPU and this one has none: use precision fp16"
+            )
 
 
 def classification_metrics(

@@ -27,6 +27,17 @@ def isolated_env(root: Path) -> dict[str, str]:
     }
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``cuda`` / ``mps`` tests where torch sees no such device (CI has neither)."""
+    import torch
+
+    present = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    for item in items:
+        for name, here in present.items():
+            if item.get_closest_marker(name) and not here:
+                item.add_marker(pytest.mark.skip(reason=f"needs a {name} device; torch sees none"))
+
+
 @pytest.fixture(autouse=True)
 def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh store per test; ``./mlruns`` (the artifact root) lands in the test's tmp dir."""

@@ -86,6 +86,13 @@ def test_missing_device_is_an_error_not_a_fallback(requested: str) -> None:
         modeling.resolve_device(requested, cuda=False, mps=False)
 
 
+def test_bf16_on_a_gpu_without_it_is_an_error_that_names_fp16() -> None:
+    with pytest.raises(UserError, match=r"bf16 needs an Ampere or newer GPU.*use precision fp16"):
+        modeling.check_precision("bf16", "cuda", bf16_on_gpu=False)
+    modeling.check_precision("bf16", "cuda", bf16_on_gpu=True)
+    modeling.check_precision("bf16", "cpu")  # torch's CPU autocast does bf16
+
+
 def test_binary_metrics_score_the_positive_class() -> None:
     y_true = ["spam", "spam", "ham", "ham"]
     y_pred = ["spam", "ham", "ham", "spam"]
