@@ -20,9 +20,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = {  # script: (arguments for the full run, arguments for --quick)
-    "log_modes.py": ([], ["--sizes", "tiny", "--repeat", "1"]),
+    "log_modes.py": ([], ["--sizes", "tiny", "--repeat", "1", "--compare-mlflow"]),
     "cached_main.py": ([], ["--profile", "smoke"]),
-    "finetune_speed.py": ([], ["--train-rows", "64", "--epochs", "1", "--repeat", "1"]),
+    "finetune_speed.py": ([], ["--train-rows", "64", "--epochs", "1", "--ab"]),
 }
 NOT_MEASURED: tuple[str, ...] = ()  # figures the issue asks for that no script measures yet
 
