@@ -99,7 +99,8 @@ def preflight(cfg: Config) -> None:
     """Catch the common mistakes before any run starts: one clear line instead of a failed chain."""
     from steps import modeling
 
-    prepare.resolve_data_path(cfg.data)
+    if prepare.resolve_data_path(cfg.data):  # a local file: read and check it all, before any run
+        prepare.prepared(cfg)  # (a hub dataset is prepare's to fetch)
     log_model.check_save_mode(cfg.save_mode, adapter=cfg.peft == "lora")
     modeling.check_precision(cfg.precision, modeling.available_device(cfg.device))
 

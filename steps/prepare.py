@@ -13,8 +13,10 @@ Writes:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -60,6 +62,7 @@ def clean(df: pd.DataFrame, text_column: str, label_column: str) -> tuple[pd.Dat
                 f"{', '.join(map(str, df.columns))}: set --text_column / --label_column"
             )
     rows_read = len(df)
+    check_value_types(df, text_column, label_column)
     out = pd.DataFrame({"text": df[text_column], "label": df[label_column]})
     missing_label = out["label"].isna() | (out["label"].astype(str).str.strip() == "")
     out = out[~missing_label]
@@ -91,11 +94,34 @@ def clean(df: pd.DataFrame, text_column: str, label_column: str) -> tuple[pd.Dat
     return out, stats
 
 
+def check_value_types(df: pd.DataFrame, text_column: str, label_column: str) -> None:
+    """Texts must be strings and labels scalars (missing values aside): a column of numbers, bytes
+    or lists is the wrong column or a broken file, not something to turn into text silently."""
+    for column, allowed, what in (
+        (text_column, (str,), "text (strings)"),
+        (label_column, (str, int, float, bool), "labels (strings or numbers)"),
+    ):
+        values = df[column]
+        wrong = values[values.notna() & ~values.map(lambda v, ok=allowed: isinstance(v, ok))]
+        if len(wrong):
+            first = wrong.iloc[0]
+            raise UserError(
+                f"column {column!r} should hold {what} but row {wrong.index[0]} holds "
+                f"{type(first).__name__} {str(first)[:40]} ({len(wrong)} such rows): fix the "
+                f"file's types or point --{'text' if column == text_column else 'label'}_column "
+                "at the right column"
+            )
+
+
 def data_digest(df: pd.DataFrame) -> str:
-    """sha256 over the cleaned (text, label) rows in order: the same data in any format, same digest."""
+    """sha256 over the cleaned (text, label) rows in order: the same data in any format, same digest.
+
+    Each row is hashed as a JSON pair, so a text holding a tab or a newline cannot make two
+    different row lists hash alike.
+    """
     digest = hashlib.sha256()
     for text, label in zip(df["text"], df["label"], strict=True):
-        digest.update(f"{label}\t{text}\n".encode())
+        digest.update(json.dumps([label, text], ensure_ascii=False).encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -152,6 +178,18 @@ def resolve_data_path(data: str) -> Path | None:
     for candidate in candidates:
         if candidate.exists():
             return candidate
+        if candidate.is_symlink():  # a link whose target is missing, or a loop of links
+            try:
+                os.stat(candidate)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise UserError(
+                        f"data {data!r} is a loop of symbolic links: point --data at the real file"
+                    ) from None
+            raise UserError(
+                f"data {data!r} is a symbolic link to {os.readlink(candidate)!r}, which does not "
+                "exist: point --data at the real file"
+            )
     if path.suffix.lower() in FILE_READERS or not HUB_ID.match(data):
         raise UserError(
             f"data file {data!r} does not exist: pass --data with a csv, tsv, json, "
@@ -176,12 +214,17 @@ def read_file(path: Path) -> pd.DataFrame:
                 keep_default_na=False,
                 na_values=[""],
             )
-        if kind in ("json", "jsonl"):
-            return pd.read_json(path, lines=kind == "jsonl" or _looks_like_jsonl(path))
+        if kind in ("json", "jsonl"):  # dtype=False: a text "0123" stays a string
+            return pd.read_json(path, lines=kind == "jsonl" or _looks_like_jsonl(path), dtype=False)
         return pd.read_parquet(path)
     except UserError:
         raise
-    except (pd.errors.EmptyDataError, ValueError, UnicodeDecodeError, OSError) as exc:
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{kind} file {str(path)!r} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} cannot be "
+            "decoded): re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    except (pd.errors.EmptyDataError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
             f"cannot read {kind} file {str(path)!r} ({first[:160]}): check the file "
@@ -220,14 +263,18 @@ def load(data: str, cfg: Config) -> pd.DataFrame:
     return read_file(path) if path else read_hub(data, cfg.hub_split, cfg.label_column)
 
 
+def prepared(cfg: Config) -> tuple[pd.DataFrame, CleanStats, dict[str, pd.DataFrame]]:
+    """The cleaned rows, what cleaning dropped, and the splits; a ``UserError`` for unusable data."""
+    cleaned, stats = clean(load(cfg.data, cfg), cfg.text_column, cfg.label_column)
+    cleaned = subsample(cleaned, cfg.max_rows, cfg.seed)
+    return cleaned, stats, split(cleaned, cfg.validation_fraction, cfg.test_fraction, cfg.seed)
+
+
 # ----------------------------------------------------------------------------- MLflow
 def run(cfg: Config, profile: str) -> str:
     import mlflow
 
-    raw = load(cfg.data, cfg)
-    cleaned, stats = clean(raw, cfg.text_column, cfg.label_column)
-    cleaned = subsample(cleaned, cfg.max_rows, cfg.seed)
-    splits = split(cleaned, cfg.validation_fraction, cfg.test_fraction, cfg.seed)
+    cleaned, stats, splits = prepared(cfg)
     digest = data_digest(cleaned)
 
     with common.step_run(STEP, profile, cfg) as (run_id, tmp):

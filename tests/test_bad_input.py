@@ -365,3 +365,11 @@ def test_lora_target_module_the_model_lacks_stops_finetune(capsys, pipeline: str
     assert "lora_target_modules q_proj not found in the base model" in lines[0]
     assert "key, query, value" in lines[0]
     assert len(client.search_model_versions()) == versions_before
+
+
+def test_data_that_prepare_would_refuse_stops_main_before_any_run(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    rows = "".join(f"message {i},{'spam' if i % 2 else 'ham'}\n" for i in range(40))
+    path.write_bytes(b"text,label\n" + rows.encode() + "caf\xe9?,ham\n".encode("latin-1"))
+    fails_with_one_line(capsys, main_step.main, ["--profile", "smoke", "--data", str(path)], "is not UTF-8")
+    assert mlflow.MlflowClient().search_runs(["0"]) == []  # refused before any run
