@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import os
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -29,6 +32,13 @@ BASE_REVISION_SOURCE_TAG = "base_model_revision_source"
 LINEAGE_TAGS = (BASE_MODEL_TAG, BASE_REVISION_TAG, BASE_REVISION_SOURCE_TAG, DATA_DIGEST_TAG)
 CONFIG_ARTIFACT = "config.yaml"
 EXIT_USER_ERROR = 2
+EXIT_NO_SPACE = 3
+# which process holds a step's run: main marks a RUNNING run whose process is gone as KILLED
+HOST_TAG = "pipeline.host"
+PID_TAG = "pipeline.pid"
+PID_STARTED_TAG = "pipeline.pid_started"
+# the tests' way to SIGKILL a step at a named point (README, "Failure behaviour"); never set it
+KILL_AT_ENV = "PIPELINE_TEST_KILL_AT"
 
 
 # ----------------------------------------------------------------------------- command line
@@ -70,6 +80,17 @@ def cli(step: str, body: Callable[[], str | None]) -> int:
     except UserError as exc:
         print(f"{step}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(
+            f"{step}: error: no space left on the device{where}; the step's run is marked FAILED and "
+            "nothing was registered: free disk space (or point TMPDIR / the artifact store at a "
+            "larger disk) and rerun",
+            file=sys.stderr,
+        )
+        return EXIT_NO_SPACE
     if run_id:
         print(f"{step}: finished run {run_id}")
     return 0
@@ -219,11 +240,62 @@ def step_run(
         # None: MLflow's own switch (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING) still applies
         log_system_metrics=True if system_metrics_interval_s is not None else None,
     ) as run:
-        mlflow.set_tags(tags)  # a resumed run ignores start_run's tags
+        mlflow.set_tags(tags | process_tags())  # a resumed run ignores start_run's tags
         mlflow.log_params({f"config.{k}": v for k, v in as_params(cfg).items()})
         mlflow.log_dict(dataclasses.asdict(cfg), CONFIG_ARTIFACT)
         with tempfile.TemporaryDirectory(prefix=f"{step}-") as tmp:
             yield run.info.run_id, Path(tmp)
+
+
+def process_tags() -> dict[str, str]:
+    """This process, as tags: host, pid and start time (a pid alone can be reused)."""
+    import psutil
+
+    return {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
+        PID_STARTED_TAG: f"{psutil.Process().create_time():.2f}",
+    }
+
+
+def holder_alive(tags: dict[str, str]) -> bool | None:
+    """Is the process that holds this run alive? None when it cannot be told from here (another
+    host, or a run that never said which process held it)."""
+    import psutil
+
+    if tags.get(HOST_TAG) != socket.gethostname() or PID_TAG not in tags:
+        return None
+    try:
+        holder = psutil.Process(int(tags[PID_TAG]))
+        if holder.status() == psutil.STATUS_ZOMBIE:  # dead, not yet reaped by its parent
+            return False
+        return abs(holder.create_time() - float(tags.get(PID_STARTED_TAG, "0"))) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process here when ``PIPELINE_TEST_KILL_AT`` names this point.
+
+    For the fault tests: a real kill -9, at a known place, of the step and of every process
+    between it and the ``main`` that started it, ``main`` included (as when a machine is lost:
+    nobody is left to end the runs). Unset, it does nothing.
+    """
+    if os.environ.get(KILL_AT_ENV) != name:
+        return
+    import psutil
+
+    sys.stdout.flush()
+    chain = []
+    for parent in psutil.Process().parents():
+        chain.append(parent)
+        if any(part == "steps.main" for part in parent.cmdline()):
+            break
+    else:
+        chain = []  # a step started by hand: only itself
+    for process in chain:
+        process.send_signal(signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------- base model

@@ -232,6 +232,7 @@ def _callbacks(run_id: str) -> list[Any]:
             name = f"checkpoint-{state.global_step}"
             common.log_artifacts_linked(Path(args.output_dir) / name, f"{RESUME_DIR}/{name}")
             mlflow.set_tag(LAST_CHECKPOINT_TAG, name)  # only once every file is up
+            common.kill_point("finetune.checkpoint_logged")
             best = Path(state.best_model_checkpoint or name).name  # early stopping needs it too
             _delete_older_checkpoints(run_id, keep={name, best})
 

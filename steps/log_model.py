@@ -305,6 +305,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             info = log_adapter_reference(reference, checkpoint, id2label, options)
         else:
             info = log_candidate(checkpoint, cfg.save_mode, options)
+        common.kill_point("log_model.logged")  # logged, but the run does not say so yet
 
         client = mlflow.MlflowClient()
         client.set_logged_model_tags(

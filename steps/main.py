@@ -146,11 +146,35 @@ def previous_inputs(client: Any, experiment_id: str, step: str) -> list[dict[str
     return [json.loads(run.data.tags[cache.INPUTS_TAG]) for run in runs]
 
 
+def mark_dead_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark KILLED every pipeline run still RUNNING whose process on this host is gone.
+
+    A process killed with SIGKILL (or lost with its machine) cannot end its run: the run would
+    say RUNNING forever. Each step run records its host, pid and the pid's start time
+    (``common.process_tags``); a run whose process no longer exists is marked here, at the start
+    of every main. Runs of other hosts cannot be checked from here and are left alone (and
+    ``find_resumable`` marks a dead run of the step it is about to run).
+    """
+    runs = client.search_runs(
+        [experiment_id], f"attributes.status = 'RUNNING' and tags.`{common.PID_TAG}` != ''", max_results=500
+    )
+    marked = []
+    for run in runs:
+        if common.holder_alive(run.data.tags) is False:
+            client.set_terminated(run.info.run_id, "KILLED")
+            step = run.data.tags.get(common.STEP_TAG, "?")
+            print(f"{STEP}: run {run.info.run_id} ({step}) was left RUNNING by a dead process: marked KILLED")
+            marked.append(run.info.run_id)
+    return marked
+
+
 def find_resumable(client: Any, experiment_id: str, step: str, key: str) -> Any | None:
     """The newest unfinished run of ``step`` with this key that logged a checkpoint to resume from.
 
-    A run still marked RUNNING here is one whose process died without saying so (killed, machine
-    lost): this main is about to run the same step with the same key, so it marks it KILLED.
+    A run still marked RUNNING whose process is alive belongs to another main doing the same
+    work right now: it is neither marked nor resumed. One whose process is gone, or that never
+    said which process held it, died without saying so (killed, machine lost): it is marked
+    KILLED and resumed from.
     """
     runs = newest_runs(
         client,
@@ -161,6 +185,8 @@ def find_resumable(client: Any, experiment_id: str, step: str, key: str) -> Any 
     )
     for run in runs:
         if run.info.status == "RUNNING":
+            if common.holder_alive(run.data.tags):
+                continue  # another main is training it now
             client.set_terminated(run.info.run_id, "KILLED")
         if finetune.LAST_CHECKPOINT_TAG in run.data.tags:
             return run
@@ -242,13 +268,29 @@ def launch(
         synchronous=False,
     )
     client = mlflow.MlflowClient()
-    for key, value in key_tags.items():  # tagged at once: a crashed run is found again to resume
+    # tagged at once: a crashed run is found again to resume, and its process can be checked
+    # (the step re-tags the run with its own process; `bash -c` usually execs into it anyway)
+    for key, value in (key_tags | launched_process_tags(submitted)).items():
         client.set_tag(submitted.run_id, key, value)
     if not submitted.wait():
         if client.get_run(submitted.run_id).info.status == "RUNNING":  # died without a word
             client.set_terminated(submitted.run_id, "FAILED")
         raise UserError(f"step {step} failed (run {submitted.run_id}); its error is printed above")
     return str(submitted.run_id)
+
+
+def launched_process_tags(submitted: Any) -> dict[str, str]:
+    """Host, pid and start time of the process MLflow started for a step (empty if none)."""
+    import psutil
+
+    pid = getattr(getattr(submitted, "command_proc", None), "pid", None)
+    try:
+        started = psutil.Process(pid).create_time() if pid is not None else None
+    except psutil.NoSuchProcess:
+        started = None
+    if started is None:
+        return {}
+    return common.process_tags() | {common.PID_TAG: str(pid), common.PID_STARTED_TAG: f"{started:.2f}"}
 
 
 def child_env_manager(given: str, own_run_tags: dict[str, str]) -> str:
@@ -283,7 +325,8 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
             # never lands in another Python when the virtualenv was not activated.
             bin_dir = os.path.dirname(sys.executable)
             os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-        mlflow.set_tags(tags)
+        mlflow.set_tags(tags | common.process_tags())
+        mark_dead_runs(client, experiment_id)
         mlflow.log_params({f"config.{k}": str(v) for k, v in dataclasses.asdict(cfg).items()})
         # tags, not params: under `mlflow run` these are entry-point parameters, logged already
         mlflow.set_tags({"pipeline.env_manager": env_manager, "pipeline.force": force or "none"})

@@ -125,6 +125,7 @@ def persist_in_place(
         # below is then the one time the weights are written
         common.link_or_copy(str((source_dir / source).resolve()), str(staged / target))
     client.log_model_artifacts(model_id, str(staged))  # weights first ...
+    common.kill_point("persist.weights_uploaded")
     persisted = update_flavor_conf_to_persist_pretrained_model(flavor)
     persisted.pop(PEFT_KEY, None)  # merged: the adapter stays in the artifacts as a record only
     mlmodel.add_flavor("transformers", **persisted)

@@ -6,7 +6,8 @@ Writes (registry): a new version of ``registered_model`` (created with tag ``tas
 version tags ``save_mode``, ``persisted``, ``base_model``, ``base_model_revision``,
 ``data_digest``, ``test_accuracy``, ``test_precision``, ``test_recall``, ``test_f1``,
 ``run.<step>`` (the run ID of every step that produced it), ``gate`` (``passed``/``failed``) and
-``gate_reason``. Alias ``challenger`` always moves to the new version; ``champion`` moves only if
+``gate_reason``, and ``aliases_pending`` until the aliases are set. Alias ``challenger`` always
+moves to the new version; ``champion`` moves only if
 the gate passes **and** the weights are in the artifact store (a reference-only version waits for
 persist). Stages are not used (deprecated in MLflow 3): aliases only.
 Writes (run): tags ``gate``, ``gate_reason``,
@@ -15,7 +16,10 @@ Writes (run): tags ``gate``, ``gate_reason``,
 A log_model run that is already registered is not registered again: the step records which
 version holds it and changes nothing (so reruns are idempotent). Every check runs before the
 first registry write; if a write fails after the version exists, the
-version is deleted again, so the registry is as it was.
+version is deleted again, so the registry is as it was. A register killed between creating the
+version and setting its aliases (kill -9, no chance to clean up) leaves a version tagged
+``aliases_pending``; the next register of the same log_model run sets those aliases (champion only
+if the gate still passes against the champion of that moment) instead of doing nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ GATE_REASON_TAG = "gate_reason"
 REGISTERED_MODEL_TAG = "registered_model"
 VERSION_TAG = "model_version"
 METRIC_TAGS = ("test_accuracy", "test_precision", "test_recall", "test_f1")
+PENDING_TAG = "aliases_pending"  # the aliases this version should get; removed once it has them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +96,29 @@ def champion_f1(client: Any, name: str) -> float | None:
         return None
     value = champion.tags.get("test_f1")
     return float(value) if value is not None else None
+
+
+def finish_interrupted(client: Any, name: str, version: Any, cfg: Config) -> str:
+    """Set the aliases an interrupted register meant to set on ``version``; say which it set.
+
+    ``challenger`` only if no newer version has come since (it names the newest candidate);
+    ``champion`` only if the gate, judged again against the champion of now, still passes.
+    """
+    wanted = version.tags[PENDING_TAG].split(",")
+    newest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    done = []
+    if CHALLENGER in wanted and int(version.version) == newest:
+        client.set_registered_model_alias(name, CHALLENGER, version.version)
+        done.append(CHALLENGER)
+    if CHAMPION in wanted:
+        gate = quality_gate(
+            float(version.tags["test_f1"]), cfg.min_test_f1, champion_f1(client, name), cfg.champion_tolerance
+        )
+        if gate.passed:
+            client.set_registered_model_alias(name, CHAMPION, version.version)
+            done.append(CHAMPION)
+    client.delete_model_version_tag(name, version.version, PENDING_TAG)
+    return ", ".join(done) or "no alias (newer versions came first)"
 
 
 def check_registered_model(client: Any, name: str) -> bool:
@@ -148,6 +176,19 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     name = cfg.registered_model
     exists = check_registered_model(client, name)
     earlier = already_registered(client, name, upstream.info.run_id) if exists else None
+    if earlier is not None and PENDING_TAG in earlier.tags:
+        with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, _):
+            where = finish_interrupted(client, name, earlier, cfg)
+            mlflow.set_tags(
+                {
+                    GATE_TAG: earlier.tags.get(GATE_TAG, ""),
+                    GATE_REASON_TAG: earlier.tags.get(GATE_REASON_TAG, ""),
+                    REGISTERED_MODEL_TAG: name,
+                    VERSION_TAG: str(earlier.version),
+                }
+            )
+            print(f"{STEP}: {name} v{earlier.version}: finished an interrupted register -> {where}")
+            return run_id
     if earlier is not None:
         with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, _):
             mlflow.set_tags(
@@ -173,14 +214,17 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             {step: run.info.run_id for step, run in chain.items()},
             gate,
         )
+        tags[PENDING_TAG] = ",".join([CHALLENGER, CHAMPION] if promote else [CHALLENGER])
         version = None
         try:
             if not exists:
                 client.create_registered_model(name, tags={TASK_TAG: log_model.TASK})
             version = mlflow.register_model(model_uri, name, tags=tags)
+            common.kill_point("register.version_created")
             client.set_registered_model_alias(name, CHALLENGER, version.version)
             if promote:
                 client.set_registered_model_alias(name, CHAMPION, version.version)
+            client.delete_model_version_tag(name, version.version, PENDING_TAG)
         except BaseException:  # leave the registry as it was, then fail
             if version is not None:
                 client.delete_model_version(name, version.version)
