@@ -80,20 +80,40 @@ def cli(step: str, body: Callable[[], str | None]) -> int:
     except UserError as exc:
         print(f"{step}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
+    except Exception as exc:
+        target = no_space_target(exc)
+        if target is None:
             raise
-        where = f" writing {exc.filename}" if exc.filename else ""
+        where = f" writing {target}" if target else ""
         print(
             f"{step}: error: no space left on the device{where}; the step's run is marked FAILED and "
-            "nothing was registered: free disk space (or point TMPDIR / the artifact store at a "
-            "larger disk) and rerun",
+            "nothing half-written is registered: free disk space (or point TMPDIR / the artifact "
+            "store at a larger disk) and rerun",
             file=sys.stderr,
         )
         return EXIT_NO_SPACE
     if run_id:
         print(f"{step}: finished run {run_id}")
     return 0
+
+
+def no_space_target(exc: BaseException) -> str | None:
+    """The path a write failed on for want of disk space ("" if unnamed), or None if ``exc`` is
+    not, and was not caused by, a full disk. ``shutil.copytree`` gathers its failures into one
+    ``shutil.Error`` of (source, destination, message) triples; a failed file copy names its
+    source first and its destination second."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, shutil.Error) and current.args and isinstance(current.args[0], list):
+            for entry in current.args[0]:
+                if len(entry) == 3 and f"[Errno {errno.ENOSPC}]" in str(entry[2]):
+                    return str(entry[1])
+        elif isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return str(current.filename2 or current.filename or "")
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def config_for(args: StepArgs) -> Config:

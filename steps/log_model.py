@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -240,6 +241,25 @@ def log_reference(ref: hub.HubReference, name: str, num_labels: int) -> Any:
     return info
 
 
+def discard_failed_model() -> None:
+    """Delete the files of a model whose log failed half-way (a full disk, a lost store).
+
+    MLflow marks such a logged model FAILED, so nothing registers it, but leaves what it had
+    copied: on a full disk that is the space the user must free first. A model that reached READY
+    is left alone.
+    """
+    import mlflow
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        model = mlflow.last_logged_model()
+        if model is not None and str(model.status).split(".")[-1].upper() == "FAILED":
+            get_artifact_repository(model.artifact_location).delete_artifacts()
+            print(f"{STEP}: deleted the files of logged model {model.model_id} (its log failed)")
+    except Exception as exc:  # noqa: BLE001 - the original error is the one to report
+        print(f"{STEP}: could not delete the files of the failed model: {exc}", file=sys.stderr)
+
+
 def artifact_bytes(artifact_uri: str) -> int:
     """The size of everything under ``artifact_uri``, through the artifact store's listing."""
     import mlflow
@@ -301,10 +321,14 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             "model_config": model_config(max_length),
             "pip_requirements": pip_requirements(installed_versions(adapter=reference is not None)),
         }
-        if reference is not None:
-            info = log_adapter_reference(reference, checkpoint, id2label, options)
-        else:
-            info = log_candidate(checkpoint, cfg.save_mode, options)
+        try:
+            if reference is not None:
+                info = log_adapter_reference(reference, checkpoint, id2label, options)
+            else:
+                info = log_candidate(checkpoint, cfg.save_mode, options)
+        except BaseException:
+            discard_failed_model()
+            raise
         common.kill_point("log_model.logged")  # logged, but the run does not say so yet
 
         client = mlflow.MlflowClient()

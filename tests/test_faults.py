@@ -136,3 +136,53 @@ def test_kill_during_persist(store: Path, client: mlflow.MlflowClient) -> None:
     assert_registry_tells_the_truth(client, champion)  # the half-persisted version is not champion
     rerun_completes(client, left, *LORA_REFERENCE)
     assert client.get_model_version(MODEL, reference.version).tags["persisted"] == "true"
+
+
+def tmpfs_over(directory: Path) -> list[str] | None:
+    """A command prefix that runs a command with a small, empty tmpfs mounted over ``directory``
+    (a private mount namespace: nothing outside the command sees it), or None where this machine
+    allows no unprivileged mount namespaces."""
+    prefix = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c"]
+    # after the command: how much of the tmpfs it left used, in KiB, as the last line
+    script = 'mount -t tmpfs -o size=4m tmpfs "$0" || exit 99; "$@"; rc=$?; du -sk "$0"; exit $rc'
+    try:
+        probe = subprocess.run([*prefix, script, str(directory), "true"], capture_output=True, timeout=30)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    return [*prefix, script, str(directory)] if probe.returncode == 0 else None
+
+
+def test_full_disk_while_logging_the_model(store: Path, client: mlflow.MlflowClient) -> None:
+    """The artifact store's models folder is a 4 MB tmpfs: the weights (~90 MB) cannot fit."""
+    champion = champion_version(client)
+    versions = len(client.search_model_versions(f"name = '{MODEL}'"))
+    (experiment,) = {
+        run.info.experiment_id
+        for run in client.search_runs([e.experiment_id for e in client.search_experiments()])
+    }
+    models = store / "mlruns" / experiment / "models"
+    prefix = tmpfs_over(models)
+    if prefix is None:
+        pytest.skip("no unprivileged mount namespaces here (unshare --user --mount): cannot make a full disk")
+    env = os.environ | isolated_env(store) | {"PYTHONPATH": str(PROJECT_DIR)}
+    done = subprocess.run(
+        [*prefix, sys.executable, "-m", "steps.main", *BASE, "--force", "log_model"],
+        cwd=store,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == common.EXIT_USER_ERROR, done.stderr[-3000:]  # main: a step failed
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("log_model: error:")]
+    assert line.startswith(f"log_model: error: no space left on the device writing {models}/")
+    assert "Traceback" not in done.stderr
+    logs = client.search_runs(
+        [experiment], "tags.`pipeline.step` = 'log_model'", order_by=["attributes.start_time DESC"]
+    )
+    assert logs[0].info.status == "FAILED"
+    used_kib = int(done.stdout.splitlines()[-1].split()[0])
+    assert used_kib < 64, done.stdout[-2000:]  # the part it copied was deleted: the space is free
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == versions  # nothing registered
+    assert_registry_tells_the_truth(client, champion)
+    rerun_completes(client, {}, "--force", "log_model")  # space again: the same command completes
