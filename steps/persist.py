@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steps import common, hub, log_model, modeling, register, tokenize
+from steps import common, hub, log_model, modeling, register, registry_lock, tokenize
 from steps.config import Config
 from steps.errors import UserError
 
@@ -219,16 +219,17 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         client.set_model_version_tag(name, number, VERIFIED_TAG, "true")
         promoted = False
         if version.tags.get(register.GATE_TAG) == "passed":
-            gate = register.quality_gate(
-                float(version.tags["test_f1"]),
-                cfg.min_test_f1,
-                register.champion_f1(client, name),
-                cfg.champion_tolerance,
-            )
-            current = client.get_registered_model(name).aliases.get(register.CHAMPION)
-            if gate.passed and str(current) != str(number):
-                client.set_registered_model_alias(name, register.CHAMPION, number)
-                promoted = True
+            with registry_lock.registry_lock(client, name):  # the champion read and move: one step
+                gate = register.quality_gate(
+                    float(version.tags["test_f1"]),
+                    cfg.min_test_f1,
+                    register.champion_f1(client, name),
+                    cfg.champion_tolerance,
+                )
+                current = client.get_registered_model(name).aliases.get(register.CHAMPION)
+                if gate.passed and str(current) != str(number):
+                    client.set_registered_model_alias(name, register.CHAMPION, number)
+                    promoted = True
         mlflow.set_tags(
             {
                 register.REGISTERED_MODEL_TAG: name,

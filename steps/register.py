@@ -13,7 +13,9 @@ persist). Stages are not used (deprecated in MLflow 3): aliases only.
 Writes (run): tags ``gate``, ``gate_reason``,
 ``registered_model``, ``model_version``; metric ``gate_passed``.
 
-A log_model run that is already registered is not registered again: the step records which
+The champion read, the gate, the new version and its aliases happen under the registered model's
+lock (``registry_lock``): two mains registering to one name at once end as if one had run after
+the other. A log_model run that is already registered is not registered again: the step records which
 version holds it and changes nothing (so reruns are idempotent). Every check runs before the
 first registry write; if a write fails after the version exists, the
 version is deleted again, so the registry is as it was. A register killed between creating the
@@ -27,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from steps import common, log_model
+from steps import common, log_model, registry_lock
 from steps.config import Config
 from steps.errors import UserError
 
@@ -174,10 +176,17 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     metrics = {k: v for k, v in chain["evaluate"].data.metrics.items() if k in METRIC_TAGS}
     save_mode = upstream.data.tags[log_model.SAVE_MODE_TAG]
     name = cfg.registered_model
-    exists = check_registered_model(client, name)
-    earlier = already_registered(client, name, upstream.info.run_id) if exists else None
-    if earlier is not None and PENDING_TAG in earlier.tags:
-        with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, _):
+    check_registered_model(client, name)  # a name that holds another task: refused before any run
+
+    # Under the registry lock: the champion read, the gate, the new version and its aliases are one
+    # step that no concurrent register, persist or version_cleanup of this name interleaves with.
+    with (
+        common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, _),
+        registry_lock.registry_lock(client, name),
+    ):
+        exists = check_registered_model(client, name)
+        earlier = already_registered(client, name, upstream.info.run_id) if exists else None
+        if earlier is not None and PENDING_TAG in earlier.tags:
             where = finish_interrupted(client, name, earlier, cfg)
             mlflow.set_tags(
                 {
@@ -189,8 +198,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             )
             print(f"{STEP}: {name} v{earlier.version}: finished an interrupted register -> {where}")
             return run_id
-    if earlier is not None:
-        with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, _):
+        if earlier is not None:
             mlflow.set_tags(
                 {
                     GATE_TAG: earlier.tags.get(GATE_TAG, ""),
@@ -201,12 +209,11 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             )
             print(f"{STEP}: {name} v{earlier.version} already holds this model; registry unchanged")
             return run_id
-    gate = quality_gate(
-        metrics["test_f1"], cfg.min_test_f1, champion_f1(client, name), cfg.champion_tolerance
-    )
-    promote = gate.passed and is_self_contained(save_mode)
 
-    with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, _):
+        gate = quality_gate(
+            metrics["test_f1"], cfg.min_test_f1, champion_f1(client, name), cfg.champion_tolerance
+        )
+        promote = gate.passed and is_self_contained(save_mode)
         tags = version_tags(
             save_mode,
             common.lineage_tags(upstream),

@@ -3,8 +3,10 @@
 Reads: ``registered_model``, ``keep_last``, ``dry_run``, ``delete_registered_model`` from the
 config; ``--persist_run_id`` (optional: the chain passes it, to record where the run sits).
 Writes (registry): deletes every version that is neither among the newest ``keep_last`` nor named
-by an alias. Each version's aliases are read again just before it is deleted, so a version that
-became champion meanwhile is kept. ``dry_run`` prints the plan and changes nothing.
+by an alias. The plan and the deletions run under the registered model's lock (see
+``registry_lock``), so no register or persist of the same name moves an alias meanwhile; each
+version's aliases are read again just before it is deleted, so one set by hand is kept too.
+``dry_run`` prints the plan and changes nothing.
 ``delete_registered_model=true`` deletes the whole registered model, aliases and all, and prints
 every version it deleted; nothing else ever does.
 Writes (run): metrics ``versions_before``, ``versions_deleted``, ``versions_kept``; artifact
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from steps import common, persist
+from steps import common, persist, registry_lock
 from steps.config import Config
 from steps.errors import UserError
 
@@ -54,16 +56,19 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     upstream = common.get_upstream(upstream_run_id, persist.STEP, UPSTREAM) if upstream_run_id else None
     name = cfg.registered_model
     try:
-        model = client.get_registered_model(name)
+        client.get_registered_model(name)
     except MlflowException:
         raise UserError(
             f"registered model {name!r} does not exist in {mlflow.get_tracking_uri()}: "
             "check --registered_model"
         ) from None
-    versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
-    aliases = dict(model.aliases)  # search_model_versions leaves aliases empty; this does not
 
-    with common.step_run(STEP, profile, cfg, upstream.info.run_id if upstream else None) as (run_id, tmp):
+    with (
+        common.step_run(STEP, profile, cfg, upstream.info.run_id if upstream else None) as (run_id, tmp),
+        registry_lock.registry_lock(client, name),  # no alias moves while the plan is made and carried out
+    ):
+        versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
+        aliases = dict(client.get_registered_model(name).aliases)  # search leaves aliases empty
         if cfg.delete_registered_model:
             plan = sorted(versions)
             print(f"{STEP}: deleting registered model {name!r} with versions {plan} and aliases {aliases}")
@@ -75,7 +80,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             deleted = []
             for number in plan if not cfg.dry_run else []:
                 current = client.get_model_version(name, str(number))
-                if current.aliases:  # an alias moved here after the plan was made
+                if current.aliases:  # set by hand, outside the lock, after the plan was made
                     print(f"{STEP}: keeping v{number}: it now holds {', '.join(current.aliases)}")
                     continue
                 client.delete_model_version(name, str(number))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import mlflow
@@ -29,3 +33,41 @@ def artifact_paths(run_id: str, path: str = "") -> set[str]:
 
 def registered_models() -> list[str]:
     return [m.name for m in mlflow.MlflowClient().search_registered_models()]
+
+
+POSTGRES_ENV = "PIPELINE_TEST_POSTGRES_URI"
+REQUIRE_POSTGRES_ENV = "PIPELINE_REQUIRE_POSTGRES"
+
+
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """The URI of a new, empty PostgreSQL database (dropped afterwards) when
+    ``PIPELINE_TEST_POSTGRES_URI`` names a server; "" when it does not, unless
+    ``PIPELINE_REQUIRE_POSTGRES=1`` makes that a failure (CI starts one)."""
+    import pytest
+
+    base = os.environ.get(POSTGRES_ENV, "")
+    if not base:
+        if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+            pytest.fail(f"{REQUIRE_POSTGRES_ENV}=1 but {POSTGRES_ENV} is not set")
+        yield ""
+        return
+    import sqlalchemy
+
+    name = f"pipeline_test_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def logged_model_status(client: Any, name: str, version: str | int) -> str:
+    """READY, PENDING or FAILED: the logged model behind a registered version."""
+    full = client.get_model_version(name, str(version))  # search_model_versions leaves model_id empty
+    logged = client.get_logged_model(full.model_id or full.source.removeprefix("models:/"))
+    return str(logged.status).split(".")[-1].upper()

@@ -18,9 +18,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steps import common
+from steps import common, registry_lock
 from steps import main as main_step
 from tests.conftest import PROJECT_DIR, isolated_env, use_store
+from tests.helpers import logged_model_status
 
 pytestmark = pytest.mark.slow
 MODEL = "faults-spam"
@@ -71,9 +72,7 @@ def assert_registry_tells_the_truth(client: mlflow.MlflowClient, champion: str) 
     model = client.get_registered_model(MODEL)
     assert model.aliases["champion"] == champion  # not moved by the dead step
     for version in client.search_model_versions(f"name = '{MODEL}'"):
-        full = client.get_model_version(MODEL, version.version)  # search leaves model_id empty
-        logged = client.get_logged_model(full.model_id or full.source.removeprefix("models:/"))
-        assert str(logged.status).split(".")[-1].upper() == "READY", version.version
+        assert logged_model_status(client, MODEL, version.version) == "READY", version.version
     predicted = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(
         ["Your parcel is held: pay the fee at hxxp://bit.example/p", "running late, see you at 7"]
     )
@@ -85,6 +84,7 @@ def rerun_completes(client: mlflow.MlflowClient, left_running: dict[str, str], *
     for run_id in left_running:
         assert client.get_run(run_id).info.status == "KILLED", left_running[run_id]
     assert set(running(client)) == set()
+    assert not [m.name for m in client.search_registered_models() if m.name.endswith(registry_lock.SUFFIX)]
 
 
 def champion_version(client: mlflow.MlflowClient) -> str:

@@ -27,10 +27,9 @@ from mlflow.exceptions import MlflowException
 
 from deploy.server import dotenv, launcher
 from tests.conftest import PROJECT_DIR, isolated_env
-from tests.helpers import child_runs
+from tests.helpers import child_runs, fresh_postgres_database
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
-POSTGRES_ENV = "PIPELINE_TEST_POSTGRES_URI"
 
 
 @dataclasses.dataclass
@@ -305,22 +304,8 @@ def test_rotating_the_admin_password_refuses_the_old_one(server: Server) -> None
 @pytest.fixture
 def backend_uri() -> Iterator[str]:
     """A fresh PostgreSQL database if one is configured, else "" (SQLite)."""
-    base = os.environ.get(POSTGRES_ENV, "")
-    if not base:
-        if os.environ.get("PIPELINE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PIPELINE_REQUIRE_POSTGRES=1 but {POSTGRES_ENV} is not set")
-        yield ""
-        return
-    import sqlalchemy
-
-    name = f"pipeline_test_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    yield base.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_postgres_database() as uri:
+        yield uri
 
 
 @pytest.mark.slow
