@@ -27,6 +27,17 @@ def isolated_env(root: Path) -> dict[str, str]:
     }
 
 
+def point_hub_cache(root: Path, mp: pytest.MonkeyPatch) -> None:
+    """huggingface_hub reads ``HF_HOME`` once, at import: point its cache at ``root`` as the
+    environment now says, as a fresh process would (in-process steps of another store would
+    otherwise look in the hub cache of whichever test imported it first)."""
+    import huggingface_hub.constants as hub_constants
+
+    mp.setattr(hub_constants, "HF_HOME", str(root / "hf"))
+    mp.setattr(hub_constants, "HF_HUB_CACHE", str(root / "hf" / "hub"))
+    mp.setattr(hub_constants, "HUGGINGFACE_HUB_CACHE", str(root / "hf" / "hub"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``cuda`` / ``mps`` tests where torch sees no such device (CI has neither)."""
     import torch
@@ -49,6 +60,7 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.chdir(tmp_path)
+    point_hub_cache(tmp_path, monkeypatch)
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     yield tmp_path
     while mlflow.active_run():
@@ -66,6 +78,7 @@ def main_in_store(root: Path, argv: list[str]) -> str:
             mp.setenv(key, value)
         mp.delenv("MLFLOW_RUN_ID", raising=False)
         mp.chdir(root)
+        point_hub_cache(root, mp)
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         assert main_step.main(argv) == 0
         client = mlflow.MlflowClient()
@@ -83,6 +96,7 @@ def use_store(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in isolated_env(root).items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(root)
+    point_hub_cache(root, monkeypatch)
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
 
 
