@@ -8,8 +8,10 @@ one), and ``version_cleanup`` in a loop while aliases move onto old versions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -152,32 +154,45 @@ def start_main(root: Path, tracking_uri: str, *args: str) -> subprocess.Popen[st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "sqlite",
+        pytest.param(
+            "postgresql",
+            marks=pytest.mark.skipif(
+                os.environ.get("PIPELINE_TEST_CONCURRENT_POSTGRES") != "1",
+                reason="two whole mains on PostgreSQL (~90 s): set PIPELINE_TEST_CONCURRENT_POSTGRES=1 "
+                "(not yet in CI: its 30-minute budget)",
+            ),
+        ),
+    ],
+)
 def test_two_mains_at_once_register_both_and_the_better_is_champion(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smoke_main_run: tuple[Path, str], backend: str
 ) -> None:
-    with fresh_postgres_database() as postgres:
+    """SQLite: the session's smoke store, in use (one main reuses its steps, the other trains);
+    PostgreSQL: a fresh database, both mains from scratch."""
+    with fresh_postgres_database() if backend == "postgresql" else contextlib.nullcontext("") as postgres:
         if backend == "postgresql" and not postgres:
-            pytest.skip("no PostgreSQL: set PIPELINE_TEST_POSTGRES_URI (CI does)")
-        uri = postgres if backend == "postgresql" else f"sqlite:///{tmp_path / 'mlflow.db'}"
+            pytest.skip("no PostgreSQL: set PIPELINE_TEST_POSTGRES_URI")
+        root = tmp_path if backend == "postgresql" else smoke_main_run[0]
+        uri = postgres or f"sqlite:///{root / 'mlflow.db'}"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
         mlflow.MlflowClient().search_experiments()  # the schema, made once before the race
         # two configurations (so two fine-tunes), no tolerance: the better F1 must end champion
         strict = ["--champion_tolerance", "0"]
-        mains = [
-            start_main(tmp_path, uri, *strict),
-            start_main(tmp_path, uri, *strict, "--learning_rate", "1e-3"),
-        ]
+        mains = [start_main(root, uri, *strict), start_main(root, uri, *strict, "--learning_rate", "1e-3")]
         outputs = [p.communicate(timeout=900)[0] for p in mains]
         for process, output in zip(mains, outputs, strict=True):
             assert process.returncode == 0, output[-4000:]
 
         client = mlflow.MlflowClient()
         experiments = [e.experiment_id for e in client.search_experiments()]
-        main_runs = client.search_runs(experiments, "tags.`pipeline.step` = 'main'")
-        assert len(main_runs) == 2 and {r.info.status for r in main_runs} == {"FINISHED"}
-        registered = {child_runs(r.info.run_id)["register"].data.tags["model_version"] for r in main_runs}
+        main_ids = [re.findall(r"^main: finished run (\w+)$", out, re.MULTILINE)[-1] for out in outputs]
+        assert {client.get_run(i).info.status for i in main_ids} == {"FINISHED"}
+        registered = {child_runs(i)["register"].data.tags["model_version"] for i in main_ids}
         versions = {
             str(v.version): client.get_model_version("race-spam", v.version)
             for v in client.search_model_versions("name = 'race-spam'")
@@ -191,7 +206,9 @@ def test_two_mains_at_once_register_both_and_the_better_is_champion(
         assert f1[str(aliases["champion"])] == max(f1.values()), (aliases, f1)
         assert str(aliases["challenger"]) == max(versions, key=int)
         assert not client.search_runs(experiments, "attributes.status = 'RUNNING'")
-        assert [m.name for m in client.search_registered_models()] == ["race-spam"]  # no lock left
+        assert not [
+            m.name for m in client.search_registered_models() if m.name.endswith(registry_lock.SUFFIX)
+        ]
 
 
 CLEANUP_LOOP = textwrap.dedent(
