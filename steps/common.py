@@ -267,14 +267,16 @@ def step_run(
             yield run.info.run_id, Path(tmp)
 
 
-def process_tags() -> dict[str, str]:
-    """This process, as tags: host, pid and start time (a pid alone can be reused)."""
+def process_tags(pid: int | None = None) -> dict[str, str]:
+    """A process of this host (this one by default), as tags: host, pid and start time (a pid
+    alone can be reused). Raises ``psutil.NoSuchProcess`` if it is gone."""
     import psutil
 
+    process = psutil.Process(pid)
     return {
         HOST_TAG: socket.gethostname(),
-        PID_TAG: str(os.getpid()),
-        PID_STARTED_TAG: f"{psutil.Process().create_time():.2f}",
+        PID_TAG: str(process.pid),
+        PID_STARTED_TAG: f"{process.create_time():.2f}",
     }
 
 

@@ -284,13 +284,12 @@ def launched_process_tags(submitted: Any) -> dict[str, str]:
     import psutil
 
     pid = getattr(getattr(submitted, "command_proc", None), "pid", None)
-    try:
-        started = psutil.Process(pid).create_time() if pid is not None else None
-    except psutil.NoSuchProcess:
-        started = None
-    if started is None:
+    if pid is None:
         return {}
-    return common.process_tags() | {common.PID_TAG: str(pid), common.PID_STARTED_TAG: f"{started:.2f}"}
+    try:
+        return common.process_tags(pid)
+    except psutil.NoSuchProcess:
+        return {}
 
 
 def child_env_manager(given: str, own_run_tags: dict[str, str]) -> str:

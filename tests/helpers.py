@@ -71,3 +71,10 @@ def logged_model_status(client: Any, name: str, version: str | int) -> str:
     full = client.get_model_version(name, str(version))  # search_model_versions leaves model_id empty
     logged = client.get_logged_model(full.model_id or full.source.removeprefix("models:/"))
     return str(logged.status).split(".")[-1].upper()
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    """The smallest model to log: it predicts its input."""
+
+    def predict(self, context, model_input):  # type: ignore[no-untyped-def]
+        return model_input

@@ -24,7 +24,7 @@ import pytest
 from steps import common, registry_lock
 from steps.errors import UserError
 from tests.conftest import PROJECT_DIR, isolated_env
-from tests.helpers import child_runs, fresh_postgres_database, logged_model_status
+from tests.helpers import Echo, child_runs, fresh_postgres_database, logged_model_status
 
 RACE = textwrap.dedent(
     """
@@ -226,11 +226,6 @@ CLEANUP_LOOP = textwrap.dedent(
     print("rounds", rounds)
     """
 )
-
-
-class Echo(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input):  # type: ignore[no-untyped-def]
-        return model_input
 
 
 def test_version_cleanup_never_deletes_a_version_an_alias_moves_onto(tracking: Path) -> None:

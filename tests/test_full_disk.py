@@ -15,6 +15,7 @@ import mlflow
 import pytest
 
 from steps import common, log_model
+from tests.helpers import Echo
 
 
 def enospc(path: str = "", dst: str = "") -> OSError:
@@ -66,11 +67,6 @@ def test_other_os_errors_are_not_called_a_full_disk() -> None:
 
     with pytest.raises(PermissionError):
         common.cli("log_model", body)
-
-
-class Echo(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input):  # type: ignore[no-untyped-def]
-        return model_input
 
 
 def test_a_log_that_fills_the_disk_leaves_a_failed_model_without_files(
