@@ -227,7 +227,8 @@ def record_reuse(
         ],
     )
     if original.inputs and original.inputs.dataset_inputs:
-        client.log_inputs(run_id, datasets=list(original.inputs.dataset_inputs))
+        inputs = list(original.inputs.dataset_inputs)
+        common.retry_lost_insert_race(lambda: client.log_inputs(run_id, datasets=inputs))
     client.set_terminated(run_id, "FINISHED")
     return str(run_id)
 
@@ -408,4 +409,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    common.exit_quickly(main())

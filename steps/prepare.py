@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -291,7 +292,7 @@ def run(cfg: Config, profile: str) -> str:
                 dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
                     part, source=cfg.data, targets="label", name=f"{Path(cfg.data).stem}-{name}"
                 )
-            mlflow.log_input(dataset, context=name)
+            common.retry_lost_insert_race(functools.partial(mlflow.log_input, dataset, context=name))
         summary = {
             "data_digest": digest,
             "labels": sorted(cleaned["label"].unique()),
@@ -315,4 +316,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    common.exit_quickly(main())

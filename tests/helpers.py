@@ -73,6 +73,34 @@ def logged_model_status(client: Any, name: str, version: str | int) -> str:
     return str(logged.status).split(".")[-1].upper()
 
 
+def assert_both_registered_and_the_better_is_champion(client: Any, name: str, main_ids: list[str]) -> None:
+    """After several ``main`` runs at once with one registered model and tolerance 0: each
+    registered its own version, nothing half-done is left, and the aliases are what running them
+    one at a time would give (champion = best test F1, challenger = newest)."""
+    from steps import registry_lock
+
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = [client.get_run(i).info for i in main_ids]
+    assert {run.status for run in runs} == {"FINISHED"}
+    assert max(r.start_time for r in runs) < min(r.end_time for r in runs), "they did not overlap"
+    registered = {child_runs(i)["register"].data.tags["model_version"] for i in main_ids}
+    versions = {
+        str(v.version): client.get_model_version(name, v.version)
+        for v in client.search_model_versions(f"name = '{name}'")
+    }
+    assert registered == set(versions) and len(versions) == len(main_ids)  # nothing lost
+    for version in versions.values():
+        assert logged_model_status(client, name, version.version) == "READY"
+        assert version.tags["persisted"] == "true" and "aliases_pending" not in version.tags
+    aliases = client.get_registered_model(name).aliases
+    f1 = {number: float(v.tags["test_f1"]) for number, v in versions.items()}
+    assert f1[str(aliases["champion"])] == max(f1.values()), (aliases, f1)
+    assert str(aliases["challenger"]) == max(versions, key=int)
+    assert not client.search_runs(experiments, "attributes.status = 'RUNNING'")
+    locks = [m.name for m in client.search_registered_models() if m.name.endswith(registry_lock.SUFFIX)]
+    assert not locks, locks
+
+
 class Echo(mlflow.pyfunc.PythonModel):
     """The smallest model to log: it predicts its input."""
 

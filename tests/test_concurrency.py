@@ -1,9 +1,11 @@
 """Several processes on one store at once: the registry ends as if they had run one at a time.
 
 The lock tests race real processes through a read-then-write of the registry, with a control that
-shows the same race loses updates without the lock. The ``slow`` tests run two whole ``main``
-pipelines at once on one store (SQLite, and PostgreSQL when ``PIPELINE_TEST_POSTGRES_URI`` names
-one), and ``version_cleanup`` in a loop while aliases move onto old versions.
+shows the same race loses updates without the lock. On PostgreSQL, two runs log one new dataset at
+the same moment, with a control that shows the store's insert losing without the retry. The
+``slow`` tests run two whole ``main`` pipelines at once on one SQLite store (tests/test_server.py
+does the same through a tracking server on PostgreSQL), and ``version_cleanup`` in a loop while
+aliases move onto old versions.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -24,7 +29,12 @@ import pytest
 from steps import common, registry_lock
 from steps.errors import UserError
 from tests.conftest import PROJECT_DIR, isolated_env
-from tests.helpers import Echo, child_runs, fresh_postgres_database, logged_model_status
+from tests.helpers import (
+    POSTGRES_ENV,
+    Echo,
+    assert_both_registered_and_the_better_is_champion,
+    fresh_postgres_database,
+)
 
 RACE = textwrap.dedent(
     """
@@ -135,6 +145,99 @@ def test_the_lock_is_released_when_the_body_fails() -> None:
         pass
 
 
+# ----------------------------------------------------------------------------- dataset inputs
+@contextlib.contextmanager
+def first_dataset_inserts_meet(parties: int) -> Iterator[None]:
+    """Hold each thread's first insert of a new dataset row until ``parties`` threads are there:
+    every one of them has looked the dataset up and not found it, as when two runs race."""
+    from mlflow.store.tracking.dbmodels.models import SqlDataset
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    barrier = threading.Barrier(parties, timeout=60)
+    waited = threading.local()
+
+    def before_flush(session: Any, _context: Any, _instances: Any) -> None:
+        if not getattr(waited, "once", False) and any(isinstance(o, SqlDataset) for o in session.new):
+            waited.once = True
+            barrier.wait()
+
+    event.listen(Session, "before_flush", before_flush)
+    try:
+        yield
+    finally:
+        event.remove(Session, "before_flush", before_flush)
+
+
+def log_one_new_dataset_at_once(uri: str, name: str, log: Callable[[Callable[[], None]], None]) -> list[Any]:
+    """Two runs log the same new dataset at the same moment; ``log(call)`` makes each call.
+    Returns what each thread raised (None when it did not) and checks nothing else."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    dataset = Dataset(name=name, digest="414edfe9", source_type="local", source='{"uri": "data/x.csv"}')
+    inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train")])]
+    run_ids = [client.create_run("0").info.run_id for _ in range(2)]
+    raised: list[Any] = [None, None]
+
+    def one(i: int) -> None:
+        try:
+            log(lambda: client.log_inputs(run_ids[i], datasets=inputs))
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            raised[i] = exc
+
+    with first_dataset_inserts_meet(2):
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    for i, run_id in enumerate(run_ids):
+        names = [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs]
+        assert names == ([] if raised[i] else [name])
+    return raised
+
+
+def test_two_runs_logging_one_new_dataset_at_once_both_keep_it() -> None:
+    """On PostgreSQL (as in CI's race of two mains through a server), the store's look-up-then-
+    insert of a dataset loses to a concurrent insert; prepare and main retry that call."""
+    with fresh_postgres_database() as uri:
+        if not uri:
+            pytest.skip(f"no PostgreSQL: set {POSTGRES_ENV} (deploy/postgres/start-local.sh)")
+        plain = log_one_new_dataset_at_once(uri, "race-plain", lambda call: call())
+        assert sorted(map(bool, plain)) == [False, True], "the control did not race"
+        lost = next(e for e in plain if e)
+        assert common.LOST_INSERT_RACE.search(str(lost)), lost
+        assert log_one_new_dataset_at_once(uri, "race-retried", common.retry_lost_insert_race) == [None, None]
+
+
+def test_a_lost_insert_race_is_retried_and_other_errors_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setattr(time, "sleep", lambda _s: None)
+    calls: list[int] = []
+
+    def fails(times: int, message: str) -> Callable[[], str]:
+        def call() -> str:
+            calls.append(1)
+            if len(calls) <= times:
+                raise MlflowException(message)
+            return "logged"
+
+        return call
+
+    lost = '(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'
+    assert common.retry_lost_insert_race(fails(2, lost)) == "logged" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(MlflowException, match="dataset_pk"):
+        common.retry_lost_insert_race(fails(99, lost))
+    assert len(calls) == common.INSERT_RACE_TRIES
+    calls.clear()
+    with pytest.raises(MlflowException, match="not found"):
+        common.retry_lost_insert_race(fails(1, "Run 'abc' not found"))
+    assert len(calls) == 1
+
+
 # ----------------------------------------------------------------------------- whole pipelines
 def start_main(root: Path, tracking_uri: str, *args: str) -> subprocess.Popen[str]:
     env = (
@@ -154,61 +257,23 @@ def start_main(root: Path, tracking_uri: str, *args: str) -> subprocess.Popen[st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "backend",
-    [
-        "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.skipif(
-                os.environ.get("PIPELINE_TEST_CONCURRENT_POSTGRES") != "1",
-                reason="two whole mains on PostgreSQL (~90 s): set PIPELINE_TEST_CONCURRENT_POSTGRES=1 "
-                "(not yet in CI: its 30-minute budget)",
-            ),
-        ),
-    ],
-)
 def test_two_mains_at_once_register_both_and_the_better_is_champion(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smoke_main_run: tuple[Path, str], backend: str
+    monkeypatch: pytest.MonkeyPatch, smoke_main_run: tuple[Path, str]
 ) -> None:
-    """SQLite: the session's smoke store, in use (one main reuses its steps, the other trains);
-    PostgreSQL: a fresh database, both mains from scratch."""
-    with fresh_postgres_database() if backend == "postgresql" else contextlib.nullcontext("") as postgres:
-        if backend == "postgresql" and not postgres:
-            pytest.skip("no PostgreSQL: set PIPELINE_TEST_POSTGRES_URI")
-        root = tmp_path if backend == "postgresql" else smoke_main_run[0]
-        uri = postgres or f"sqlite:///{root / 'mlflow.db'}"
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        mlflow.MlflowClient().search_experiments()  # the schema, made once before the race
-        # two configurations (so two fine-tunes), no tolerance: the better F1 must end champion
-        strict = ["--champion_tolerance", "0"]
-        mains = [start_main(root, uri, *strict), start_main(root, uri, *strict, "--learning_rate", "1e-3")]
-        outputs = [p.communicate(timeout=900)[0] for p in mains]
-        for process, output in zip(mains, outputs, strict=True):
-            assert process.returncode == 0, output[-4000:]
-
-        client = mlflow.MlflowClient()
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        main_ids = [re.findall(r"^main: finished run (\w+)$", out, re.MULTILINE)[-1] for out in outputs]
-        assert {client.get_run(i).info.status for i in main_ids} == {"FINISHED"}
-        registered = {child_runs(i)["register"].data.tags["model_version"] for i in main_ids}
-        versions = {
-            str(v.version): client.get_model_version("race-spam", v.version)
-            for v in client.search_model_versions("name = 'race-spam'")
-        }
-        assert registered == set(versions) and len(versions) == 2  # both registered, nothing lost
-        for version in versions.values():
-            assert logged_model_status(client, "race-spam", version.version) == "READY"
-            assert version.tags["persisted"] == "true" and "aliases_pending" not in version.tags
-        aliases = client.get_registered_model("race-spam").aliases
-        f1 = {number: float(v.tags["test_f1"]) for number, v in versions.items()}
-        assert f1[str(aliases["champion"])] == max(f1.values()), (aliases, f1)
-        assert str(aliases["challenger"]) == max(versions, key=int)
-        assert not client.search_runs(experiments, "attributes.status = 'RUNNING'")
-        assert not [
-            m.name for m in client.search_registered_models() if m.name.endswith(registry_lock.SUFFIX)
-        ]
+    """On the session's SQLite smoke store, in use: one main reuses its steps, the other trains.
+    (tests/test_server.py races two mains through a tracking server on PostgreSQL.)"""
+    root = smoke_main_run[0]
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    # two configurations (so two fine-tunes), no tolerance: the better F1 must end champion
+    strict = ["--champion_tolerance", "0"]
+    mains = [start_main(root, uri, *strict), start_main(root, uri, *strict, "--learning_rate", "1e-3")]
+    outputs = [p.communicate(timeout=900)[0] for p in mains]
+    for process, output in zip(mains, outputs, strict=True):
+        assert process.returncode == 0, output[-4000:]
+    main_ids = [re.findall(r"^main: finished run (\w+)$", out, re.MULTILINE)[-1] for out in outputs]
+    assert_both_registered_and_the_better_is_champion(mlflow.MlflowClient(), "race-spam", main_ids)
 
 
 CLEANUP_LOOP = textwrap.dedent(

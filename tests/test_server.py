@@ -26,8 +26,13 @@ import requests
 from mlflow.exceptions import MlflowException
 
 from deploy.server import dotenv, launcher
+from steps import cache, common
 from tests.conftest import PROJECT_DIR, isolated_env
-from tests.helpers import child_runs, fresh_postgres_database
+from tests.helpers import (
+    assert_both_registered_and_the_better_is_champion,
+    child_runs,
+    fresh_postgres_database,
+)
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 
@@ -309,9 +314,11 @@ def backend_uri() -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_the_smoke_pipeline_runs_through_the_server_with_credentials(
+def test_two_smoke_pipelines_at_once_through_the_server_with_credentials(
     tmp_path: Path, backend_uri: str
 ) -> None:
+    """Two ``mlflow run`` at once, same registered model, different learning rates, tolerance 0:
+    the registry ends as if they had run one at a time, and no credential is recorded anywhere."""
     with running_server(tmp_path / "server", backend_uri) as srv:
         password = srv.admin_password()
         bin_dir = os.path.dirname(sys.executable)
@@ -324,33 +331,47 @@ def test_the_smoke_pipeline_runs_through_the_server_with_credentials(
             "MLFLOW_TRACKING_USERNAME": "admin",
             "MLFLOW_TRACKING_PASSWORD": password,
         }
-        done = subprocess.run(
-            [os.path.join(bin_dir, "mlflow"), "run", str(PROJECT_DIR), "--env-manager", "local"]
-            + ["-P", "profile=smoke", "-P", "max_rows=200"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert password not in done.stdout + done.stderr
+        command = [os.path.join(bin_dir, "mlflow"), "run", str(PROJECT_DIR), "--env-manager", "local"]
+        command += ["-P", "profile=smoke", "-P", "max_rows=200", "-P", "champion_tolerance=0"]
+        with as_user(srv, "admin", password) as client:
+            client.search_experiments()  # the schema is made once, before the race
+        runs = [
+            subprocess.Popen(
+                command + extra,
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for extra in ([], ["-P", "learning_rate=1e-3"])
+        ]
+        outputs = [run.communicate(timeout=900)[0] for run in runs]
+        for run, output in zip(runs, outputs, strict=True):
+            assert run.returncode == 0, output[-4000:]
+            assert password not in output
         assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
         with as_user(srv, "admin", password) as client:
             mains = client.search_runs(["0"], "tags.`pipeline.step` = 'main'")
-            assert len(mains) == 1 and mains[0].info.status == "FINISHED"
-            children = child_runs(mains[0].info.run_id)
-            assert len(children) == 8 and all(r.info.status == "FINISHED" for r in children.values())
+            assert len(mains) == 2
+            for main in mains:
+                children = child_runs(main.info.run_id)
+                assert len(children) == 8 and all(r.info.status == "FINISHED" for r in children.values())
+            assert_both_registered_and_the_better_is_champion(
+                client, "sms-spam-classifier", [m.info.run_id for m in mains]
+            )
             every_run = client.search_runs(["0"], max_results=100)
             for run in every_run:  # no credential in any param, tag or logged config
                 recorded = " ".join([*run.data.params.values(), *run.data.tags.values()])
                 assert password not in recorded
                 assert "MLFLOW_TRACKING_PASSWORD" not in recorded
                 assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # through the server
-            for run in children.values():
-                config_text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
-                assert password not in config_text
-            # the model went through the server into its artifact destination
+                step = run.data.tags.get(common.STEP_TAG)
+                if step not in (None, "main") and cache.REUSED_FROM_TAG not in run.data.tags:
+                    config_text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
+                    assert password not in config_text
+            # the models went through the server into its artifact destination
             version = client.get_model_version_by_alias("sms-spam-classifier", "champion")
             location = client.get_model_version_download_uri("sms-spam-classifier", version.version)
             assert location.startswith("mlflow-artifacts:")
@@ -368,4 +389,4 @@ def test_the_smoke_pipeline_runs_through_the_server_with_credentials(
                 stored = conn.execute(sqlalchemy.text("SELECT count(*) FROM runs")).scalar_one()
                 versions = conn.execute(sqlalchemy.text("SELECT count(*) FROM model_versions")).scalar_one()
             engine.dispose()
-            assert stored == len(every_run) and versions >= 1
+            assert stored == len(every_run) and versions == 2
