@@ -532,8 +532,11 @@ def relaunch(nproc: int, argv: list[str]) -> int:
 
 
 def download_checkpoint(run_id: str, dst: Path, path: str = CHECKPOINT_DIR) -> Path:
-    """Downstream steps' way in: a model folder of a finetune run (by default the best model)."""
-    return common.download(run_id, path, dst)
+    """Downstream steps' way in: a model folder of a finetune run (by default the best model).
+
+    Hard links from a local store: every caller only reads the folder (evaluate loads it,
+    log_model logs or merges it into another folder), and 1 GB is not copied to be read."""
+    return common.download(run_id, path, dst, link=True)
 
 
 def checkpoint_path(tags: Mapping[str, str], run_id: str, epoch: int) -> str:
@@ -576,4 +579,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    common.exit_quickly(main())

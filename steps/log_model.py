@@ -8,7 +8,9 @@ Writes:
   explicit ``pip_requirements``. Save modes:
   ``full``: the pipeline is loaded and saved whole;
   ``checkpoint``: logged from the checkpoint folder by path, the model never instantiated, its
-  weights written once (MLflow alone stages a copy first: here the staging copy is hard links);
+  weights written once (MLflow alone stages a copy first: here the staging copy is hard links;
+  into a local artifact store the upload is hard links too, to the step's own linked download
+  of the finetune run's checkpoint: no weight byte is copied);
   ``reference``: only a hub address; refused for a full fine-tune, whose weights all changed.
 - logged model ``baseline``: the base model by reference (repository + revision actually loaded,
   kilobytes), tagged ``role=baseline``; skipped for a base model in a local folder.
@@ -22,13 +24,14 @@ Writes:
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
 import sys
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Final
 from unittest import mock
@@ -120,16 +123,54 @@ def recorded_revision(revision: str) -> Iterator[None]:
 
 
 @contextmanager
-def pins_from_this_environment() -> Iterator[None]:
-    """Skip MLflow's check that the model's pip requirements match this environment.
+def quick_save_checks() -> Iterator[None]:
+    """Three checks MLflow's save makes for every model, answered without their cost.
 
-    Our requirements are made from the installed versions (``installed_versions``), so they
-    match by construction; MLflow's check maps every installed distribution to its modules to
-    find out, about half a second per logged model on this machine (measured with cProfile).
+    - That the model's pip requirements match this environment: ours are made from the
+      installed versions (``installed_versions``), so they match by construction; MLflow maps
+      every installed distribution to its modules to find out, about half a second per logged
+      model on this machine (measured with cProfile).
+    - Whether the model is a PEFT model: MLflow imports peft to ask (0.17 s, the largest part of
+      logging a reference). A model can only be a ``PeftModel`` if peft is already imported, so
+      the answer is read from ``sys.modules`` without importing it; the same answer otherwise.
+    - Whether the pipeline can be served as pyfunc: MLflow imports the modules of four graph,
+      time-series and reinforcement-learning model families to rule them out (28 modules,
+      0.03 s). A text-classification pipeline, the only kind this project logs, always can.
+
+    And two lookups on the hub, while it is offline (``hub.offline``): MLflow asks the hub for the
+    model card (when none is given) and for the list of the repository's files (to find a
+    license). Offline both can only fail, and MLflow goes on as if nothing was found: the answer
+    is that at once, without the failed request and its warning.
     """
+    import huggingface_hub.constants
+    import mlflow.transformers
+    from mlflow.transformers import flavor_config, model_io
     from mlflow.utils import environment
 
-    with mock.patch.object(environment, "warn_dependency_requirement_mismatches", lambda reqs: None):
+    def is_peft_model(model: Any) -> bool:
+        peft = sys.modules.get("peft")
+        return peft is not None and isinstance(model, peft.PeftModel)
+
+    def unless_offline(lookup: Callable[[str], Any]) -> Callable[[str], Any]:
+        return lambda repo_id: None if huggingface_hub.constants.HF_HUB_OFFLINE else lookup(repo_id)
+
+    with ExitStack() as stack:
+        stack.enter_context(
+            mock.patch.object(environment, "warn_dependency_requirement_mismatches", lambda reqs: None)
+        )
+        servable = mlflow.transformers._should_add_pyfunc_to_model
+        stack.enter_context(
+            mock.patch.object(
+                mlflow.transformers,
+                "_should_add_pyfunc_to_model",
+                lambda pipeline: getattr(pipeline, "task", None) == TASK or servable(pipeline),
+            )
+        )
+        for lookup in ("_fetch_model_card", "_extract_license_file_from_repository"):
+            original = getattr(mlflow.transformers, lookup)
+            stack.enter_context(mock.patch.object(mlflow.transformers, lookup, unless_offline(original)))
+        for module in (mlflow.transformers, flavor_config, model_io):  # each bound its own name
+            stack.enter_context(mock.patch.object(module, "is_peft_model", is_peft_model))
         yield
 
 
@@ -139,8 +180,9 @@ def linked_checkpoint_copy() -> Iterator[None]:
 
     ``mlflow.transformers.log_model(<checkpoint folder>)`` copies the folder into a temporary
     model folder and then copies that into the artifact store: every weight byte is written
-    twice (and read twice). With links, the upload is the only copy. The staging folder is
-    MLflow's own temporary directory, deleted after the upload; the links never outlive it.
+    twice (and read twice). With links, the upload is the only copy (none at all into a local
+    store, under ``common.uploads_linked``). The staging folder is MLflow's own temporary
+    directory, deleted after the upload.
     """
     from mlflow.transformers import model_io
 
@@ -153,11 +195,16 @@ def linked_checkpoint_copy() -> Iterator[None]:
 
 
 def log_candidate(checkpoint: Path, save_mode: str, options: dict[str, Any]) -> Any:
-    """Log the fine-tuned model from its checkpoint folder: the pipeline (``full``) or the folder."""
+    """Log the fine-tuned model from its checkpoint folder: the pipeline (``full``) or the folder.
+
+    ``checkpoint`` must be a folder nobody writes into afterwards (the step's own download): in a
+    local artifact store the logged files are hard links to it (``checkpoint`` mode) or to
+    MLflow's staging folder (``full``), so the weights are not copied again.
+    """
     import mlflow
 
     # every file is local: no model-card or license lookups on the hub
-    with hub.offline(), pins_from_this_environment():
+    with hub.offline(), quick_save_checks(), common.uploads_linked():
         if save_mode == "full":
             import transformers
 
@@ -168,13 +215,35 @@ def log_candidate(checkpoint: Path, save_mode: str, options: dict[str, Any]) -> 
             return mlflow.transformers.log_model(str(checkpoint), **options)
 
 
+def meta_skeleton(config: Any) -> Any:
+    """The classifier of ``config`` on PyTorch's meta device (shapes, no data), one layer deep.
+
+    Of a model logged by reference MLflow records its class, dtype and hub name, never its
+    weights or depth (``mlflow.transformers.flavor_config``). Each layer only costs time to build
+    (about 1 ms each here, 24 in BERT-large), so one is built. A config that does not allow a
+    single layer (per-layer settings checked against the count) is built whole.
+    """
+    import torch
+    import transformers
+
+    shallow = copy.deepcopy(config)
+    if getattr(config, "num_hidden_layers", 0) > 1:
+        shallow.num_hidden_layers = 1
+    try:
+        with torch.device("meta"):
+            return transformers.AutoModelForSequenceClassification.from_config(shallow)
+    except Exception:  # noqa: BLE001 - the whole depth below, which raises what is really wrong
+        with torch.device("meta"):
+            return transformers.AutoModelForSequenceClassification.from_config(config)
+
+
 def reference_pipeline(ref: hub.HubReference, num_labels: int) -> Any:
     """A pipeline that describes ``ref`` without holding its weights.
 
     For a reference (``save_pretrained=False``) MLflow reads names, classes, dtype and task from
-    the pipeline and never its weights, so the model is built on PyTorch's meta device (shapes,
-    no data): logging a reference costs the same for a 100 MB model as for a 100 GB one, in time
-    and in memory. Only the config and tokenizer files are read.
+    the pipeline and never its weights, so the model is a skeleton (``meta_skeleton``): logging a
+    reference costs the same for a 100 MB model as for a 100 GB one, in time and in memory. Only
+    the config and tokenizer files are read.
     """
     import torch
     import transformers
@@ -182,8 +251,7 @@ def reference_pipeline(ref: hub.HubReference, num_labels: int) -> Any:
     config = transformers.AutoConfig.from_pretrained(
         ref.repo_id, revision=ref.revision, num_labels=num_labels
     )
-    with torch.device("meta"):
-        model = transformers.AutoModelForSequenceClassification.from_config(config)
+    model = meta_skeleton(config)
     tokenizer = transformers.AutoTokenizer.from_pretrained(ref.repo_id, revision=ref.revision)
     # device=meta: the pipeline would otherwise move the (empty) model to the CPU
     return transformers.pipeline(TASK, model=model, tokenizer=tokenizer, device=torch.device("meta"))
@@ -208,7 +276,7 @@ def log_adapter_reference(
     import mlflow
 
     snapshot = hub.snapshot_dir(ref.repo_id, ref.revision)
-    with hub.offline(), recorded_revision(ref.revision), pins_from_this_environment():
+    with hub.offline(), recorded_revision(ref.revision), quick_save_checks():
         info = mlflow.transformers.log_model(
             adapter_pipeline(ref, adapter, id2label),
             save_pretrained=False,
@@ -226,7 +294,7 @@ def log_reference(ref: hub.HubReference, name: str, num_labels: int) -> Any:
     import mlflow
 
     snapshot = hub.snapshot_dir(ref.repo_id, ref.revision)  # finetune loaded it from there
-    with hub.offline(), recorded_revision(ref.revision), pins_from_this_environment():
+    with hub.offline(), recorded_revision(ref.revision), quick_save_checks():
         info = mlflow.transformers.log_model(
             reference_pipeline(ref, num_labels),
             name=name,
@@ -391,4 +459,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    common.exit_quickly(main())

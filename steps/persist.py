@@ -10,7 +10,8 @@ Writes:
 - for a reference-only version: the referenced weights and tokenizer files, copied from the hub
   cache (downloaded first only when the hub is reachable) into the logged model's own artifacts
   (``model/``, ``components/tokenizer/``), then its ``MLmodel`` rewritten to point at them. Files
-  are linked into a staging folder and uploaded once, never loaded: memory does not grow with
+  are linked into a staging folder and uploaded once (into a local artifact store: hard-linked,
+  no byte copied), never loaded: memory does not grow with
   the model (MLflow's ``persist_pretrained_model`` loads the whole pipeline to save it again).
   The weights go up before the new ``MLmodel``, so a crash half-way leaves a valid reference model;
 - for every version: verification: it loads from the registry with its weights in the artifact
@@ -121,10 +122,12 @@ def persist_in_place(
         raise UserError(f"{source_dir} holds no weight files to persist")
     for source, target in plan.items():
         (staged / target).parent.mkdir(parents=True, exist_ok=True)
-        # staged by hard link to the cache's file (a copy only across filesystems): the upload
-        # below is then the one time the weights are written
+        # staged by hard link to the cache's file (a copy only across filesystems)
         common.link_or_copy(str((source_dir / source).resolve()), str(staged / target))
-    client.log_model_artifacts(model_id, str(staged))  # weights first ...
+    # weights first ... (into a local store by hard link again: the hub replaces its files by
+    # renaming and never writes into them, so no byte is copied; into any other store, once)
+    with common.uploads_linked():
+        client.log_model_artifacts(model_id, str(staged))
     common.kill_point("persist.weights_uploaded")
     persisted = update_flavor_conf_to_persist_pretrained_model(flavor)
     persisted.pop(PEFT_KEY, None)  # merged: the adapter stays in the artifacts as a record only
@@ -250,4 +253,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    common.exit_quickly(main())

@@ -109,7 +109,12 @@ def test_checkpoint_mode_never_instantiates_the_model(pipeline: str) -> None:
     )[0]
     candidate = logged_model(run.data.tags["pipeline.model_uri"])
     assert candidate.tags["save_mode"] == "checkpoint"
-    assert folder_size(candidate.artifact_location) > 50_000_000  # the weights were copied
+    assert folder_size(candidate.artifact_location) > 50_000_000  # the weights are in the model
+    # ... as the same file as the finetune run's checkpoint in this local store: no byte copied
+    finetune_run = mlflow.get_run(mlflow.get_run(evaluate_id).data.tags["pipeline.upstream_run_id"])
+    checkpoint = Path(finetune_run.info.artifact_uri.removeprefix("file://")) / "checkpoint"
+    logged = Path(candidate.artifact_location.removeprefix("file://")) / "model" / "model.safetensors"
+    assert logged.stat().st_ino == (checkpoint / "model.safetensors").stat().st_ino
     # ... and the model, once loaded, predicts what evaluate saw for the input example.
     expected = json.loads(
         Path(
@@ -198,6 +203,9 @@ def test_persist_makes_a_reference_only_model_self_contained_in_place(pipeline: 
     version = mlflow.register_model(uri, "reference-test")
     assert persist.persist_in_place(model.model_id, tmp_path / "a") is True
     assert folder_size(model.artifact_location) > 50_000_000  # the same logged model, in place
+    weights = Path(model.artifact_location.removeprefix("file://")) / "model" / "model.safetensors"
+    cached = hub.snapshot_dir(hub.BUNDLED_REPO_ID, hub.materialize_bundled().revision) / "model.safetensors"
+    assert weights.stat().st_ino == cached.resolve().stat().st_ino  # hard-linked from the hub cache
     flavor = mlflow.models.Model.load(f"{model.artifact_location}/MLmodel").flavors["transformers"]
     assert flavor["model_binary"] == "model" and "source_model_revision" not in flavor
     persist.verify("reference-test", version.version, ["hello", "win big"], None, tmp_path / "b")

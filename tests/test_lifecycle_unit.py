@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -205,3 +207,106 @@ def test_logging_the_baseline_by_reference_never_waits_for_the_hub(monkeypatch: 
     location = mlflow.MlflowClient().get_logged_model(info.model_id).artifact_location
     card = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/model_card.md")
     assert "all-MiniLM-L6-v2" in Path(card).read_text()  # the cached README, kept with the model
+
+
+def test_the_quick_peft_check_gives_mlflows_answer_without_importing_peft(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+    import types
+
+    import mlflow.transformers
+    from mlflow.transformers import flavor_config, model_io
+
+    class PeftModel:  # what peft.PeftModel is, for isinstance
+        pass
+
+    with log_model.quick_save_checks():
+        checks = [mlflow.transformers.is_peft_model, flavor_config.is_peft_model, model_io.is_peft_model]
+        monkeypatch.setitem(sys.modules, "peft", None)  # not imported: importing it now would fail
+        assert [check(object()) for check in checks] == [False] * 3
+        monkeypatch.setitem(sys.modules, "peft", types.SimpleNamespace(PeftModel=PeftModel))
+        assert [check(PeftModel()) for check in checks] == [True] * 3
+        assert [check(object()) for check in checks] == [False] * 3
+    from mlflow.transformers import peft as mlflow_peft
+
+    assert mlflow.transformers.is_peft_model is mlflow_peft.is_peft_model  # restored afterwards
+
+
+def test_mlflows_hub_lookups_answer_nothing_at_once_while_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model card and license-file lookups: no request inside ``hub.offline`` (where one could
+    only fail), MLflow's own lookup otherwise."""
+    import huggingface_hub.constants
+    import mlflow.transformers
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # as on a machine online
+    asked: list[str] = []
+    for lookup in ("_fetch_model_card", "_extract_license_file_from_repository"):
+        answer = lambda repo, name=lookup: asked.append(name) or "found"  # noqa: E731
+        monkeypatch.setattr(mlflow.transformers, lookup, answer)
+    with log_model.quick_save_checks():
+        with hub.offline():
+            assert mlflow.transformers._fetch_model_card("org/model") is None
+            assert mlflow.transformers._extract_license_file_from_repository("org/model") is None
+        assert asked == []
+        assert mlflow.transformers._fetch_model_card("org/model") == "found"
+        assert mlflow.transformers._extract_license_file_from_repository("org/model") == "found"
+    assert asked == ["_fetch_model_card", "_extract_license_file_from_repository"]
+
+
+def test_a_text_classification_pipeline_is_servable_without_mlflows_imports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mlflow.transformers
+
+    ref = hub.materialize_bundled()
+    pipeline = log_model.reference_pipeline(ref, 2)
+    assert mlflow.transformers._should_add_pyfunc_to_model(pipeline) is True  # MLflow's own answer
+    asked: list[Any] = []
+    monkeypatch.setattr(mlflow.transformers, "_should_add_pyfunc_to_model", asked.append)
+    with log_model.quick_save_checks():
+        assert mlflow.transformers._should_add_pyfunc_to_model(pipeline) is True
+        assert asked == []
+        other = types.SimpleNamespace(task="image-segmentation")
+        mlflow.transformers._should_add_pyfunc_to_model(other)  # any other task: MLflow decides
+        assert asked == [other]
+
+
+def test_the_reference_skeleton_is_shallow_and_mlflow_records_the_same_as_for_the_whole_model() -> None:
+    import torch
+    import transformers
+    from mlflow.transformers.flavor_config import build_flavor_config
+
+    ref = hub.materialize_bundled()
+    config = transformers.AutoConfig.from_pretrained(ref.repo_id, revision=ref.revision, num_labels=2)
+    assert config.num_hidden_layers == 6
+    shallow = log_model.reference_pipeline(ref, 2)
+    assert len(shallow.model.bert.encoder.layer) == 1
+    assert shallow.model.device.type == "meta"
+    assert config.num_hidden_layers == 6  # the config read is left as it was
+    with torch.device("meta"):
+        model = transformers.AutoModelForSequenceClassification.from_config(config)
+    whole = transformers.pipeline(
+        log_model.TASK, model=model, tokenizer=shallow.tokenizer, device=torch.device("meta")
+    )
+    with hub.offline(), log_model.recorded_revision(ref.revision):
+        recorded = [build_flavor_config(p, save_pretrained=False) for p in (shallow, whole)]
+    assert recorded[0] == recorded[1]
+    assert recorded[0]["source_model_name"] == ref.repo_id
+
+
+def test_a_config_that_refuses_one_layer_gets_its_whole_depth(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    config = transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
+    )
+    real = transformers.AutoModelForSequenceClassification.from_config
+
+    def strict(cfg: Any) -> Any:  # as a model whose per-layer settings must match the count
+        if cfg.num_hidden_layers != 3:
+            raise ValueError("layer_types has 3 entries, num_hidden_layers is 1")
+        return real(cfg)
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_config", strict)
+    assert len(log_model.meta_skeleton(config).bert.encoder.layer) == 3

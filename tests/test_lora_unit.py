@@ -179,15 +179,50 @@ def test_checkpoints_are_hard_linked_into_a_local_store(tmp_path: Path) -> None:
     assert linked.stat().st_ino == (folder / "model.safetensors").stat().st_ino  # no bytes copied
 
 
-def test_other_stores_get_mlflows_own_upload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    monkeypatch.setattr(mlflow, "log_artifacts", lambda local, path: calls.append((local, path)))
-    with mlflow.start_run(), pytest.MonkeyPatch.context() as mp:
-        from mlflow.store.artifact import local_artifact_repo
+def test_where_a_link_cannot_be_made_the_upload_copies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another filesystem (EXDEV), or a file of another user: the same upload, by copy."""
+    import errno
+    import os
 
-        mp.setattr(local_artifact_repo, "LocalArtifactRepository", type("Other", (), {}))
-        common.log_artifacts_linked(tmp_path, "checkpoint")
-    assert calls == [(str(tmp_path), "checkpoint")]
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"w" * 1000)
+
+    def cannot_link(src: str, dst: str) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cannot_link)
+    with mlflow.start_run() as run:
+        common.log_artifacts_linked(folder, "checkpoint")
+    stored = Path(run.info.artifact_uri.removeprefix("file://")) / "checkpoint" / "model.safetensors"
+    assert stored.read_bytes() == b"w" * 1000
+    assert stored.stat().st_ino != (folder / "model.safetensors").stat().st_ino
+
+
+def test_a_linked_download_is_the_stored_file_and_a_plain_one_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "checkpoint"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"w" * 1000)
+    (folder / "sub" / "x.json").write_text("{}")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(folder), "checkpoint")
+    stored = Path(run.info.artifact_uri.removeprefix("file://")) / "checkpoint"
+    linked = common.download(run.info.run_id, "checkpoint", tmp_path / "a", link=True)
+    assert linked == tmp_path / "a" / "checkpoint" and (linked / "sub" / "x.json").read_text() == "{}"
+    assert (linked / "model.safetensors").stat().st_ino == (stored / "model.safetensors").stat().st_ino
+    one_file = common.download(run.info.run_id, "checkpoint/sub/x.json", tmp_path / "b", link=True)
+    assert one_file.stat().st_ino == (stored / "sub" / "x.json").stat().st_ino
+    copied = common.download(run.info.run_id, "checkpoint", tmp_path / "c")
+    assert (copied / "model.safetensors").stat().st_ino != (stored / "model.safetensors").stat().st_ino
+    # a store that is not a local folder (S3, a tracking server): MLflow's own download, a copy
+    monkeypatch.setattr(common, "local_artifact_dir", lambda uri: None)
+    remote = common.download(run.info.run_id, "checkpoint", tmp_path / "d", link=True)
+    assert (remote / "model.safetensors").read_bytes() == b"w" * 1000
+    assert (remote / "model.safetensors").stat().st_ino != (stored / "model.safetensors").stat().st_ino
 
 
 def test_system_metrics_are_sampled_while_the_step_runs() -> None:

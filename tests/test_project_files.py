@@ -63,3 +63,14 @@ def test_conda_env_installs_what_pyproject_declares() -> None:
     conda = yaml.safe_load((PROJECT_DIR / "conda.yaml").read_text())
     pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     assert sorted(pip) == sorted(pyproject["project"]["dependencies"])
+
+
+def test_every_step_program_ends_through_exit_quickly() -> None:
+    """A step run as a program (``python -m steps.<step>``, what MLproject's commands run) skips
+    the last garbage collection of its exit (``common.exit_quickly``)."""
+    programs = [p for p in sorted((PROJECT_DIR / "steps").glob("*.py")) if "__main__" in p.read_text()]
+    assert len(programs) >= 9
+    for path in programs:
+        assert (
+            path.read_text().rstrip().endswith('if __name__ == "__main__":\n    common.exit_quickly(main())')
+        ), path.name

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -164,3 +168,37 @@ def test_probe_messages_are_not_in_the_bundled_data() -> None:
     bundled = pd.read_csv(PROJECT_DIR / "data" / "sms_spam.csv", dtype=str, keep_default_na=False)
     probe = pd.read_csv(PROJECT_DIR / "data" / "probe_sms.csv", dtype=str, keep_default_na=False)
     assert not set(probe["text"].str.lower()) & set(bundled["text"].str.lower())
+
+
+def test_exit_quickly_keeps_the_status_atexit_handlers_threads_and_the_run(tmp_path) -> None:
+    """Only the last garbage collection is skipped: MLflow still ends the run left open, atexit
+    handlers and a non-daemon thread still finish, and the exit status is the one given."""
+    program = textwrap.dedent(
+        """
+        import atexit, threading, time
+        import mlflow
+        from steps import common
+
+        atexit.register(print, "atexit ran", flush=True)
+        threading.Thread(target=lambda: (time.sleep(0.5), print("thread done", flush=True))).start()
+        run = mlflow.start_run()  # left open: MLflow's own atexit handler ends it
+        print("run", run.info.run_id, flush=True)
+        common.exit_quickly(3)
+        """
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env=os.environ | {"PYTHONPATH": str(PROJECT_DIR), "MLFLOW_TRACKING_URI": uri},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "thread done" in done.stdout and "atexit ran" in done.stdout
+    run_id = re.search(r"^run (\w+)$", done.stdout, re.M).group(1)  # type: ignore[union-attr]
+    import mlflow
+
+    # ended, as on any exit of the interpreter, not left RUNNING
+    assert mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "FINISHED"
