@@ -8,19 +8,27 @@ child process on a fresh tracking store (a copy of one already migrated), side b
   transformers (with its pipelines: transformers imports them lazily, and every logging mode
   needs them) and loads the tokenizer; subtracted from the others' wall time and peak RSS, so
   the figures are what the operation adds;
-- ``cp -r`` of the checkpoint folder: the floor for anything that stores the weights once;
-- ``checkpoint`` (this project: ``log_model.log_candidate``) and, with ``--compare-mlflow``,
-  MLflow 3.17's own ``mlflow.transformers.log_model(<folder>)``, which writes the weights twice;
-- ``full`` (load the pipeline, log it) and ``reference`` (``log_model.log_reference`` on the same
-  model placed in a hub cache): artifact bytes, and the wall time of the log call itself;
-
-Every child also clocks its operation inside the process (``log_wall_s``): from the moment the
-tracking store is open and the run started to the end of the log (or persist) call. That is the
-figure ``reference_over_full`` compares, and the ``*_in_process_*`` figures (no target) report.
+- ``cp -r`` of the checkpoint folder: the floor for anything that writes the weights once;
+- ``checkpoint``, as the log_model step does it: the checkpoint is a finetune run's artifacts
+  (logged once, untimed, when the store is made), downloaded with ``finetune.download_checkpoint``
+  and logged with ``log_model.log_candidate``. In this local store both are hard links, so no
+  weight byte is written: what remains is the fixed cost of a logging process. With
+  ``--compare-mlflow``, also MLflow 3.17's own ``mlflow.transformers.log_model(<folder>)``, which
+  writes the weights twice;
+- ``full`` (the same download; load the pipeline, log it) and ``reference``
+  (``log_model.log_reference`` on the same model placed in a hub cache, at the revision finetune
+  would have recorded): artifact bytes, and the wall time of the log call itself;
 - ``persist`` (``persist.persist_in_place``) of a reference-only model: wall time against copying
   its weight files, and peak RSS.
 
-    python benchmarks/log_modes.py                        # small + large, medians of 2
+Every child ends as a step's process does (``common.exit_quickly``: no last garbage collection),
+and starts with the model's files in the page cache (``read_through``), as the copies do.
+Every child also clocks its operation inside the process (``log_wall_s``): from the moment the
+tracking store is open and the run started to the end of the log (or persist) call (the table's
+"call s"). That is the figure ``reference_over_full`` compares, and the ``*_in_process_*`` figures
+(no target) report.
+
+    python benchmarks/log_modes.py                        # small + large, medians of 3
     python benchmarks/log_modes.py --sizes tiny --repeat 1  # what the test suite runs
     python benchmarks/log_modes.py --compare-mlflow        # and MLflow's own checkpoint log
 
@@ -57,7 +65,10 @@ TARGETS = {
     "persist_over_copy": 1.5,
     "persist_rss_growth_mb": 150.0,
 }
+TIMED_SIZE = "large"  # the ~1.3 GB model the time-ratio targets are set for
 REPO_ID = "bench/bert-random"
+FINETUNE_RUN_FILE = "finetune_run_id"
+REVISION_FILE = "revision"
 
 
 # ----------------------------------------------------------------------------- child side
@@ -68,14 +79,21 @@ def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
     import transformers
     import transformers.pipelines  # transformers imports lazily: the flavor needs its pipelines
 
-    from steps import common, hub, log_model, persist
+    from steps import common, finetune, hub, log_model, persist
 
     transformers.AutoTokenizer.from_pretrained(str(model_dir))
     result: dict[str, Any] = {}
     start = time.perf_counter()
     if mode == "init-store":  # the schema migrations: once per store, not per log
         mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
-        mlflow.MlflowClient().search_experiments()  # no experiment: its artifacts would live here
+        # what log_model starts from: the checkpoint as a finetune run's artifacts (made once;
+        # outside the workdir, so every copy of this store shares them, read only)
+        client = mlflow.MlflowClient()
+        artifacts = workdir.parent / "finetune-artifacts"
+        experiment_id = client.create_experiment("finetune", artifact_location=artifacts.as_uri())
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            mlflow.log_artifacts(str(model_dir), finetune.CHECKPOINT_DIR)
+        (workdir / FINETUNE_RUN_FILE).write_text(run.info.run_id)
     elif mode != "baseline":
         mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
         experiment = mlflow.set_experiment("bench")
@@ -86,14 +104,16 @@ def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
                 "task": log_model.TASK,
                 "pip_requirements": log_model.pip_requirements(log_model.installed_versions()),
             }
-            if mode == "checkpoint":
-                info = log_model.log_candidate(model_dir, "checkpoint", options)
-            elif mode == "mlflow-checkpoint":
+            if mode in ("checkpoint", "full"):  # as the step does: from the finetune run
+                finetune_run_id = (workdir / FINETUNE_RUN_FILE).read_text()
+                with tempfile.TemporaryDirectory() as tmp:
+                    checkpoint = finetune.download_checkpoint(finetune_run_id, Path(tmp))
+                    info = log_model.log_candidate(checkpoint, mode, options)
+            elif mode == "mlflow-checkpoint":  # MLflow alone, from the folder
                 info = mlflow.transformers.log_model(str(model_dir), **options)
-            elif mode == "full":
-                info = log_model.log_candidate(model_dir, "full", options)
             elif mode == "reference":
-                revision = hub.content_sha1(model_dir)
+                # the revision finetune recorded (hashing 1.3 GB is not part of logging)
+                revision = (workdir / REVISION_FILE).read_text().strip()
                 ref = hub.HubReference(REPO_ID, revision, "content-sha1")
                 info = log_model.log_reference(ref, "model", 2)
                 (workdir / "reference_model_id").write_text(info.model_id)
@@ -147,7 +167,7 @@ def make_model(size: str, root: Path) -> Path:
     return folder
 
 
-def place_in_hub_cache(model_dir: Path, hf_home: Path) -> None:
+def place_in_hub_cache(model_dir: Path, hf_home: Path) -> str:
     """The model as the hub cache would hold it (symlinks to the files), at a content revision."""
     from steps import hub
 
@@ -156,6 +176,7 @@ def place_in_hub_cache(model_dir: Path, hf_home: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for file in model_dir.iterdir():
         (target / file.name).symlink_to(file)
+    return revision
 
 
 def run_child(mode: str, workdir: Path, model_dir: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -175,7 +196,26 @@ def run_child(mode: str, workdir: Path, model_dir: Path, env: dict[str, str]) ->
     return result
 
 
+def read_through(*folders: Path) -> None:
+    """Read every file under ``folders`` once, so that what is timed next finds them in memory.
+
+    Whether a 1.3 GB read comes from the disk or the page cache otherwise depends on what ran
+    before and on the system reclaiming memory: the ``full`` log call (which reads the weights)
+    took 2.0 s right after ``echo 3 > /proc/sys/vm/drop_caches`` and 1.2 to 1.3 s on the next run,
+    on the development VM. Every operation, and the copies they are compared with, start warm.
+    """
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                with path.open("rb") as file:
+                    while file.read(1 << 24):
+                        pass
+
+
 def timed_copy(model_dir: Path, dst: Path, weights_only: bool = False) -> float:
+    """Seconds to copy the folder (or its weight files) and write the copy to disk."""
+    read_through(model_dir)
+    os.sync()  # the previous operations' writes are not this copy's to flush
     start = time.perf_counter()
     if weights_only:
         dst.mkdir(parents=True)
@@ -196,7 +236,7 @@ def measure(size: str, root: Path, repeat: int, compare_mlflow: bool = False) ->
     model_dir = make_model(size, root)
     weights_gb = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 1e9
     hf_home = root / "hf"
-    place_in_hub_cache(model_dir, hf_home)
+    revision = place_in_hub_cache(model_dir, hf_home)
     env = os.environ | {
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(hf_home),
@@ -212,16 +252,20 @@ def measure(size: str, root: Path, repeat: int, compare_mlflow: bool = False) ->
 
     template = fresh("template")  # one migrated store, copied for each operation
     run_child("init-store", template, model_dir, env)
+    (template / REVISION_FILE).write_text(revision)
     samples: dict[str, list[dict[str, Any]]] = {}
     copies: dict[str, list[float]] = {"cp": [], "weights": []}
     for _ in range(repeat):  # modes interleaved, so slow drift hits them all alike
         modes = ("baseline", "checkpoint", *(("mlflow-checkpoint",) if compare_mlflow else ()))
         for mode in (*modes, "full", "reference"):
             workdir = fresh(mode)
-            shutil.copy2(template / "mlflow.db", workdir / "mlflow.db")
+            for name in ("mlflow.db", FINETUNE_RUN_FILE, REVISION_FILE):
+                shutil.copy2(template / name, workdir / name)
+            read_through(model_dir, root / "finetune-artifacts")
             os.sync()
             samples.setdefault(mode, []).append(run_child(mode, workdir, model_dir, env))
             if mode == "reference":  # persist the reference-only model just logged
+                read_through(model_dir, root / "finetune-artifacts")
                 os.sync()
                 samples.setdefault("persist", []).append(run_child("persist", workdir, model_dir, env))
             shutil.rmtree(workdir)
@@ -244,12 +288,13 @@ def measure(size: str, root: Path, repeat: int, compare_mlflow: bool = False) ->
         f"\n{size}: {weights_gb:.2f} GB of weights; cp -r {cp:.1f} s; "
         f"cp of the weight files {copy_weights:.1f} s"
     )
-    header = f"{'operation':<20}{'wall s':>9}{'- baseline':>12}{'peak RSS MB':>13}{'+ RSS MB':>10}"
-    print(header + f"{'artifacts MB':>14}")
+    header = f"{'operation':<20}{'wall s':>9}{'- baseline':>12}{'call s':>9}"
+    print(header + f"{'peak RSS MB':>13}{'+ RSS MB':>10}{'artifacts MB':>14}")
     for mode, r in runs.items():
+        call = f"{r['log_wall_s']:>9.2f}" if "log_wall_s" in r else f"{'':>9}"
         extra = "" if "artifact_bytes" not in r else f"{r['artifact_bytes'] / 1e6:>14.2f}"
         print(
-            f"{mode:<20}{r['wall_s']:>9.1f}{r['wall_s'] - base['wall_s']:>12.1f}"
+            f"{mode:<20}{r['wall_s']:>9.1f}{r['wall_s'] - base['wall_s']:>12.1f}{call}"
             f"{r['peak_rss_mb']:>13.0f}{r['peak_rss_mb'] - base['peak_rss_mb']:>10.0f}{extra}"
         )
     figures = {
@@ -273,7 +318,7 @@ def measure(size: str, root: Path, repeat: int, compare_mlflow: bool = False) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="small,large", help=f"comma-separated, from {', '.join(SIZES)}")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each operation; medians")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each operation; medians")
     parser.add_argument(
         "--compare-mlflow", action="store_true", help="also time MLflow's own checkpoint log (no target)"
     )
@@ -283,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, args.workdir.resolve(), args.model_dir.resolve())))
-        return 0
+        from steps import common
+
+        common.exit_quickly(0)  # every child, the baseline too, ends as a step's process does
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     figures = {}
     with tempfile.TemporaryDirectory(prefix="bench-log-modes-", dir=os.environ.get("BENCH_TMP")) as tmp:
@@ -292,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     for size, values in figures.items():
         for figure, value in values.items():
-            target = TARGETS.get(figure)
+            # the issue sets the time ratios for a ~1.3 GB model (at 0.05 GB every operation is
+            # its fixed cost, seconds against a copy of milliseconds): reported, no target, at
+            # other sizes. The memory and size targets hold at every size.
+            target = TARGETS.get(figure) if size == TIMED_SIZE or figure.endswith("_mb") else None
             lines.append(
                 {
                     "benchmark": "log_modes",
