@@ -1,13 +1,20 @@
-"""Each test gets its own tracking store, artifact root and Hugging Face caches, all offline.
+"""Each test gets its own tracking store, artifact root, Hugging Face caches and temporary
+folder (``TMPDIR``), all offline, all under the test's ``tmp_path``.
 
-Nothing touches the user's ``mlflow.db``, ``mlruns/`` or ``~/.cache/huggingface``.
+Nothing touches the user's ``mlflow.db``, ``mlruns/``, ``~/.cache/huggingface`` or ``/tmp``: what
+a step leaves behind (a process killed on purpose keeps its temporary copies of a model; MLflow's
+``mlflow run`` makes a download folder it never removes) goes with the test's folder, which pytest
+deletes as soon as the test passes (``tmp_path_retention_policy = "failed"`` in pyproject.toml).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +22,9 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def isolated_env(root: Path) -> dict[str, str]:
-    """Environment variables that point MLflow and Hugging Face into ``root`` and offline."""
+    """Environment variables that point MLflow, Hugging Face and temporary files into ``root``,
+    offline (``root / "t"``, the temporary folder, is made here)."""
+    (root / "t").mkdir(parents=True, exist_ok=True)
     return {
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "HF_HUB_OFFLINE": "1",
@@ -24,15 +33,18 @@ def isolated_env(root: Path) -> dict[str, str]:
         "HF_DATASETS_CACHE": str(root / "hf" / "datasets"),
         "TOKENIZERS_PARALLELISM": "false",
         "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+        "TMPDIR": str(root / "t"),  # short: a Unix socket's path must fit in 108 bytes
     }
 
 
 def point_hub_cache(root: Path, mp: pytest.MonkeyPatch) -> None:
-    """huggingface_hub reads ``HF_HOME`` once, at import: point its cache at ``root`` as the
-    environment now says, as a fresh process would (in-process steps of another store would
-    otherwise look in the hub cache of whichever test imported it first)."""
+    """huggingface_hub reads ``HF_HOME`` once, at import, and ``tempfile`` reads ``TMPDIR`` once,
+    at first use: point both at ``root`` as the environment now says, as a fresh process would
+    (in-process steps of another store would otherwise use the hub cache and temporary folder of
+    whichever test came first)."""
     import huggingface_hub.constants as hub_constants
 
+    mp.setattr(tempfile, "tempdir", str(root / "t"))
     mp.setattr(hub_constants, "HF_HOME", str(root / "hf"))
     mp.setattr(hub_constants, "HF_HUB_CACHE", str(root / "hf" / "hub"))
     mp.setattr(hub_constants, "HUGGINGFACE_HUB_CACHE", str(root / "hf" / "hub"))
@@ -49,10 +61,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=f"needs a {name} device; torch sees none"))
 
 
+# The suite writes a few GB at its peak (models, checkpoints, stores) under pytest's base folder.
+# On a machine whose disk others share, a failure that starts with "no space left" says more
+# with the free space beside it: the header gives it at the start, the summary its lowest point.
+LOWEST_FREE: dict[str, Any] = {"mb": None, "before": ""}
+
+
+def free_mb(path: str | Path) -> int:
+    return shutil.disk_usage(path).free // 2**20
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    where = tempfile.gettempdir()
+    return f"free disk where the tests write ({where}): {free_mb(where)} MB"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if LOWEST_FREE["mb"] is not None:
+        lowest, before = LOWEST_FREE["mb"], LOWEST_FREE["before"]
+        terminalreporter.write_line(f"lowest free disk seen at a test's start: {lowest} MB (before {before})")
+
+
 @pytest.fixture(autouse=True)
-def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def tracking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[Path]:
     """A fresh store per test; ``./mlruns`` (the artifact root) lands in the test's tmp dir."""
     import mlflow
+
+    free = free_mb(tmp_path)
+    if LOWEST_FREE["mb"] is None or free < LOWEST_FREE["mb"]:
+        LOWEST_FREE.update(mb=free, before=request.node.nodeid)
 
     for key, value in isolated_env(tmp_path).items():
         monkeypatch.setenv(key, value)

@@ -202,3 +202,20 @@ def test_exit_quickly_keeps_the_status_atexit_handlers_threads_and_the_run(tmp_p
 
     # ended, as on any exit of the interpreter, not left RUNNING
     assert mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_tests_temporary_files_land_in_its_own_folder(tmp_path) -> None:
+    """In-process and in a step's process: what a killed step leaves behind is deleted with the
+    test's folder, never piled up in the machine's /tmp (conftest's ``TMPDIR``)."""
+    import tempfile
+
+    assert tempfile.gettempdir() == str(tmp_path / "t")
+    with tempfile.NamedTemporaryFile() as made:
+        assert made.name.startswith(str(tmp_path / "t") + os.sep)
+    child = subprocess.run(
+        [sys.executable, "-c", "import tempfile; print(tempfile.mkdtemp(prefix='finetune-'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert os.path.dirname(child.stdout.strip()) == str(tmp_path / "t")
