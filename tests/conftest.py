@@ -9,6 +9,7 @@ deletes as soon as the test passes (``tmp_path_retention_policy = "failed"`` in 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -137,6 +138,16 @@ def use_store(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(root)
     point_hub_cache(root, monkeypatch)
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+
+
+@contextlib.contextmanager
+def deleted_unless_a_test_failed(request: pytest.FixtureRequest, root: Path) -> Iterator[Path]:
+    """``root``, a module's shared store, deleted when the module's tests are done, unless one
+    of them failed (then kept to look at, as pytest keeps a failed test's ``tmp_path``)."""
+    failed_before = request.session.testsfailed
+    yield root
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ which has no GPU, never runs these; run them on a GPU box with ``pytest -m cuda`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -14,7 +15,7 @@ import pytest
 
 from steps import finetune, modeling
 from steps.config import PROJECT_DIR
-from tests.conftest import main_in_store, use_store
+from tests.conftest import deleted_unless_a_test_failed, main_in_store, use_store
 from tests.helpers import child_runs
 
 pytestmark = [pytest.mark.cuda, pytest.mark.slow]
@@ -22,13 +23,16 @@ MODEL = "cuda-spam"
 
 
 @pytest.fixture(scope="module")
-def cuda_main(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def cuda_main(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[Path, str]]:
     root = tmp_path_factory.mktemp("cuda-store")
     argv = [
         "--profile", "cuda", "--registered_model", MODEL,
         "--system_metrics", "true", "--system_metrics_interval_s", "1",
     ]  # fmt: skip
-    return root, main_in_store(root, argv)
+    with deleted_unless_a_test_failed(request, root):
+        yield root, main_in_store(root, argv)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 
 from steps import cache
 from steps import main as main_step
-from tests.conftest import PROJECT_DIR, isolated_env
+from tests.conftest import PROJECT_DIR, deleted_unless_a_test_failed, isolated_env
 from tests.helpers import child_runs
 
 pytestmark = pytest.mark.slow
@@ -42,10 +42,10 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, dict[
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def store(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("driver")
     shutil.copy(PROJECT_DIR / "data" / "sms_spam.csv", root / "sms.csv")
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, deleted_unless_a_test_failed(request, root):
         for key, value in isolated_env(root).items():
             mp.setenv(key, value)
         mp.chdir(root)

@@ -7,6 +7,7 @@ otherwise) is read by every test here.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -15,7 +16,7 @@ import pytest
 
 from steps import common, evaluate, finetune, modeling
 from steps.config import BUNDLED_BASE_MODEL, PROJECT_DIR
-from tests.conftest import main_in_store, use_store
+from tests.conftest import deleted_unless_a_test_failed, main_in_store, use_store
 from tests.helpers import artifact_paths, child_runs
 
 pytestmark = pytest.mark.slow
@@ -24,10 +25,13 @@ ID2LABEL = {0: "ham", 1: "spam"}
 
 
 @pytest.fixture(scope="module")
-def lora_main(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def lora_main(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[Path, str]]:
     root = tmp_path_factory.mktemp("lora-store")
     argv = ["--profile", "lora-reference", "--num_train_epochs", "2", "--registered_model", MODEL]
-    return root, main_in_store(root, argv)
+    with deleted_unless_a_test_failed(request, root):
+        yield root, main_in_store(root, argv)
 
 
 @pytest.fixture
