@@ -22,7 +22,8 @@ child process on a fresh tracking store (a copy of one already migrated), side b
   its weight files, and peak RSS.
 
 Every child ends as a step's process does (``common.exit_quickly``: no last garbage collection),
-and starts with the model's files in the page cache (``read_through``), as the copies do.
+and starts with the model's files in the page cache and no earlier write pending (``settle``),
+as the copies do.
 Every child also clocks its operation inside the process (``log_wall_s``): from the moment the
 tracking store is open and the run started to the end of the log (or persist) call (the table's
 "call s"). That is the figure ``reference_over_full`` compares, and the ``*_in_process_*`` figures
@@ -196,8 +197,9 @@ def run_child(mode: str, workdir: Path, model_dir: Path, env: dict[str, str]) ->
     return result
 
 
-def read_through(*folders: Path) -> None:
-    """Read every file under ``folders`` once, so that what is timed next finds them in memory.
+def settle(*folders: Path) -> None:
+    """Start what is timed next from one state: every file under ``folders`` read once, so that
+    it finds them in memory, and every earlier write flushed, so that it flushes only its own.
 
     Whether a 1.3 GB read comes from the disk or the page cache otherwise depends on what ran
     before and on the system reclaiming memory: the ``full`` log call (which reads the weights)
@@ -210,12 +212,12 @@ def read_through(*folders: Path) -> None:
                 with path.open("rb") as file:
                     while file.read(1 << 24):
                         pass
+    os.sync()
 
 
 def timed_copy(model_dir: Path, dst: Path, weights_only: bool = False) -> float:
     """Seconds to copy the folder (or its weight files) and write the copy to disk."""
-    read_through(model_dir)
-    os.sync()  # the previous operations' writes are not this copy's to flush
+    settle(model_dir)
     start = time.perf_counter()
     if weights_only:
         dst.mkdir(parents=True)
@@ -261,12 +263,10 @@ def measure(size: str, root: Path, repeat: int, compare_mlflow: bool = False) ->
             workdir = fresh(mode)
             for name in ("mlflow.db", FINETUNE_RUN_FILE, REVISION_FILE):
                 shutil.copy2(template / name, workdir / name)
-            read_through(model_dir, root / "finetune-artifacts")
-            os.sync()
+            settle(model_dir, root / "finetune-artifacts")
             samples.setdefault(mode, []).append(run_child(mode, workdir, model_dir, env))
             if mode == "reference":  # persist the reference-only model just logged
-                read_through(model_dir, root / "finetune-artifacts")
-                os.sync()
+                settle(model_dir, root / "finetune-artifacts")
                 samples.setdefault("persist", []).append(run_child("persist", workdir, model_dir, env))
             shutil.rmtree(workdir)
         copies["cp"].append(timed_copy(model_dir, fresh("cp") / "copy"))
