@@ -295,6 +295,48 @@ def test_the_reference_skeleton_is_shallow_and_mlflow_records_the_same_as_for_th
     assert recorded[0]["source_model_name"] == ref.repo_id
 
 
+def test_the_reference_tokenizer_is_empty_and_mlflow_records_the_same_as_for_the_whole_one() -> None:
+    import torch
+    import transformers
+    from mlflow.transformers.flavor_config import build_flavor_config
+    from transformers import tokenization_utils_base
+
+    base = tokenization_utils_base.PreTrainedTokenizerBase
+    reader = base.__dict__["_from_pretrained"]
+    ref = hub.materialize_bundled()
+    empty = log_model.reference_pipeline(ref, 2)
+    whole = transformers.AutoTokenizer.from_pretrained(ref.repo_id, revision=ref.revision)
+    assert type(empty.tokenizer) is type(whole)  # the class AutoTokenizer picks
+    assert empty.tokenizer.name_or_path == whole.name_or_path == ref.repo_id
+    assert len(whole) == 30522 and len(empty.tokenizer) < 10  # no vocabulary read
+    assert base.__dict__["_from_pretrained"] is reader  # tokenizers load whole again afterwards
+    read = transformers.pipeline(
+        log_model.TASK, model=empty.model, tokenizer=whole, device=torch.device("meta")
+    )
+    with hub.offline(), log_model.recorded_revision(ref.revision):
+        recorded = [build_flavor_config(p, save_pretrained=False) for p in (empty, read)]
+    assert recorded[0] == recorded[1]
+    assert recorded[0]["tokenizer_type"] == type(whole).__name__
+    assert recorded[0]["tokenizer_revision"] == ref.revision
+
+
+def test_a_tokenizer_class_that_cannot_be_built_empty_is_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    import transformers
+
+    ref = hub.materialize_bundled()
+    cls = type(transformers.AutoTokenizer.from_pretrained(ref.repo_id, revision=ref.revision))
+    init = cls.__init__
+
+    def needs_its_files(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not args and set(kwargs) == {"name_or_path"}:  # as a class that requires a vocabulary
+            raise TypeError("vocab_file is required")
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__init__", needs_its_files)
+    tokenizer = log_model.empty_tokenizer(ref)
+    assert type(tokenizer) is cls and len(tokenizer) == 30522
+
+
 def test_a_config_that_refuses_one_layer_gets_its_whole_depth(monkeypatch: pytest.MonkeyPatch) -> None:
     import transformers
 
