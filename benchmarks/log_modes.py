@@ -31,7 +31,7 @@ tracking store is open and the run started to the end of the log (or persist) ca
 "call s"). That is the figure ``reference_over_full`` compares, and the ``*_in_process_*`` figures
 (no target) report.
 
-    python benchmarks/log_modes.py                        # small + large, medians of 3
+    python benchmarks/log_modes.py                        # small + large, medians of 5
     python benchmarks/log_modes.py --sizes tiny --repeat 1  # what the test suite runs
     python benchmarks/log_modes.py --compare-mlflow        # and MLflow's own checkpoint log
 
@@ -333,7 +333,7 @@ def measure(size: str, root: Path, repeat: int, compare_mlflow: bool = False) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="small,large", help=f"comma-separated, from {', '.join(SIZES)}")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each operation; medians")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each operation; medians")
     parser.add_argument(
         "--compare-mlflow", action="store_true", help="also time MLflow's own checkpoint log (no target)"
     )
