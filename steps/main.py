@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 from typing import Any
 
 from steps import (
@@ -256,24 +257,32 @@ def run_in_process(step: str, profile: str, step_cfg: Config, upstream: str | No
 def launch(
     step: str, params: dict[str, str], env_manager: str, experiment_id: str, key_tags: dict[str, str]
 ) -> str:
-    """Run one entry point through MLflow Projects as a child of the active run."""
+    """Run one entry point through MLflow Projects as a child of the active run.
+
+    MLflow makes a folder for each run it starts (where it would download ``path`` parameters)
+    and never deletes it; here it is made in a temporary folder removed when the step ends, so
+    that ``main`` does not leave one in ``/tmp`` per step and run.
+    """
     import mlflow
     from mlflow.projects import run as run_project
 
-    submitted: Any = run_project(
-        str(PROJECT_DIR),
-        entry_point=step,
-        parameters=params,
-        env_manager=env_manager,
-        experiment_id=experiment_id,
-        synchronous=False,
-    )
-    client = mlflow.MlflowClient()
-    # tagged at once: a crashed run is found again to resume, and its process can be checked
-    # (the step re-tags the run with its own process; `bash -c` usually execs into it anyway)
-    for key, value in (key_tags | launched_process_tags(submitted)).items():
-        client.set_tag(submitted.run_id, key, value)
-    if not submitted.wait():
+    with tempfile.TemporaryDirectory(prefix=f"mlflow-project-{step}-") as storage_dir:
+        submitted: Any = run_project(
+            str(PROJECT_DIR),
+            entry_point=step,
+            parameters=params,
+            env_manager=env_manager,
+            experiment_id=experiment_id,
+            storage_dir=storage_dir,
+            synchronous=False,
+        )
+        client = mlflow.MlflowClient()
+        # tagged at once: a crashed run is found again to resume, and its process can be checked
+        # (the step re-tags the run with its own process; `bash -c` usually execs into it anyway)
+        for key, value in (key_tags | launched_process_tags(submitted)).items():
+            client.set_tag(submitted.run_id, key, value)
+        finished = submitted.wait()
+    if not finished:
         if client.get_run(submitted.run_id).info.status == "RUNNING":  # died without a word
             client.set_terminated(submitted.run_id, "FAILED")
         raise UserError(f"step {step} failed (run {submitted.run_id}); its error is printed above")
