@@ -84,6 +84,10 @@ def running_server(root: Path, backend_uri: str = "") -> Iterator[Server]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_AUTH"))}
     if backend_uri:
         env[launcher.BACKEND_URI] = backend_uri
+    # the module's server starts before any test has set TMPDIR: its temporary files (MLflow's
+    # lock for making the schema among them) go to its own folder, not the machine's /tmp
+    env["TMPDIR"] = str(root / "t")
+    (root / "t").mkdir(parents=True, exist_ok=True)
     log = root / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
