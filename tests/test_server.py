@@ -86,8 +86,7 @@ def running_server(root: Path, backend_uri: str = "") -> Iterator[Server]:
         env[launcher.BACKEND_URI] = backend_uri
     # the module's server starts before any test has set TMPDIR: its temporary files (MLflow's
     # lock for making the schema among them) go to its own folder, not the machine's /tmp
-    env["TMPDIR"] = str(root / "t")
-    (root / "t").mkdir(parents=True, exist_ok=True)
+    env["TMPDIR"] = isolated_env(root)["TMPDIR"]
     log = root / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
