@@ -219,3 +219,27 @@ def test_a_tests_temporary_files_land_in_its_own_folder(tmp_path) -> None:
         check=True,
     )
     assert os.path.dirname(child.stdout.strip()) == str(tmp_path / "t")
+
+
+def test_main_launches_a_step_directly_tags_it_at_once_and_ends_it_failed_when_it_fails(monkeypatch) -> None:
+    """``main.launch`` starts the entry point's command itself (no second ``mlflow run`` process
+    per step), tags the step's run while it runs and, when the step fails, ends it FAILED."""
+    import mlflow
+    import mlflow.projects.backend.local as local_backend
+
+    def second_mlflow_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the step went through a second `mlflow run` process")
+
+    monkeypatch.setattr(local_backend, "_invoke_mlflow_run_subprocess", second_mlflow_run)
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    params = {"profile": "smoke", "registered_model": "no-such-model"}  # the step fails: no such model
+    failed = pytest.raises(UserError, match=r"^step version_cleanup failed \(run \w+\)")
+    with mlflow.start_run() as parent, failed:
+        main.launch("version_cleanup", params, "local", parent.info.experiment_id, {"pipeline.key": "k1"})
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([parent.info.experiment_id], "tags.`pipeline.key` = 'k1'")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert run.data.tags["mlflow.project.entryPoint"] == "version_cleanup"
+    assert run.data.tags["mlflow.project.backend"] == "local"
+    assert run.data.params["registered_model"] == "no-such-model"
