@@ -96,12 +96,18 @@ def parent_tag(run_id: str, step: str) -> str:
     return str(chain[step].info.run_id)
 
 
-def preflight(cfg: Config) -> None:
-    """Catch the common mistakes before any run starts: one clear line instead of a failed chain."""
+def preflight(cfg: Config, data_accepted_before: bool) -> None:
+    """Catch the common mistakes before any run starts: one clear line instead of a failed chain.
+
+    A local data file is read and checked whole, as ``prepare`` will, unless ``prepare`` already
+    accepted these very bytes with these settings and this code (a finished run with its cache
+    key): a rerun with nothing changed should not pay for reading it, nor for importing
+    scikit-learn to split it. (A hub dataset is ``prepare``'s to fetch.)
+    """
     from steps import modeling
 
-    if prepare.resolve_data_path(cfg.data):  # a local file: read and check it all, before any run
-        prepare.prepared(cfg)  # (a hub dataset is prepare's to fetch)
+    if not data_accepted_before and prepare.resolve_data_path(cfg.data):
+        prepare.prepared(cfg)
     log_model.check_save_mode(cfg.save_mode, adapter=cfg.peft == "lora")
     modeling.check_precision(cfg.precision, modeling.available_device(cfg.device))
 
@@ -119,6 +125,35 @@ def data_digest(cfg: Config) -> str:
     """What ``prepare`` will read: a file's bytes, or a hub dataset's id and split."""
     path = prepare.resolve_data_path(cfg.data)
     return cache.file_digest(path) if path else f"hub:{cfg.data}:{cfg.hub_split}"
+
+
+def step_key_inputs(
+    step: str,
+    args: common.StepArgs,
+    declared: dict[str, set[str]],
+    specs: dict[str, str],
+    upstream: str | None,
+) -> dict[str, Any]:
+    """What ``step``'s cache key covers in this main: its settings, its code, its upstream run and,
+    for ``prepare``, the data."""
+    step_cfg = load_config(args.profile, step_overrides(declared[step], args.overrides))
+    return cache.key_inputs(
+        step,
+        step_cfg,
+        cache.step_fields(step),
+        cache.code_hash(step, specs[step]),
+        upstream,
+        data_digest(step_cfg) if step == prepare.STEP else None,
+    )
+
+
+def finished_in_any_experiment(client: Any, step: str, key: str) -> bool:
+    """Does any experiment of this store hold a finished run of ``step`` with this cache key?"""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    condition = f"tags.`{common.STEP_TAG}` = '{step}' and tags.`{cache.KEY_TAG}` = '{key}'"
+    return bool(
+        client.search_runs(experiments, condition + " and attributes.status = 'FINISHED'", max_results=1)
+    )
 
 
 def newest_runs(client: Any, experiment_id: str, step: str, condition: str, max_results: int) -> list[Any]:
@@ -356,11 +391,16 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
     child_env_manager(env_manager, {})  # a misspelt one fails before any run starts
     forced = forced_steps(force)
     cfg = common.config_for(args)
-    preflight(cfg)
     declared = declared_parameters()
     specs = cache.entry_point_specs()
-
     client = mlflow.MlflowClient()
+    # the data is read once, here: its digest is prepare's key now and in the loop below
+    keyed = {prepare.STEP: step_key_inputs(prepare.STEP, args, declared, specs, None)}
+    data_accepted_before = prepare.STEP not in forced and finished_in_any_experiment(
+        client, prepare.STEP, cache.cache_key(keyed[prepare.STEP])
+    )
+    preflight(cfg, data_accepted_before)
+
     tags = {common.STEP_TAG: STEP, common.PROFILE_TAG: args.profile}
     with mlflow.start_run(run_id=os.environ.pop("MLFLOW_RUN_ID", None), tags=tags) as parent:
         experiment_id = parent.info.experiment_id
@@ -381,15 +421,7 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
             params = step_parameters(declared[step], args.profile, args.overrides, upstream_param, upstream)
             key_tags: dict[str, str] = {}
             if step not in ALWAYS_RUN:
-                step_cfg = load_config(args.profile, step_overrides(declared[step], args.overrides))
-                inputs = cache.key_inputs(
-                    step,
-                    step_cfg,
-                    cache.step_fields(step),
-                    cache.code_hash(step, specs[step]),
-                    upstream,
-                    data_digest(step_cfg) if step == prepare.STEP else None,
-                )
+                inputs = keyed.get(step) or step_key_inputs(step, args, declared, specs, upstream)
                 key = cache.cache_key(inputs)
                 key_tags = {cache.KEY_TAG: key, cache.INPUTS_TAG: json.dumps(inputs, sort_keys=True)}
                 hit = None if step in forced else find_cached(client, experiment_id, step, key)

@@ -30,6 +30,8 @@ def resolve_device(requested: str, cuda: bool, mps: bool) -> str:
 
 
 def available_device(requested: str) -> str:
+    if requested == "cpu":  # always there: importing torch to ask would cost seconds
+        return "cpu"
     import torch
 
     return resolve_device(requested, torch.cuda.is_available(), torch.backends.mps.is_available())
