@@ -237,7 +237,7 @@ def meta_skeleton(config: Any) -> Any:
             return transformers.AutoModelForSequenceClassification.from_config(config)
 
 
-def empty_tokenizer(ref: hub.HubReference) -> Any:
+def empty_tokenizer(ref: hub.HubReference, config: Any = None) -> Any:
     """The tokenizer class ``AutoTokenizer`` picks for ``ref``, built without a vocabulary.
 
     Of a reference's tokenizer MLflow records its class, hub name and revision, never its
@@ -246,7 +246,8 @@ def empty_tokenizer(ref: hub.HubReference) -> Any:
     mistakes); only its last step, reading the vocabulary files into the tokenizer, is replaced
     by building the class empty. That read is most of loading a tokenizer: 0.7 MB of JSON parsed
     for BERT (about 15 ms here), tens of MB for the 250,000-token vocabularies of multilingual
-    models. A class that cannot be built empty is read whole.
+    models. A class that cannot be built empty is read whole. ``config``, the model's config when
+    the caller has read it already, spares ``AutoTokenizer`` reading it again.
     """
     import transformers
     from transformers import tokenization_utils_base
@@ -261,7 +262,7 @@ def empty_tokenizer(ref: hub.HubReference) -> Any:
             return read(cls, files, name_or_path, *args, **kwargs)
 
     with mock.patch.object(base, "_from_pretrained", classmethod(built_empty)):
-        return transformers.AutoTokenizer.from_pretrained(ref.repo_id, revision=ref.revision)
+        return transformers.AutoTokenizer.from_pretrained(ref.repo_id, revision=ref.revision, config=config)
 
 
 def reference_pipeline(ref: hub.HubReference, num_labels: int) -> Any:
@@ -279,7 +280,7 @@ def reference_pipeline(ref: hub.HubReference, num_labels: int) -> Any:
         ref.repo_id, revision=ref.revision, num_labels=num_labels
     )
     model = meta_skeleton(config)
-    tokenizer = empty_tokenizer(ref)
+    tokenizer = empty_tokenizer(ref, config)
     # device=meta: the pipeline would otherwise move the (empty) model to the CPU
     return transformers.pipeline(TASK, model=model, tokenizer=tokenizer, device=torch.device("meta"))
 
