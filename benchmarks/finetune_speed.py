@@ -19,7 +19,7 @@ time of ``Trainer.train()``. Test F1 is measured the same way for every variant 
 ``predict_proba``) on a held-out half of the data, so one error moves it by well under a point.
 
     python benchmarks/finetune_speed.py                                      # 640 rows, 3 epochs
-    python benchmarks/finetune_speed.py --train-rows 64 --epochs 1 --ab      # the test suite's
+    python benchmarks/finetune_speed.py --train-rows 64 --epochs 1 --test-rows 200 --ab  # the suite's
     python benchmarks/finetune_speed.py --overhead-only --ab --repeat 5     # A/B, many repeats
 
 Figures: ``samples_per_s_over_recipe`` (target >= 3.0), ``test_f1_gap_points`` (recipe - project,
@@ -59,18 +59,20 @@ TARGETS = {  # figure: (target, better)
 
 
 # ----------------------------------------------------------------------------- child side
-def load_splits(train_rows: int, seed: int) -> dict[str, Any]:
-    """The bundled data cleaned as ``prepare`` does; half of it held out as the test set."""
+def load_splits(train_rows: int, seed: int, test_rows: int = 0) -> dict[str, Any]:
+    """The bundled data cleaned as ``prepare`` does; half of it held out as the test set
+    (``test_rows`` of it, stratified, when not 0)."""
     from steps import config, prepare
 
     raw = prepare.read_file(PROJECT_DIR / config.BUNDLED_DATA)
     cleaned, _ = prepare.clean(raw, "text", "label")
     splits = prepare.split(cleaned, validation_fraction=0.1, test_fraction=0.5, seed=seed)
     splits["train"] = prepare.subsample(splits["train"], train_rows, seed)
+    splits["test"] = prepare.subsample(splits["test"], test_rows, seed)
     return splits
 
 
-def child(variant: str, train_rows: int, epochs: float, workdir: Path) -> dict[str, Any]:
+def child(variant: str, train_rows: int, epochs: float, workdir: Path, test_rows: int = 0) -> dict[str, Any]:
     """Train one variant in this (fresh) process; return its throughput and test F1."""
     import mlflow
     import numpy as np
@@ -88,7 +90,7 @@ def child(variant: str, train_rows: int, epochs: float, workdir: Path) -> dict[s
     from steps.config import BUNDLED_BASE_MODEL, load_config
 
     cfg = dataclasses.replace(load_config("local", {}), num_train_epochs=epochs, early_stopping_patience=0)
-    splits = load_splits(train_rows, cfg.seed)
+    splits = load_splits(train_rows, cfg.seed, test_rows)
     resolved = common.resolve_base_model(BUNDLED_BASE_MODEL)
     tokenizer = AutoTokenizer.from_pretrained(resolved)
     label2id = tokenize.label_mapping(splits["train"]["label"])
@@ -190,11 +192,13 @@ def timed(callbacks: list[Any], spent: list[float]) -> list[Any]:
 
 
 # ----------------------------------------------------------------------------- parent side
-def run_child(variant: str, train_rows: int, epochs: float, env: dict[str, str]) -> dict[str, Any]:
+def run_child(
+    variant: str, train_rows: int, epochs: float, test_rows: int, env: dict[str, str]
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"bench-finetune-{variant}-") as tmp:
         done = subprocess.run(
             [sys.executable, __file__, "--child", variant, "--train-rows", str(train_rows),
-             "--epochs", str(epochs), "--workdir", tmp],
+             "--epochs", str(epochs), "--test-rows", str(test_rows), "--workdir", tmp],
             env=env,
             capture_output=True,
             text=True,
@@ -210,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-rows", type=int, default=640, help="rows of the training split used")
     parser.add_argument("--epochs", type=float, default=3.0, help="for every variant (the tutorial's: 3)")
+    parser.add_argument(
+        "--test-rows", type=int, default=0, help="rows of the held-out half scored (0: all 1,200)"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of project (and untracked); medians")
     parser.add_argument("--ab", action="store_true", help="also train untracked: the wall-clock A/B")
     parser.add_argument(
@@ -219,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.train_rows, args.epochs, args.workdir)))
+        print(json.dumps(child(args.child, args.train_rows, args.epochs, args.workdir, args.test_rows)))
         return 0
 
     env = os.environ | {
@@ -229,10 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     samples: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     if not args.overhead_only:
-        samples["recipe"].append(run_child("recipe", args.train_rows, args.epochs, env))  # slow: once
+        samples["recipe"].append(
+            run_child("recipe", args.train_rows, args.epochs, args.test_rows, env)
+        )  # slow: once
     for _ in range(args.repeat):  # interleaved, so drift hits both alike
         for variant in ("project", "untracked") if args.ab else ("project",):
-            samples[variant].append(run_child(variant, args.train_rows, args.epochs, env))
+            samples[variant].append(run_child(variant, args.train_rows, args.epochs, args.test_rows, env))
     runs = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in samples.items() if rs}
 
     rows, test_rows = int(runs["project"]["train_rows"]), int(runs["project"]["test_rows"])

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = {  # script: (arguments for the full run, arguments for --quick)
     "log_modes.py": ([], ["--sizes", "tiny", "--repeat", "1", "--compare-mlflow"]),
     "cached_main.py": ([], ["--profile", "smoke"]),
-    "finetune_speed.py": ([], ["--train-rows", "64", "--epochs", "1", "--ab"]),
+    "finetune_speed.py": ([], ["--train-rows", "64", "--epochs", "1", "--test-rows", "200", "--ab"]),
 }
 NOT_MEASURED: tuple[str, ...] = ()  # figures the issue asks for that no script measures yet
 
