@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from steps import (
@@ -96,20 +97,21 @@ def parent_tag(run_id: str, step: str) -> str:
     return str(chain[step].info.run_id)
 
 
-def preflight(cfg: Config, data_accepted_before: bool) -> None:
+def preflight(cfg: Config, data_accepted_before: Callable[[], bool]) -> None:
     """Catch the common mistakes before any run starts: one clear line instead of a failed chain.
 
     A local data file is read and checked whole, as ``prepare`` will, unless ``prepare`` already
-    accepted these very bytes with these settings and this code (a finished run with its cache
-    key): a rerun with nothing changed should not pay for reading it, nor for importing
-    scikit-learn to split it. (A hub dataset is ``prepare``'s to fetch.)
+    accepted these very bytes with these settings and this code (``data_accepted_before``: a
+    finished run with its cache key, asked of the store only after the other checks): a rerun
+    with nothing changed should not pay for reading it, nor for importing scikit-learn to split
+    it. (A hub dataset is ``prepare``'s to fetch.)
     """
     from steps import modeling
 
-    if not data_accepted_before and prepare.resolve_data_path(cfg.data):
-        prepare.prepared(cfg)
     log_model.check_save_mode(cfg.save_mode, adapter=cfg.peft == "lora")
     modeling.check_precision(cfg.precision, modeling.available_device(cfg.device))
+    if prepare.resolve_data_path(cfg.data) and not data_accepted_before():
+        prepare.prepared(cfg)
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -396,10 +398,13 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
     client = mlflow.MlflowClient()
     # the data is read once, here: its digest is prepare's key now and in the loop below
     keyed = {prepare.STEP: step_key_inputs(prepare.STEP, args, declared, specs, None)}
-    data_accepted_before = prepare.STEP not in forced and finished_in_any_experiment(
-        client, prepare.STEP, cache.cache_key(keyed[prepare.STEP])
+    preflight(
+        cfg,
+        lambda: (
+            prepare.STEP not in forced
+            and finished_in_any_experiment(client, prepare.STEP, cache.cache_key(keyed[prepare.STEP]))
+        ),
     )
-    preflight(cfg, data_accepted_before)
 
     tags = {common.STEP_TAG: STEP, common.PROFILE_TAG: args.profile}
     with mlflow.start_run(run_id=os.environ.pop("MLFLOW_RUN_ID", None), tags=tags) as parent:
