@@ -149,20 +149,13 @@ def step_key_inputs(
     )
 
 
-def finished_in_any_experiment(client: Any, step: str, key: str) -> bool:
-    """Does any experiment of this store hold a finished run of ``step`` with this cache key?"""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    condition = f"tags.`{common.STEP_TAG}` = '{step}' and tags.`{cache.KEY_TAG}` = '{key}'"
-    return bool(
-        client.search_runs(experiments, condition + " and attributes.status = 'FINISHED'", max_results=1)
-    )
-
-
-def newest_runs(client: Any, experiment_id: str, step: str, condition: str, max_results: int) -> list[Any]:
-    """Runs of ``step`` that meet ``condition`` (a search filter), newest first."""
+def newest_runs(
+    client: Any, experiment_ids: list[str], step: str, condition: str, max_results: int
+) -> list[Any]:
+    """Runs of ``step`` in these experiments that meet ``condition`` (a search filter), newest first."""
     return list(
         client.search_runs(
-            [experiment_id],
+            experiment_ids,
             f"tags.`{common.STEP_TAG}` = '{step}' and {condition}",
             order_by=["attributes.start_time DESC"],
             max_results=max_results,
@@ -170,17 +163,21 @@ def newest_runs(client: Any, experiment_id: str, step: str, condition: str, max_
     )
 
 
-def find_cached(client: Any, experiment_id: str, step: str, key: str) -> Any | None:
-    """The newest finished run of ``step`` with this cache key, if any."""
+def find_cached(client: Any, experiment_ids: list[str], step: str, key: str) -> Any | None:
+    """The newest finished run of ``step`` with this cache key in these experiments, if any."""
     runs = newest_runs(
-        client, experiment_id, step, f"tags.`{cache.KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'", 1
+        client,
+        experiment_ids,
+        step,
+        f"tags.`{cache.KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        1,
     )
     return runs[0] if runs else None
 
 
 def previous_inputs(client: Any, experiment_id: str, step: str) -> list[dict[str, Any]]:
     """The cache inputs of recent keyed runs of ``step``, to say what changed."""
-    runs = newest_runs(client, experiment_id, step, f"tags.`{cache.INPUTS_TAG}` != ''", 50)
+    runs = newest_runs(client, [experiment_id], step, f"tags.`{cache.INPUTS_TAG}` != ''", 50)
     return [json.loads(run.data.tags[cache.INPUTS_TAG]) for run in runs]
 
 
@@ -216,7 +213,7 @@ def find_resumable(client: Any, experiment_id: str, step: str, key: str) -> Any 
     """
     runs = newest_runs(
         client,
-        experiment_id,
+        [experiment_id],
         step,
         f"tags.`{cache.KEY_TAG}` = '{key}' and attributes.status != 'FINISHED'",
         5,
@@ -397,14 +394,17 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
     specs = cache.entry_point_specs()
     client = mlflow.MlflowClient()
     # the data is read once, here: its digest is prepare's key now and in the loop below
-    keyed = {prepare.STEP: step_key_inputs(prepare.STEP, args, declared, specs, None)}
-    preflight(
-        cfg,
-        lambda: (
+    prepare_inputs = step_key_inputs(prepare.STEP, args, declared, specs, None)
+
+    def data_accepted_before() -> bool:  # by a finished prepare run of this key, in any experiment
+        every_experiment = [e.experiment_id for e in client.search_experiments()]
+        key = cache.cache_key(prepare_inputs)
+        return (
             prepare.STEP not in forced
-            and finished_in_any_experiment(client, prepare.STEP, cache.cache_key(keyed[prepare.STEP]))
-        ),
-    )
+            and find_cached(client, every_experiment, prepare.STEP, key) is not None
+        )
+
+    preflight(cfg, data_accepted_before)
 
     tags = {common.STEP_TAG: STEP, common.PROFILE_TAG: args.profile}
     with mlflow.start_run(run_id=os.environ.pop("MLFLOW_RUN_ID", None), tags=tags) as parent:
@@ -426,10 +426,14 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
             params = step_parameters(declared[step], args.profile, args.overrides, upstream_param, upstream)
             key_tags: dict[str, str] = {}
             if step not in ALWAYS_RUN:
-                inputs = keyed.get(step) or step_key_inputs(step, args, declared, specs, upstream)
+                inputs = (
+                    prepare_inputs
+                    if step == prepare.STEP
+                    else step_key_inputs(step, args, declared, specs, upstream)
+                )
                 key = cache.cache_key(inputs)
                 key_tags = {cache.KEY_TAG: key, cache.INPUTS_TAG: json.dumps(inputs, sort_keys=True)}
-                hit = None if step in forced else find_cached(client, experiment_id, step, key)
+                hit = None if step in forced else find_cached(client, [experiment_id], step, key)
                 if hit is not None:
                     print(f"{step}: reused run {hit.info.run_id} (key unchanged)", flush=True)
                     record_reuse(client, parent, step, args.profile, hit, upstream)
