@@ -221,19 +221,23 @@ def meta_skeleton(config: Any) -> Any:
     Of a model logged by reference MLflow records its class, dtype and hub name, never its
     weights or depth (``mlflow.transformers.flavor_config``). Each layer only costs time to build
     (about 1 ms each here, 24 in BERT-large), so one is built. A config that does not allow a
-    single layer (per-layer settings checked against the count) is built whole.
+    single layer (per-layer settings checked against the count) is built whole. Nor are its
+    weights initialised: on the meta device they hold no data, and each init runs PyTorch's
+    Python fallback to do nothing: half of the build (MiniLM, one layer: 3.9 -> 1.9 ms here,
+    medians of 7).
     """
     import torch
     import transformers
+    from transformers.initialization import no_init_weights
 
     shallow = copy.deepcopy(config)
     if getattr(config, "num_hidden_layers", 0) > 1:
         shallow.num_hidden_layers = 1
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), no_init_weights():
             return transformers.AutoModelForSequenceClassification.from_config(shallow)
     except Exception:  # noqa: BLE001 - the whole depth below, which raises what is really wrong
-        with torch.device("meta"):
+        with torch.device("meta"), no_init_weights():
             return transformers.AutoModelForSequenceClassification.from_config(config)
 
 

@@ -272,7 +272,9 @@ def test_a_text_classification_pipeline_is_servable_without_mlflows_imports(
         assert asked == [other]
 
 
-def test_the_reference_skeleton_is_shallow_and_mlflow_records_the_same_as_for_the_whole_model() -> None:
+def test_the_reference_skeleton_is_shallow_uninitialised_and_mlflow_records_the_same_as_for_the_whole_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import torch
     import transformers
     from mlflow.transformers.flavor_config import build_flavor_config
@@ -280,7 +282,17 @@ def test_the_reference_skeleton_is_shallow_and_mlflow_records_the_same_as_for_th
     ref = hub.materialize_bundled()
     config = transformers.AutoConfig.from_pretrained(ref.repo_id, revision=ref.revision, num_labels=2)
     assert config.num_hidden_layers == 6
+    inits: list[Any] = []
+    normal = torch.nn.init.normal_  # what an embedding's reset_parameters calls
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        inits.append(args)
+        return normal(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", counted)
     shallow = log_model.reference_pipeline(ref, 2)
+    assert inits == []  # meta tensors hold nothing to initialise
+    assert torch.nn.init.normal_ is counted  # and the init functions are put back
     assert len(shallow.model.bert.encoder.layer) == 1
     assert shallow.model.device.type == "meta"
     assert config.num_hidden_layers == 6  # the config read is left as it was
