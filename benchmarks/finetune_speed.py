@@ -236,9 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     samples: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     if not args.overhead_only:
-        samples["recipe"].append(
-            run_child("recipe", args.train_rows, args.epochs, args.test_rows, env)
-        )  # slow: once
+        # the recipe is slow: once
+        samples["recipe"].append(run_child("recipe", args.train_rows, args.epochs, args.test_rows, env))
     for _ in range(args.repeat):  # interleaved, so drift hits both alike
         for variant in ("project", "untracked") if args.ab else ("project",):
             samples[variant].append(run_child(variant, args.train_rows, args.epochs, args.test_rows, env))

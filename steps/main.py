@@ -397,12 +397,11 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
     prepare_inputs = step_key_inputs(prepare.STEP, args, declared, specs, None)
 
     def data_accepted_before() -> bool:  # by a finished prepare run of this key, in any experiment
+        if prepare.STEP in forced:  # reread whatever the store says: no need to ask it
+            return False
         every_experiment = [e.experiment_id for e in client.search_experiments()]
         key = cache.cache_key(prepare_inputs)
-        return (
-            prepare.STEP not in forced
-            and find_cached(client, every_experiment, prepare.STEP, key) is not None
-        )
+        return find_cached(client, every_experiment, prepare.STEP, key) is not None
 
     preflight(cfg, data_accepted_before)
 

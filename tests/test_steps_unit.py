@@ -243,3 +243,33 @@ def test_main_launches_a_step_directly_tags_it_at_once_and_ends_it_failed_when_i
     assert run.data.tags["mlflow.project.entryPoint"] == "version_cleanup"
     assert run.data.tags["mlflow.project.backend"] == "local"
     assert run.data.params["registered_model"] == "no-such-model"
+
+
+@pytest.mark.parametrize("force", ["prepare", ""])
+def test_main_asks_the_store_whether_the_data_was_accepted_only_when_prepare_is_not_forced(
+    monkeypatch, force: str
+) -> None:
+    """A forced ``prepare`` has its data read and checked again in main's preflight whatever the
+    store holds, so the store is not searched for it; otherwise an accepting run spares the read."""
+    import mlflow
+
+    searched: list[str] = []
+    monkeypatch.setattr(
+        mlflow.MlflowClient, "search_experiments", lambda self: searched.append("experiments") or []
+    )
+    monkeypatch.setattr(main, "find_cached", lambda *args: searched.append("runs") or object())
+    answers: list[bool] = []
+
+    class Stop(Exception):
+        pass
+
+    def preflight(cfg: Config, data_accepted_before) -> None:
+        answers.append(data_accepted_before())
+        raise Stop
+
+    monkeypatch.setattr(main, "preflight", preflight)
+    args = common.parse_step_args(common.step_parser(main.__doc__), ["--profile", "smoke"])
+    with pytest.raises(Stop):
+        main.run(args, "local", force)
+    assert answers == ([False] if force else [True])
+    assert searched == ([] if force else ["experiments", "runs"])
