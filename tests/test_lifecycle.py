@@ -16,7 +16,7 @@ import mlflow
 import pytest
 import requests
 
-from steps import hub, log_model, persist, register, version_cleanup
+from steps import cache, hub, log_model, persist, register, version_cleanup
 from steps import main as main_step
 from tests.conftest import PROJECT_DIR
 from tests.helpers import child_runs
@@ -128,9 +128,15 @@ def test_checkpoint_mode_never_instantiates_the_model(pipeline: str) -> None:
 
 
 def copy_of_run(run_id: str) -> str:
-    """A new finished run with the same tags: to register one logged model as several versions."""
+    """A new finished run with the same tags: to register one logged model as several versions.
+
+    Not its cache tags: the copy has none of the original's artifacts, and in the session's
+    store a later ``main`` with the same settings would take the newest run with that key as
+    its cached ``log_model`` and find no ``expected_predictions.json`` in it.
+    """
     original = mlflow.get_run(run_id)
-    tags = {k: v for k, v in original.data.tags.items() if not k.startswith("mlflow.")}
+    dropped = {cache.KEY_TAG, cache.INPUTS_TAG}
+    tags = {k: v for k, v in original.data.tags.items() if not k.startswith("mlflow.") and k not in dropped}
     with mlflow.start_run(tags=tags) as run:
         return run.info.run_id
 
