@@ -33,6 +33,9 @@ def test_run_all_quick_runs_every_benchmark_and_prints_json_lines() -> None:
     assert ("log_modes", "checkpoint_over_cp") in figures and ("log_modes", "persist_over_copy") in figures
     for figure in ("checkpoint_over_cp_store_import_counted", "persist_over_copy_store_import_counted"):
         assert ("log_modes", figure) in figures  # the same, the store module's import counted
+    # a reference as the step logs it (after the candidate) and as a process's first log
+    assert ("log_modes", "reference_over_full") in figures
+    assert ("log_modes", "reference_first_log_over_full") in figures
     # the comparisons the full run leaves out (--compare-mlflow, --ab) still run here
     assert ("log_modes", "mlflow_checkpoint_over_cp") in figures
     assert ("finetune_speed", "tracked_over_untracked_wall_pct") in figures
