@@ -357,7 +357,7 @@ def measure(size: str, root: Path, repeat: int, compare_mlflow: bool = False) ->
         "checkpoint_rss_mb": rss("checkpoint"),
         "reference_artifact_mb": runs["reference"]["artifact_bytes"] / 1e6,
         # as log_model makes them, in one process: the candidate's full log, then the baseline's
-        # reference (the only reference log the pipeline makes: see the module's docstring)
+        # reference (the pipeline's one call of log_reference: see the module's docstring)
         "reference_over_full": runs["full"]["reference_after_candidate_s"] / runs["full"]["log_wall_s"],
         # no target: a reference as the first model log of a fresh process (the figure with the
         # target until 2026-12-02), which pays MLflow's and SQLAlchemy's first-use costs
