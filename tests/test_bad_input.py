@@ -12,7 +12,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from steps import evaluate, finetune, log_model, persist, prepare, register, tokenize, version_cleanup
+from steps import config, evaluate, finetune, log_model, persist, prepare, register, tokenize, version_cleanup
 from steps import main as main_step
 from tests.conftest import PROJECT_DIR
 from tests.helpers import registered_models
@@ -373,3 +373,70 @@ def test_data_that_prepare_would_refuse_stops_main_before_any_run(capsys, tmp_pa
     path.write_bytes(b"text,label\n" + rows.encode() + "caf\xe9?,ham\n".encode("latin-1"))
     fails_with_one_line(capsys, main_step.main, ["--profile", "smoke", "--data", str(path)], "is not UTF-8")
     assert mlflow.MlflowClient().search_runs(["0"]) == []  # refused before any run
+
+
+def write_uci(tmp_path: Path, extra: list[str] = (), header: bool = False) -> str:
+    """A file laid out as the bundled corpus (label TAB text, no header): 40 good lines, then ``extra``."""
+    lines = [f"{'spam' if i % 2 else 'ham'}\tmessage number {i}" for i in range(40)]
+    path = tmp_path / "uci.tsv"
+    path.write_text("\n".join((["label\ttext"] if header else []) + lines + list(extra)) + "\n")
+    return str(path)
+
+
+def uci_args(path: str) -> list[str]:
+    return ["--profile", "smoke", "--data", path, "--data_columns", "label,text"]
+
+
+def test_uci_file_with_a_third_field_names_the_line(capsys, tmp_path: Path) -> None:
+    path = write_uci(tmp_path, ["spam\tcall now\tfor a prize"])
+    line = fails_with_one_line(capsys, main_step.main, uci_args(path), "line 41 of uci.tsv has 3 tsv fields")
+    assert "'label,text'" in line
+    assert mlflow.MlflowClient().search_runs(["0"]) == []
+
+
+def test_uci_file_with_an_empty_label_drops_and_counts_that_line(tmp_path: Path) -> None:
+    cfg = config.load_config(
+        "smoke", {"data": write_uci(tmp_path, ["\tno label here"]), "data_columns": "label,text"}
+    )
+    cleaned, stats, _ = prepare.prepared(cfg)
+    assert stats.rows_read == 41 and stats.dropped_missing_label == 1 and len(cleaned) == 40
+
+
+def test_uci_file_with_a_label_that_is_neither_class(capsys, tmp_path: Path) -> None:
+    path = write_uci(tmp_path, ["spma\ta typo in the label"])
+    fails_with_one_line(
+        capsys, main_step.main, uci_args(path), "label 'spma' (on 'a typo in the label') is not one of"
+    )
+
+
+def test_a_header_row_read_as_data_is_named_as_such(capsys, tmp_path: Path) -> None:
+    line = fails_with_one_line(
+        capsys, main_step.main, uci_args(write_uci(tmp_path, header=True)), "a header row, read as data"
+    )
+    assert "--data_columns ''" in line
+
+
+def test_a_header_row_read_as_data_under_other_names_is_caught_by_its_lone_label(
+    capsys, tmp_path: Path
+) -> None:
+    """Column names that differ from the header's: the header becomes a row of class 'label'."""
+    path = write_uci(tmp_path, header=True)
+    args = [
+        "--profile",
+        "smoke",
+        "--data",
+        path,
+        "--data_columns",
+        "kind,sms",
+        "--label_column",
+        "kind",
+        "--text_column",
+        "sms",
+    ]
+    fails_with_one_line(capsys, main_step.main, args, "looks like a header read as data")
+
+
+def test_data_columns_on_a_parquet_file(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "d.parquet"
+    pd.DataFrame({"text": ["a", "b"], "label": ["ham", "spam"]}).to_parquet(path)
+    fails_with_one_line(capsys, prepare.main, uci_args(str(path)), "a parquet file names its columns itself")

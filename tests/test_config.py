@@ -95,3 +95,19 @@ def test_coerce_rejects_wrong_types(key: str, raw: object) -> None:
 def test_invalid_values_are_user_errors(override: dict[str, str], message: str) -> None:
     with pytest.raises(UserError, match=message):
         load_config("smoke", override)
+
+
+def test_data_columns_belong_to_the_file_they_were_given_with() -> None:
+    assert load_config("local").data_columns == "label,text"  # the bundled UCI file
+    mine = load_config("local", {"data": "mine.csv"})
+    assert (mine.data, mine.data_columns) == ("mine.csv", "")  # read with its own header row
+    both = load_config("local", {"data": "mine.tsv", "data_columns": "y,x"})
+    assert both.data_columns == "y,x"
+    same = load_config("local", {"data": load_config("local").data})
+    assert same.data_columns == "label,text"
+    assert load_config("smoke").data_columns == "label,text"  # the profile names both
+
+
+def test_unknown_class_weight_is_an_error() -> None:
+    with pytest.raises(UserError, match="unknown class_weight 'heavy': use one of none, balanced"):
+        load_config("local", {"class_weight": "heavy"})

@@ -1,88 +1,58 @@
-"""The bundled data: big and varied enough to teach meaning, and reproducible from its generator."""
+"""The bundled data: the real SMS Spam Collection, unchanged, read as the UCI file is laid out."""
 
 from __future__ import annotations
 
-import csv
-import importlib.util
+import hashlib
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from steps.evaluate import keyword_rule
-from steps.modeling import classification_metrics
+from steps import prepare
+from steps.config import BUNDLED_DATA, PROJECT_DIR, Config, load_config
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-
-
-def _generator():  # data/ is not a package: load the script as a module
-    spec = importlib.util.spec_from_file_location("generate_sms", DATA / "generate_sms.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+FOLDER = PROJECT_DIR / "data" / "sms-spam-collection"
 
 
 @pytest.fixture(scope="module")
 def bundled() -> pd.DataFrame:
-    return pd.read_csv(DATA / "sms_spam.csv", dtype=str, keep_default_na=False)
+    path = prepare.resolve_data_path(Config().data)
+    assert path is not None
+    return prepare.read_file(path, Config().data_columns)
 
 
-def test_bundled_csv_is_what_the_generator_writes(tmp_path: Path) -> None:
-    out = tmp_path / "sms.csv"
-    assert _generator().main(["--out", str(out)]) == 0
-    assert out.read_bytes() == (DATA / "sms_spam.csv").read_bytes()
+def test_the_file_is_the_uci_corpus_byte_for_byte_with_its_attribution() -> None:
+    readme = (FOLDER / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"sha256: `([0-9a-f]{64})`", readme)
+    assert stated, "the README states the file's sha256"
+    assert hashlib.sha256((PROJECT_DIR / BUNDLED_DATA).read_bytes()).hexdigest() == stated.group(1)
+    for words in ("CC BY 4.0", "Almeida", "Gómez Hidalgo", "UCI"):
+        assert words in readme
 
 
-def test_size_labels_and_uniqueness(bundled: pd.DataFrame) -> None:
-    assert len(bundled) >= 2000
-    assert set(bundled["label"]) == {"ham", "spam"}
-    assert bundled["text"].is_unique
-    assert 0.2 < (bundled["label"] == "spam").mean() < 0.5
+def test_every_line_is_read_as_a_label_and_a_text(bundled: pd.DataFrame) -> None:
+    lines = (PROJECT_DIR / BUNDLED_DATA).read_text(encoding="utf-8").splitlines()
+    assert len(bundled) == len(lines) == 5574
+    assert bundled["label"].value_counts().to_dict() == {"ham": 4827, "spam": 747}
+    # no quoting in a tsv: a message that starts or ends with a quote keeps it, whole
+    quoted = [line.split("\t", 1)[1] for line in lines if '"' in line]
+    assert len(quoted) > 50 and set(quoted) <= set(bundled["text"])
 
 
-def test_variety_not_a_handful_of_templates(bundled: pd.DataFrame) -> None:
-    openings = bundled["text"].str.lower().str.split().str[:3].str.join(" ")
-    assert openings.nunique() > 0.3 * len(bundled)
-    assert openings.value_counts().iloc[0] < 0.02 * len(bundled)  # no opening dominates
-    vocabulary = {word for text in bundled["text"].str.lower() for word in text.split()}
-    assert len(vocabulary) > 2500
-    lengths = bundled["text"].str.len()
-    assert lengths.min() < 30 and lengths.max() > 150
-    assert bundled["text"].str.contains(r"https?://|www\.", regex=True).sum() > 100
-    assert bundled["text"].str.contains(r"\d").mean() > 0.3
-    assert (bundled["text"] == bundled["text"].str.upper()).sum() > 50  # some shouting
+def test_every_profile_but_smoke_trains_on_the_whole_real_corpus() -> None:
+    for profile in ("local", "cuda", "mps"):
+        cfg = load_config(profile)
+        assert (cfg.data, cfg.data_columns, cfg.max_rows) == (BUNDLED_DATA, "label,text", 0), profile
 
 
-@pytest.mark.parametrize(
-    ("label", "pattern"),
-    [
-        ("spam", r"parcel|package|delivery"),
-        ("spam", r"new number|new phone"),
-        ("spam", r"refund|tax"),
-        ("spam", r"crypto|btc|bitcoin|trading"),
-        ("spam", r"loan|credit"),
-        ("spam", r"whatsapp|telegram"),
-        ("ham", r"\bwon\b|\bwin\b"),
-        ("ham", r"\bfree\b"),
-        ("ham", r"\bclaim\b"),
-        ("ham", r"\burgent\b"),
-        ("ham", r"parcel|delivery"),
-    ],
-)
-def test_modern_spam_and_promotional_ham_are_both_present(
-    bundled: pd.DataFrame, label: str, pattern: str
-) -> None:
-    part = bundled[bundled["label"] == label]["text"].str.lower()
-    assert part.str.contains(pattern, regex=True).sum() >= 10
+def test_cleaning_keeps_the_first_of_each_repeated_text(bundled: pd.DataFrame) -> None:
+    cleaned, stats = prepare.clean(bundled, "text", "label")
+    assert stats.dropped_duplicate == 414 and stats.conflicting_duplicates == 0
+    assert len(cleaned) == 5160 and cleaned["text"].is_unique
 
 
-def test_a_keyword_rule_is_clearly_not_enough(bundled: pd.DataFrame) -> None:
-    metrics = classification_metrics(bundled["label"], keyword_rule(bundled["text"]), ["ham", "spam"], "spam")
-    assert metrics["f1"] < 0.7
-
-
-def test_csv_round_trips_through_a_standard_reader() -> None:
-    with (DATA / "sms_spam.csv").open(encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert rows and set(rows[0]) == {"text", "label"}
+def test_probe_messages_are_not_in_the_bundled_data(bundled: pd.DataFrame) -> None:
+    probe = pd.read_csv(Path(PROJECT_DIR) / "data" / "probe_sms.csv", dtype=str, keep_default_na=False)
+    assert len(probe) == 50
+    assert not set(probe["text"].str.lower()) & set(bundled["text"].str.lower())

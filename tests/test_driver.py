@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 
 from steps import cache, prepare
 from steps import main as main_step
+from steps.config import BUNDLED_DATA, BUNDLED_DATA_COLUMNS
 from tests.conftest import PROJECT_DIR, deleted_unless_a_test_failed, isolated_env
 from tests.helpers import child_runs
 
@@ -44,7 +44,9 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, dict[
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("driver")
-    shutil.copy(PROJECT_DIR / "data" / "sms_spam.csv", root / "sms.csv")
+    # the bundled corpus as a csv with a header row, the commonest layout of a user's own file
+    bundled = prepare.read_file(PROJECT_DIR / BUNDLED_DATA, BUNDLED_DATA_COLUMNS)
+    bundled[["text", "label"]].to_csv(root / "sms.csv", index=False)
     with pytest.MonkeyPatch.context() as mp, deleted_unless_a_test_failed(request, root):
         for key, value in isolated_env(root).items():
             mp.setenv(key, value)

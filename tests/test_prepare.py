@@ -127,7 +127,7 @@ def test_every_supported_format_reads_the_same_rows(tmp_path: Path, suffix: str)
 
 def test_resolve_data_path_finds_bundled_data_from_any_directory() -> None:
     path = prepare.resolve_data_path(Config().data)
-    assert path is not None and path.is_file() and path.name == "sms_spam.csv"
+    assert path is not None and path.is_file() and path.name == "SMSSpamCollection.tsv"
 
 
 @pytest.mark.parametrize("data", ["missing.csv", "./nowhere/data.parquet", "/no/such/file.jsonl"])
