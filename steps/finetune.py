@@ -6,8 +6,10 @@ Writes:
 - per-epoch metrics ``val_accuracy``, ``val_precision``, ``val_recall``, ``val_f1``, ``val_loss``
   and ``train_loss`` / ``learning_rate`` (step = optimizer step);
 - metrics ``best_val_f1``, ``best_epoch``, ``epochs_completed``, ``stopped_epoch``,
-  ``stopped_early`` (1/0; early stopping on validation F1 with ``early_stopping_patience`` and
-  ``early_stopping_min_delta``), ``train_runtime_s``, ``train_samples_per_second``,
+  ``stopped_early`` (1/0; early stopping on ``best_model_metric`` with
+  ``early_stopping_patience`` and ``early_stopping_min_delta``), ``train_runtime_s``,
+  ``train_samples_per_second``, ``best_val_loss``, ``best_val_average_precision`` (the kept
+  epoch's figures: ``best_model_metric`` picks the epoch kept, or ``last`` keeps the final one),
   ``trainable_params``, ``trainable_fraction``; param ``resolved_device`` (what ``auto`` became);
   on CUDA also ``peak_gpu_memory_allocated_mb`` / ``peak_gpu_memory_reserved_mb`` (rank 0's
   device, PyTorch's allocator: tensors, and tensors plus its cache);
@@ -20,11 +22,16 @@ Writes:
   adapter, config, tokenizer), logged as the epoch ends; tags ``pipeline.best_epoch`` and
   ``pipeline.epoch_checkpoints`` (JSON: epoch -> artifact path; ``evaluate --checkpoint_epoch``);
 - with ``system_metrics: true``, MLflow's ``system/*`` metrics every ``system_metrics_interval_s``;
-- artifact ``trainer_checkpoints/checkpoint-<step>/``: the last epoch's full Trainer state
-  (weights, optimizer, scheduler, RNG), replaced each epoch, so that a killed run can be resumed:
-  ``--resume_run_id <killed run>`` downloads it, copies that run's metric history, and trains
-  only the steps that are left (metrics ``resumed_from_step``, ``steps_trained_here``; tag
-  ``pipeline.resumed_from``). Into a local artifact store checkpoints are hard-linked, not copied;
+- artifact ``trainer_checkpoints/checkpoint-<step>/`` while the run trains: the last epoch's full
+  Trainer state (weights, optimizer, scheduler, RNG), replaced each epoch, so that a killed run can
+  be resumed: ``--resume_run_id <killed run>`` downloads it, copies that run's metric history, and
+  trains only the steps that are left (metrics ``resumed_from_step``, ``steps_trained_here``; tag
+  ``pipeline.resumed_from``). Into a local artifact store checkpoints are hard-linked, not copied.
+  A finished run cannot be resumed, so once ``checkpoint/`` is logged the Trainer state is
+  deleted (several times the model's size), unless ``keep_trainer_state: true`` (tag
+  ``pipeline.trainer_state``: ``kept`` or ``dropped``);
+- with ``class_weight: balanced``, the training loss weighs each class by
+  ``rows / (classes * rows of the class)`` of the train split (param ``class_weights``);
 - tags ``base_model``, ``base_model_revision``, ``data_digest`` (carried from upstream).
 
 Several processes (DDP): with ``nproc_per_node`` > 1 the step starts itself again under
@@ -70,6 +77,7 @@ BEST_EPOCH_TAG = "pipeline.best_epoch"
 EPOCH_CHECKPOINTS_TAG = "pipeline.epoch_checkpoints"  # JSON: {"<epoch>": "<artifact path>"}
 # What a Trainer checkpoint holds beyond the model: needed to resume, not to predict.
 TRAINER_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json")
+TRAINER_STATE_TAG = "pipeline.trainer_state"  # "kept" or "dropped" once the run has finished
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -148,9 +156,10 @@ def training_arguments(cfg: Config, device: str, output_dir: str, world: World =
         "eval_strategy": "epoch",
         "save_strategy": "epoch",
         "logging_strategy": "epoch",
-        "load_best_model_at_end": True,
-        "metric_for_best_model": "f1",
-        "greater_is_better": True,
+        # the epoch kept: the best by validation loss (or F1, average precision), or the last
+        "load_best_model_at_end": cfg.best_model_metric != "last",
+        "metric_for_best_model": None if cfg.best_model_metric == "last" else cfg.best_model_metric,
+        "greater_is_better": cfg.best_model_metric != "loss",
         "save_total_limit": 2 if early_stopping else 1,
         "save_only_model": False,  # optimizer, scheduler and RNG state too: needed to resume
         "seed": cfg.seed,
@@ -158,6 +167,27 @@ def training_arguments(cfg: Config, device: str, output_dir: str, world: World =
         "report_to": "none",  # our own callback logs to the step's run; see MlflowEpochMetrics
         "disable_tqdm": True,
     }
+
+
+def validation_metrics(
+    logits: np.ndarray, label_ids: np.ndarray, labels: list[str], positive_label: str
+) -> dict[str, float]:
+    """The Trainer's per-epoch validation figures: accuracy, precision, recall, F1 and, for two
+    classes, the average precision of ``positive_label``'s probability (smoother than F1)."""
+    from sklearn.metrics import average_precision_score
+
+    truth = [labels[int(i)] for i in label_ids]
+    metrics = modeling.classification_metrics(
+        truth, [labels[int(i)] for i in logits.argmax(-1)], labels, positive_label
+    )
+    if len(labels) == 2 and positive_label in labels:
+        shifted = np.exp(logits - logits.max(-1, keepdims=True))
+        score = shifted[:, labels.index(positive_label)] / shifted.sum(-1)
+        positive = np.asarray(truth) == positive_label
+        metrics["average_precision"] = (
+            float(average_precision_score(positive, score)) if positive.any() else 0.0
+        )
+    return metrics
 
 
 def epoch_number(epoch: float | None) -> int:
@@ -175,6 +205,31 @@ def model_files(checkpoint: Path) -> list[Path]:
     )
 
 
+def class_weights(label_ids: Any, num_labels: int, how: str) -> list[float] | None:
+    """Loss weights per class id: ``balanced`` gives each class ``n / (k * n_class)``, so every
+    class adds the same total weight; ``none`` gives None (the plain loss)."""
+    if how == "none":
+        return None
+    counts = np.bincount(np.asarray(label_ids, dtype=int), minlength=num_labels)
+    if (counts == 0).any():
+        raise UserError(f"class_weight {how}: a class has no train rows (counts {counts.tolist()})")
+    return [float(len(label_ids) / (num_labels * c)) for c in counts]
+
+
+def weighted_loss(weights: list[float]) -> Any:
+    """A ``compute_loss_func`` for the Trainer: cross-entropy with class weights."""
+    import torch
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        weight = torch.tensor(weights, dtype=logits.dtype, device=logits.device)
+        return torch.nn.functional.cross_entropy(
+            logits.view(-1, len(weights)), labels.view(-1), weight=weight
+        )
+
+    return loss
+
+
 def check_target_modules(wanted: list[str], available: list[str]) -> None:
     """LoRA adapts modules by name: each wanted name must be one the model has."""
     missing = [name for name in wanted if name not in available]
@@ -183,6 +238,18 @@ def check_target_modules(wanted: list[str], available: list[str]) -> None:
             f"lora_target_modules {', '.join(missing)} not found in the base model: "
             f"its linear layers are {', '.join(available)}"
         )
+
+
+def kept_epoch_metrics(log_history: list[dict[str, Any]], epoch: int) -> dict[str, float]:
+    """``best_val_<name>``: the validation figures of the epoch finetune keeps."""
+    for entry in reversed(log_history):
+        if "eval_loss" in entry and epoch_number(entry.get("epoch")) == epoch:
+            return {
+                f"best_val_{key[len('eval_') :]}": float(entry[key])
+                for key in ("eval_f1", "eval_loss", "eval_average_precision")
+                if key in entry
+            }
+    return {}
 
 
 def mlflow_metric_names(logs: dict[str, Any]) -> dict[str, float]:
@@ -291,6 +358,21 @@ def _delete_older_checkpoints(run_id: str, keep: set[str]) -> None:
                 repo.delete_artifacts(info.path)
             except (NotImplementedError, AttributeError):
                 return  # this store keeps them all; they cost disk, not correctness
+
+
+def drop_trainer_state(run_id: str) -> bool:
+    """Delete a finished run's resumable Trainer state (the tag that points at it first, so no
+    reader is sent to files that are going); False where the store cannot delete."""
+    import mlflow
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    mlflow.MlflowClient().delete_tag(run_id, LAST_CHECKPOINT_TAG)
+    repo = get_artifact_repository(mlflow.get_run(run_id).info.artifact_uri)
+    try:
+        repo.delete_artifacts(RESUME_DIR)
+    except (NotImplementedError, AttributeError):
+        return False
+    return True
 
 
 def prepare_resume(resume_run_id: str, work_dir: Path, copy_history: bool = True) -> tuple[Path, int]:
@@ -409,14 +491,11 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
 
         def compute_metrics(prediction: Any) -> dict[str, float]:
             logits, label_ids = prediction
-            predicted = np.asarray(logits).argmax(-1)
-            return modeling.classification_metrics(
-                [id2label[int(i)] for i in label_ids],
-                [id2label[int(i)] for i in predicted],
-                labels,
-                cfg.positive_label,
-            )
+            return validation_metrics(np.asarray(logits), np.asarray(label_ids), labels, cfg.positive_label)
 
+        weights = class_weights(train["label_id"], len(label2id), cfg.class_weight)
+        if run_id and weights:
+            mlflow.log_param("class_weights", json.dumps([round(w, 6) for w in weights]))
         epochs = EpochCheckpoints(log_each=cfg.epoch_checkpoints == "all")
         callbacks = [*_callbacks(run_id), epochs.callback()] if run_id else []
         if cfg.early_stopping_patience > 0:
@@ -429,6 +508,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
             processing_class=tokenizer,
             data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
             compute_metrics=compute_metrics,
+            compute_loss_func=weighted_loss(weights) if weights else None,
             callbacks=callbacks,
         )
         resume_from, resumed_step = None, 0
@@ -457,7 +537,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
         mlflow.log_params({"resolved_device": device, "world_size": str(world.size)})
         mlflow.log_metrics(
             {
-                "best_val_f1": float(state.best_metric if state.best_metric is not None else float("nan")),
+                **kept_epoch_metrics(state.log_history, best_epoch),
                 "epochs_completed": float(state.epoch or 0.0),
                 "best_epoch": float(best_epoch),
                 "stopped_epoch": float(epoch_number(state.epoch)),  # early stopping or the plan
@@ -492,6 +572,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
                 **common.lineage_tags(upstream),
             }
         )
+        dropped = not cfg.keep_trainer_state and drop_trainer_state(run_id)
+        mlflow.set_tag(TRAINER_STATE_TAG, "dropped" if dropped else "kept")
         return run_id
 
 
