@@ -5,16 +5,19 @@ Reads: ``--finetune_run_id``; that run's ``checkpoint/`` (the best model), or wi
 the base model), and through its upstream tag the tokenize run's ``tokenized/test.parquet``.
 Writes:
 - metrics ``test_accuracy``, ``test_precision``, ``test_recall``, ``test_f1`` (precision/recall/F1
-  of ``positive_label`` for two classes, macro otherwise);
-- the same on ``probe_data`` (``probe_*``), hand-written messages in styles the bundled
-  generator never produces: a check that the model learned meaning, not the generator; skipped
-  when the probe's labels are not the model's;
-- the same for the base model with its new, untrained head (``baseline_*``, same seed as
-  finetune), and for ham/spam data for a keyword rule (``keyword_*``): the gain from fine-tuning
-  and from reading meaning instead of words is visible in one run;
+  of ``positive_label`` for two classes, macro otherwise), and for two classes
+  ``test_roc_auc`` and ``test_average_precision`` (of ``positive_label``'s probability);
+- the same four on ``probe_data`` (``probe_*``), hand-written modern messages unlike the
+  2010-2012 corpus: a shift check; skipped when the probe's labels are not the model's;
+- the same four for the classical model a user would build instead (``classical_*``: TF-IDF
+  word and character n-grams and a linear SVM, ``C`` chosen on the validation split, param
+  ``classical_c``; ``steps/classical.py``), trained on the same train split and scored on the
+  same test rows, and for the base model with its new, untrained head (``baseline_*``, same seed
+  as finetune): what fine-tuning gains over both is visible in one run;
 - artifacts ``evaluation/confusion_matrix.png``, ``evaluation/classification_report.json``,
-  ``evaluation/predictions.parquet`` (text, label, prediction, class probabilities) and
-  ``evaluation/misclassified.csv``;
+  ``evaluation/predictions.parquet`` (text, label, prediction, class probabilities),
+  ``evaluation/misclassified.csv`` and, for two classes, the precision-recall and ROC curves
+  (``evaluation/{pr,roc}_curve.png`` and their points in ``.csv``);
 - tags ``base_model``, ``base_model_revision``, ``data_digest`` (carried from upstream), and
   ``pipeline.checkpoint_path``: the finetune artifact evaluated (log_model logs that model).
 """
@@ -22,14 +25,14 @@ Writes:
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from steps import common, finetune, modeling, prepare, tokenize
+from steps import classical, common, finetune, modeling, prepare, tokenize
 from steps.config import Config
 from steps.errors import UserError
 
@@ -38,20 +41,9 @@ UPSTREAM = "finetune_run_id"
 EVAL_DIR = "evaluation"
 CHECKPOINT_PATH_TAG = "pipeline.checkpoint_path"  # which of finetune's models was evaluated
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1")
-# What a filter of the 2010s looks for. The bundled data is built so that this is not enough.
-SPAM_KEYWORDS = re.compile(
-    r"\b(free|win|won|winner|prize|claim|urgent|offer|reply|txt|cash|call now|congratulations"
-    r"|selected|reward|voucher|click)\b",
-    re.IGNORECASE,
-)
 
 
 # ----------------------------------------------------------------------------- pure functions
-def keyword_rule(texts: Sequence[str]) -> list[str]:
-    """``spam`` when a text has one of the classic spam words, else ``ham``."""
-    return ["spam" if SPAM_KEYWORDS.search(text) else "ham" for text in texts]
-
-
 def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}_{name}": round(value, 6) for name, value in metrics.items()}
 
@@ -83,6 +75,45 @@ def confusion_figure(y_true: Sequence[str], y_pred: Sequence[str], labels: Seque
     return display.figure_
 
 
+def ranking_metrics(y_true: Sequence[str], score: np.ndarray, positive_label: str) -> dict[str, float]:
+    """ROC AUC and average precision of ``score``, the positive class's probability."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    positive = np.asarray(y_true) == positive_label
+    return {
+        "roc_auc": float(roc_auc_score(positive, score)),
+        "average_precision": float(average_precision_score(positive, score)),
+    }
+
+
+def save_curves(y_true: Sequence[str], score: np.ndarray, positive_label: str, out: Path) -> None:
+    """The positive class's precision-recall and ROC curves: scikit-learn's own displays as
+    ``pr_curve.png`` / ``roc_curve.png``, and the points they draw as ``.csv``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay, precision_recall_curve, roc_curve
+
+    positive = np.asarray(y_true) == positive_label
+    precision, recall, thresholds = precision_recall_curve(positive, score)
+    pd.DataFrame(
+        {"threshold": np.append(thresholds, np.nan), "precision": precision, "recall": recall}
+    ).to_csv(out / "pr_curve.csv", index=False)
+    fpr, tpr, roc_thresholds = roc_curve(positive, score)
+    pd.DataFrame({"threshold": roc_thresholds, "fpr": fpr, "tpr": tpr}).to_csv(
+        out / "roc_curve.csv", index=False
+    )
+    for name, display in (
+        ("pr_curve", PrecisionRecallDisplay.from_predictions(positive, score, name=positive_label)),
+        ("roc_curve", RocCurveDisplay.from_predictions(positive, score, name=positive_label)),
+    ):
+        display.ax_.set_title(f"test split, {positive_label} vs rest")
+        display.figure_.tight_layout()
+        display.figure_.savefig(out / f"{name}.png", dpi=120)
+        plt.close(display.figure_)
+
+
 def load_probe(probe_data: str, labels: Sequence[str]) -> pd.DataFrame | None:
     """The probe set, cleaned like training data; None when unset or its labels are not ours."""
     if not probe_data:
@@ -90,7 +121,7 @@ def load_probe(probe_data: str, labels: Sequence[str]) -> pd.DataFrame | None:
     path = prepare.resolve_data_path(probe_data)
     if path is None:
         raise UserError(f"probe_data {probe_data!r} must be a local file (or '' to skip)")
-    probe, _ = prepare.clean(prepare.read_file(path), "text", "label")
+    probe, _ = prepare.clean(prepare.read_file(path, ""), "text", "label")
     if not set(probe["label"]) <= set(labels):
         print(f"{STEP}: probe {probe_data} skipped: its labels are not the model's {list(labels)}")
         return None
@@ -145,15 +176,27 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             "baseline",
             modeling.classification_metrics(scored["label"], base_pred, labels, cfg.positive_label),
         )
-        if set(labels) == {"ham", "spam"}:
-            metrics |= prefixed(
-                "keyword",
-                modeling.classification_metrics(
-                    scored["label"], keyword_rule(scored["text"]), labels, cfg.positive_label
-                ),
-            )
+        # The classical model, on the same train split and the same test rows.
+        svm, svm_c = classical.fit(
+            frames["train"]["text"].tolist(),
+            frames["train"]["label"].tolist(),
+            frames["validation"]["text"].tolist(),
+            frames["validation"]["label"].tolist(),
+            cfg.positive_label,
+        )
+        metrics |= prefixed(
+            "classical",
+            modeling.classification_metrics(
+                scored["label"], svm.predict(test["text"].tolist()), labels, cfg.positive_label
+            ),
+        )
+        mlflow.log_param("classical_c", svm_c)
         out = tmp / EVAL_DIR
         out.mkdir()
+        if len(labels) == 2 and cfg.positive_label in labels:
+            score = scored[f"p_{cfg.positive_label}"].to_numpy()
+            metrics |= prefixed("test", ranking_metrics(scored["label"], score, cfg.positive_label))
+            save_curves(scored["label"], score, cfg.positive_label, out)
         probe = load_probe(cfg.probe_data, labels)
         if probe is not None:
             max_length = int(client.get_run(tokenize_run_id).data.params["config.max_length"])
@@ -178,6 +221,9 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         scored[scored["label"] != scored["prediction"]].to_csv(out / "misclassified.csv", index=False)
         figure = confusion_figure(scored["label"], scored["prediction"], labels)
         figure.savefig(out / "confusion_matrix.png", dpi=120)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
         mlflow.log_artifacts(str(out), EVAL_DIR)
         mlflow.set_tags(common.lineage_tags(upstream))
         print(f"{STEP}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("_f1")))

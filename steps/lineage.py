@@ -22,7 +22,15 @@ from steps.errors import UserError
 
 STEPS = ("prepare", "tokenize", "finetune", "evaluate", "log_model", "register", "persist", "version_cleanup")
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
-HEADLINE_METRICS = ("rows_clean", "best_val_f1", "epochs_completed", "test_f1", "probe_f1", "baseline_f1")
+HEADLINE_METRICS = (
+    "rows_clean",
+    "best_val_f1",
+    "epochs_completed",
+    "test_f1",
+    "classical_f1",
+    "probe_f1",
+    "baseline_f1",
+)
 
 
 # ----------------------------------------------------------------------------- pure functions

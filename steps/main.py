@@ -462,7 +462,7 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
         assert upstream is not None  # CHAIN is not empty
         metrics = client.get_run(parent_tag(upstream, evaluate.STEP)).data.metrics
         summary: dict[str, float] = {
-            k: metrics[k] for k in ("test_f1", "baseline_f1", "keyword_f1") if k in metrics
+            k: metrics[k] for k in ("test_f1", "classical_f1", "baseline_f1") if k in metrics
         }
         mlflow.log_metrics(summary | {"steps_reused": float(reused)})
         print(
