@@ -17,8 +17,9 @@ Writes:
 - for every version: verification: it loads from the registry with its weights in the artifact
   store and predicts the input example; for the fine-tuned candidate the labels must equal those
   evaluate gave the same texts;
-- version tags ``persisted=true``, ``verified=true``; alias ``champion`` if the gate passed and the
-  version is still not worse than the champion by more than the tolerance;
+- version tags ``persisted=true``, ``verified=true``; alias ``champion`` if the gate passed and,
+  judged again against the champion of now (``steps/gate.py``), still passes; the ``gate_*``
+  comparison tags are updated to that judgement;
 - run tags ``registered_model``, ``model_version``, ``persisted_now`` (``true`` if files were copied).
 """
 
@@ -223,14 +224,9 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         promoted = False
         if version.tags.get(register.GATE_TAG) == "passed":
             with registry_lock.registry_lock(client, name):  # the champion read and move: one step
-                gate = register.quality_gate(
-                    float(version.tags["test_f1"]),
-                    cfg.min_test_f1,
-                    register.champion_f1(client, name),
-                    cfg.champion_tolerance,
-                )
+                decision = register.judge_version(client, name, version, cfg, tmp / "gate")
                 current = client.get_registered_model(name).aliases.get(register.CHAMPION)
-                if gate.passed and str(current) != str(number):
+                if decision.passed and str(current) != str(number):
                     client.set_registered_model_alias(name, register.CHAMPION, number)
                     promoted = True
         mlflow.set_tags(

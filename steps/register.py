@@ -5,11 +5,14 @@ test metrics of the evaluate run above it.
 Writes (registry): a new version of ``registered_model`` (created with tag ``task`` if new),
 version tags ``save_mode``, ``persisted``, ``base_model``, ``base_model_revision``,
 ``data_digest``, ``test_accuracy``, ``test_precision``, ``test_recall``, ``test_f1``,
-``run.<step>`` (the run ID of every step that produced it), ``gate`` (``passed``/``failed``) and
-``gate_reason``, and ``aliases_pending`` until the aliases are set. Alias ``challenger`` always
-moves to the new version; ``champion`` moves only if
-the gate passes **and** the weights are in the artifact store (a reference-only version waits for
-persist). Stages are not used (deprecated in MLflow 3): aliases only.
+``run.<step>`` (the run ID of every step that produced it), the gate's decision and comparison
+(``gate``, ``gate_reason``, ``gate_compared_version``, ``gate_rows``, ``gate_rows_excluded``,
+``gate_candidate_f1``, ``gate_champion_f1``, ``gate_f1_diff_low``, ``gate_f1_diff_high``: see
+``steps/gate.py``: the candidate against the champion on the candidate's own test rows, paired),
+and ``aliases_pending`` until the aliases are set. Alias ``challenger`` always moves to the new
+version; ``champion`` moves only if the gate passes **and** the weights are in the artifact store
+(a reference-only version waits for persist). Stages are not used (deprecated in MLflow 3):
+aliases only.
 Writes (run): tags ``gate``, ``gate_reason``,
 ``registered_model``, ``model_version``; metric ``gate_passed``.
 
@@ -26,60 +29,44 @@ if the gate still passes against the champion of that moment) instead of doing n
 
 from __future__ import annotations
 
-import dataclasses
+from pathlib import Path
 from typing import Any
 
-from steps import common, log_model, registry_lock
+from steps import common, gate, log_model, registry_lock
 from steps.config import Config
 from steps.errors import UserError
 
 STEP = "register"
 UPSTREAM = "log_model_run_id"
 CHALLENGER = "challenger"
-CHAMPION = "champion"
+CHAMPION = gate.CHAMPION
 TASK_TAG = "task"
 PERSISTED_TAG = "persisted"
-GATE_TAG = "gate"
-GATE_REASON_TAG = "gate_reason"
+GATE_TAG = gate.GATE_TAG
+GATE_REASON_TAG = gate.GATE_REASON_TAG
 REGISTERED_MODEL_TAG = "registered_model"
 VERSION_TAG = "model_version"
 METRIC_TAGS = ("test_accuracy", "test_precision", "test_recall", "test_f1")
+EVALUATE = "evaluate"  # the step whose run scored the candidate (tag run.evaluate)
 PENDING_TAG = "aliases_pending"  # the aliases this version should get; removed once it has them
 
 
-@dataclasses.dataclass(frozen=True)
-class Gate:
-    passed: bool
-    reason: str
-
-
 # ----------------------------------------------------------------------------- pure functions
-def quality_gate(test_f1: float, min_test_f1: float, champion_f1: float | None, tolerance: float) -> Gate:
-    """Good enough in absolute terms, and not worse than the champion by more than ``tolerance``."""
-    if test_f1 < min_test_f1:
-        return Gate(False, f"test_f1 {test_f1:.4f} is below min_test_f1 {min_test_f1:.4f}")
-    if champion_f1 is not None and test_f1 < champion_f1 - tolerance:
-        return Gate(
-            False,
-            f"test_f1 {test_f1:.4f} is below the champion's {champion_f1:.4f} "
-            f"minus tolerance {tolerance:.4f}",
-        )
-    versus = "no champion yet" if champion_f1 is None else f"champion has {champion_f1:.4f}"
-    return Gate(True, f"test_f1 {test_f1:.4f} >= min_test_f1 {min_test_f1:.4f}; {versus}")
-
-
 def is_self_contained(save_mode: str) -> bool:
     return save_mode in ("full", "checkpoint")
 
 
 def version_tags(
-    save_mode: str, lineage: dict[str, str], metrics: dict[str, float], run_ids: dict[str, str], gate: Gate
+    save_mode: str,
+    lineage: dict[str, str],
+    metrics: dict[str, float],
+    run_ids: dict[str, str],
+    decision: gate.Gate,
 ) -> dict[str, str]:
     tags = {
         log_model.SAVE_MODE_TAG: save_mode,
         PERSISTED_TAG: str(is_self_contained(save_mode)).lower(),
-        GATE_TAG: "passed" if gate.passed else "failed",
-        GATE_REASON_TAG: gate.reason,
+        **gate.comparison_tags(decision, metrics["test_f1"], int(metrics.get("test_rows", 0))),
     }
     tags |= {k: v for k, v in lineage.items() if v}
     tags |= {name: f"{metrics[name]:.6f}" for name in METRIC_TAGS if name in metrics}
@@ -88,19 +75,7 @@ def version_tags(
 
 
 # ----------------------------------------------------------------------------- MLflow
-def champion_f1(client: Any, name: str) -> float | None:
-    """The current champion's test_f1, or None when there is no champion (or no model yet)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-    value = champion.tags.get("test_f1")
-    return float(value) if value is not None else None
-
-
-def finish_interrupted(client: Any, name: str, version: Any, cfg: Config) -> str:
+def finish_interrupted(client: Any, name: str, version: Any, cfg: Config, work: Path) -> str:
     """Set the aliases an interrupted register meant to set on ``version``; say which it set.
 
     ``challenger`` only if no newer version has come since (it names the newest candidate);
@@ -113,14 +88,28 @@ def finish_interrupted(client: Any, name: str, version: Any, cfg: Config) -> str
         client.set_registered_model_alias(name, CHALLENGER, version.version)
         done.append(CHALLENGER)
     if CHAMPION in wanted:
-        gate = quality_gate(
-            float(version.tags["test_f1"]), cfg.min_test_f1, champion_f1(client, name), cfg.champion_tolerance
-        )
-        if gate.passed:
+        decision = judge_version(client, name, version, cfg, work)
+        if decision.passed:
             client.set_registered_model_alias(name, CHAMPION, version.version)
             done.append(CHAMPION)
     client.delete_model_version_tag(name, version.version, PENDING_TAG)
     return ", ".join(done) or "no alias (newer versions came first)"
+
+
+def judge_version(client: Any, name: str, version: Any, cfg: Config, work: Path) -> gate.Gate:
+    """The gate for a registered ``version`` against the champion of now (persist and an
+    interrupted register ask again); its comparison tags are brought up to date. The champion
+    itself passes as it is."""
+    current = gate.champion_version(client, name)
+    if current is not None and str(current.version) == str(version.version):
+        return gate.Gate(True, version.tags.get(GATE_REASON_TAG, "already champion"))
+    test_f1 = float(version.tags["test_f1"])
+    decision = gate.judge(client, name, version.tags[f"run.{EVALUATE}"], test_f1, cfg, work)
+    for key, value in gate.comparison_tags(
+        decision, test_f1, int(version.tags.get(gate.ROWS_TAG, 0))
+    ).items():
+        client.set_model_version_tag(name, version.version, key, value)
+    return decision
 
 
 def check_registered_model(client: Any, name: str) -> bool:
@@ -173,7 +162,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     model_uri = upstream.data.tags[log_model.MODEL_URI_TAG]
     check_logged_model(client, upstream.data.tags[log_model.MODEL_ID_TAG])
     chain = common.upstream_chain(upstream)
-    metrics = {k: v for k, v in chain["evaluate"].data.metrics.items() if k in METRIC_TAGS}
+    metrics = {k: v for k, v in chain[EVALUATE].data.metrics.items() if k in (*METRIC_TAGS, "test_rows")}
     save_mode = upstream.data.tags[log_model.SAVE_MODE_TAG]
     name = cfg.registered_model
     check_registered_model(client, name)  # a name that holds another task: refused before any run
@@ -181,13 +170,13 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     # Under the registry lock: the champion read, the gate, the new version and its aliases are one
     # step that no concurrent register, persist or version_cleanup of this name interleaves with.
     with (
-        common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, _),
+        common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp),
         registry_lock.registry_lock(client, name),
     ):
         exists = check_registered_model(client, name)
         earlier = already_registered(client, name, upstream.info.run_id) if exists else None
         if earlier is not None and PENDING_TAG in earlier.tags:
-            where = finish_interrupted(client, name, earlier, cfg)
+            where = finish_interrupted(client, name, earlier, cfg, tmp)
             mlflow.set_tags(
                 {
                     GATE_TAG: earlier.tags.get(GATE_TAG, ""),
@@ -210,16 +199,15 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             print(f"{STEP}: {name} v{earlier.version} already holds this model; registry unchanged")
             return run_id
 
-        gate = quality_gate(
-            metrics["test_f1"], cfg.min_test_f1, champion_f1(client, name), cfg.champion_tolerance
-        )
-        promote = gate.passed and is_self_contained(save_mode)
+        evaluate_run_id = chain[EVALUATE].info.run_id
+        decision = gate.judge(client, name, evaluate_run_id, metrics["test_f1"], cfg, tmp)
+        promote = decision.passed and is_self_contained(save_mode)
         tags = version_tags(
             save_mode,
             common.lineage_tags(upstream),
             metrics,
             {step: run.info.run_id for step, run in chain.items()},
-            gate,
+            decision,
         )
         tags[PENDING_TAG] = ",".join([CHALLENGER, CHAMPION] if promote else [CHALLENGER])
         version = None
@@ -241,14 +229,14 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         mlflow.set_tags(
             {
                 GATE_TAG: tags[GATE_TAG],
-                GATE_REASON_TAG: gate.reason,
+                GATE_REASON_TAG: decision.reason,
                 REGISTERED_MODEL_TAG: name,
                 VERSION_TAG: str(version.version),
             }
         )
-        mlflow.log_metric("gate_passed", float(gate.passed))
-        where = "champion" if promote else "champion after persist" if gate.passed else "challenger only"
-        print(f"{STEP}: {name} v{version.version} -> {where} ({gate.reason})")
+        mlflow.log_metric("gate_passed", float(decision.passed))
+        where = "champion" if promote else "champion after persist" if decision.passed else "challenger only"
+        print(f"{STEP}: {name} v{version.version} -> {where} ({decision.reason})")
         return run_id
 
 

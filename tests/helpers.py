@@ -73,10 +73,11 @@ def logged_model_status(client: Any, name: str, version: str | int) -> str:
     return str(logged.status).split(".")[-1].upper()
 
 
-def assert_both_registered_and_the_better_is_champion(client: Any, name: str, main_ids: list[str]) -> None:
-    """After several ``main`` runs at once with one registered model and tolerance 0: each
-    registered its own version, nothing half-done is left, and the aliases are what running them
-    one at a time would give (champion = best test F1, challenger = newest)."""
+def assert_both_registered_and_the_gate_held(client: Any, name: str, main_ids: list[str]) -> None:
+    """After several ``main`` runs at once with one registered model: each registered its own
+    version, nothing half-done is left, and the aliases are what running them one at a time
+    would give: each version was judged against the champion of its moment (the one before it
+    that passed), and the champion is the last that passed; challenger is the newest."""
     from steps import registry_lock
 
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -89,12 +90,16 @@ def assert_both_registered_and_the_better_is_champion(client: Any, name: str, ma
         for v in client.search_model_versions(f"name = '{name}'")
     }
     assert registered == set(versions) and len(versions) == len(main_ids)  # nothing lost
-    for version in versions.values():
+    champion = ""
+    for number in sorted(versions, key=int):
+        version = versions[number]
         assert logged_model_status(client, name, version.version) == "READY"
         assert version.tags["persisted"] == "true" and "aliases_pending" not in version.tags
+        assert version.tags["gate_compared_version"] == champion, (number, version.tags)
+        if version.tags["gate"] == "passed":
+            champion = number
     aliases = client.get_registered_model(name).aliases
-    f1 = {number: float(v.tags["test_f1"]) for number, v in versions.items()}
-    assert f1[str(aliases["champion"])] == max(f1.values()), (aliases, f1)
+    assert str(aliases["champion"]) == champion
     assert str(aliases["challenger"]) == max(versions, key=int)
     assert not client.search_runs(experiments, "attributes.status = 'RUNNING'")
     locks = [m.name for m in client.search_registered_models() if m.name.endswith(registry_lock.SUFFIX)]

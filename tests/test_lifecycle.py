@@ -165,8 +165,15 @@ def test_gate_both_ways_through_the_register_step(pipeline: str) -> None:
     assert aliases("gate-test") == {"champion": 1, "challenger": 2}
     v2 = client.get_model_version("gate-test", "2")
     assert v2.tags["gate"] == "failed" and "below min_test_f1 0.9990" in v2.tags["gate_reason"]
-    assert register_copy("0") == 0  # as good as the champion: passes
-    assert aliases("gate-test") == {"champion": 3, "challenger": 3}
+    assert register_copy("0") == 0  # the champion's own predictions: not better, no move
+    assert aliases("gate-test") == {"champion": 1, "challenger": 3}
+    v3 = client.get_model_version("gate-test", "3")
+    assert v3.tags["gate"] == "failed" and "not better" in v3.tags["gate_reason"]
+    assert v3.tags["gate_compared_version"] == "1" and int(v3.tags["gate_rows"]) == 30
+    assert v3.tags["gate_candidate_f1"] == v3.tags["gate_champion_f1"]  # scored on the same rows
+    assert float(v3.tags["gate_f1_diff_low"]) == float(v3.tags["gate_f1_diff_high"]) == 0.0
+    v1 = client.get_model_version("gate-test", "1")
+    assert v1.tags["gate_compared_version"] == "" and v1.tags["gate_rows"] == "30"
 
 
 def test_registering_the_same_log_model_run_twice_changes_nothing(pipeline: str) -> None:
@@ -179,25 +186,47 @@ def test_registering_the_same_log_model_run_twice_changes_nothing(pipeline: str)
     assert before["twice-test"]["aliases"] == {"champion": 1, "challenger": 1}
 
 
-def test_a_worse_configuration_gets_challenger_but_not_champion(pipeline: str) -> None:
+def test_a_worse_model_does_not_become_champion_and_a_clearly_better_one_does(pipeline: str) -> None:
+    """The gate both ways on real models: the session's smoke model, one that learned nothing
+    (the untrained head's predictions), and the smoke model again, registered after it."""
     client = mlflow.MlflowClient()
     log_model_id = child_runs(pipeline)["log_model"].info.run_id
-    assert (
-        register.main(
-            ["--profile", "smoke", "--log_model_run_id", log_model_id, "--registered_model", "worse-test"]
-        )
-        == 0
-    )
-    good_f1 = float(client.get_model_version("worse-test", "1").tags["test_f1"])
     # Almost no learning: the head stays as initialised, so F1 falls to the untrained baseline's.
     assert (
         main_step.main(["--profile", "smoke", "--learning_rate", "1e-9", "--registered_model", "worse-test"])
         == 0
     )
+    assert aliases("worse-test") == {"champion": 1, "challenger": 1}  # no champion before it
+    weak_f1 = float(client.get_model_version("worse-test", "1").tags["test_f1"])
+    register_args = ["--profile", "smoke", "--registered_model", "worse-test"]
+    assert register.main([*register_args, "--log_model_run_id", copy_of_run(log_model_id)]) == 0
     v2 = client.get_model_version("worse-test", "2")
-    assert float(v2.tags["test_f1"]) < good_f1 - 0.005
-    assert aliases("worse-test") == {"champion": 1, "challenger": 2}
-    assert v2.tags["gate"] == "failed" and "champion" in v2.tags["gate_reason"]
+    assert float(v2.tags["test_f1"]) > weak_f1 + 0.1
+    assert v2.tags["gate"] == "passed" and "better: on 30 shared test rows" in v2.tags["gate_reason"]
+    assert float(v2.tags["gate_f1_diff_low"]) > 0  # measurably better on the same rows
+    assert aliases("worse-test") == {"champion": 2, "challenger": 2}
+    # and the weak model again, against the good champion: challenger only
+    weak_log_model = client.get_model_version("worse-test", "1").tags["run.log_model"]
+    assert register.main([*register_args, "--log_model_run_id", copy_of_run(weak_log_model)]) == 0
+    v3 = client.get_model_version("worse-test", "3")
+    assert v3.tags["gate"] == "failed" and "not better" in v3.tags["gate_reason"]
+    assert float(v3.tags["gate_f1_diff_high"]) < 0 and v3.tags["gate_compared_version"] == "2"
+    assert aliases("worse-test") == {"champion": 2, "challenger": 3}
+
+
+def test_a_champion_that_cannot_be_scored_is_reported_and_the_candidate_judged_alone(pipeline: str) -> None:
+    client = mlflow.MlflowClient()
+    log_model_id = child_runs(pipeline)["log_model"].info.run_id
+    args = ["--profile", "smoke", "--registered_model", "unscorable-test"]
+    assert register.main([*args, "--log_model_run_id", copy_of_run(log_model_id)]) == 0
+    champion = client.get_model_version("unscorable-test", "1")
+    client.set_model_version_tag("unscorable-test", "1", "run.prepare", "no-such-run")  # lineage broken
+    assert register.main([*args, "--log_model_run_id", copy_of_run(log_model_id)]) == 0
+    v2 = client.get_model_version("unscorable-test", "2")
+    assert "champion v1 could not be scored" in v2.tags["gate_reason"]
+    assert "judged on min_test_f1 alone" in v2.tags["gate_reason"] and v2.tags["gate"] == "passed"
+    assert v2.tags["gate_compared_version"] == ""
+    assert champion.version == "1" and aliases("unscorable-test")["champion"] == 2
 
 
 def test_persist_makes_a_reference_only_model_self_contained_in_place(pipeline: str, tmp_path: Path) -> None:

@@ -7,30 +7,93 @@ import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from steps import hub, log_model, persist, register, version_cleanup
+from steps import gate, hub, log_model, persist, register, version_cleanup
 from steps.errors import UserError
 
 
+def comparison(
+    candidate: float, champion: float, low: float, high: float, rows: int = 500
+) -> gate.Comparison:
+    return gate.Comparison("3", rows, 7, candidate, champion, low, high)
+
+
 @pytest.mark.parametrize(
-    ("f1", "minimum", "champion", "tolerance", "passed", "why"),
+    ("f1", "minimum", "compared", "tolerance", "passed", "why"),
     [
-        (0.97, 0.9, None, 0.005, True, "no champion yet"),
-        (0.97, 0.9, 0.96, 0.005, True, "champion has 0.9600"),
-        (0.956, 0.9, 0.96, 0.005, True, "champion has"),  # within tolerance
-        (0.95, 0.9, 0.96, 0.005, False, "below the champion's 0.9600 minus tolerance"),
-        (0.85, 0.9, None, 0.005, False, "below min_test_f1 0.9000"),
-        (0.85, 0.9, 0.5, 0.005, False, "below min_test_f1"),
+        (0.97, 0.9, None, 0.0, True, "no champion yet"),
+        (0.85, 0.9, None, 0.0, False, "below min_test_f1 0.9000"),
+        (0.85, 0.9, comparison(0.85, 0.5, 0.2, 0.4), 0.0, False, "below min_test_f1"),
+        (
+            0.97,
+            0.9,
+            comparison(0.97, 0.94, 0.01, 0.05),
+            0.0,
+            True,
+            "better: on 500 shared test rows (7 left out)",
+        ),
+        (0.97, 0.9, comparison(0.97, 0.96, -0.01, 0.03), 0.0, False, "not measurably better"),
+        (0.97, 0.9, comparison(0.97, 0.96, -0.01, 0.03), 0.02, True, "better"),  # a looser tolerance
+        (0.97, 0.9, comparison(0.96, 0.96, 0.0, 0.0), 0.05, False, "not better"),  # the same predictions
+        (0.97, 0.9, comparison(0.95, 0.97, -0.05, 0.0), 0.05, False, "not better"),
+        (
+            0.97,
+            0.9,
+            comparison(float("nan"), float("nan"), float("nan"), float("nan"), rows=0),
+            0.0,
+            False,
+            "no test row left",
+        ),
     ],
 )
-def test_quality_gate(
-    f1: float, minimum: float, champion: float | None, tolerance: float, passed: bool, why: str
+def test_the_gate_decision(
+    f1: float, minimum: float, compared: gate.Comparison | None, tolerance: float, passed: bool, why: str
 ) -> None:
-    gate = register.quality_gate(f1, minimum, champion, tolerance)
-    assert gate.passed is passed
-    assert why in gate.reason
+    decision = gate.decide(f1, minimum, compared, tolerance)
+    assert decision.passed is passed
+    assert why in decision.reason
+
+
+def test_paired_f1_interval_identical_models_is_zero_width() -> None:
+    truth = ["spam"] * 10 + ["ham"] * 90
+    said = ["spam"] * 8 + ["ham"] * 92
+    a, b, low, high = gate.paired_f1(truth, said, said, ["ham", "spam"], "spam")
+    assert a == b == pytest.approx(2 * 8 / (2 * 8 + 2))
+    assert low == high == 0.0
+
+
+def test_paired_f1_interval_separates_a_clearly_better_model_and_not_a_close_one() -> None:
+    rng = np.random.default_rng(1)
+    truth = np.array(["spam"] * 60 + ["ham"] * 440)
+    good = truth.copy()
+    good[rng.choice(60, 3, replace=False)] = "ham"  # misses 3 spams
+    bad = truth.copy()
+    bad[rng.choice(60, 20, replace=False)] = "ham"  # misses 20
+    a, b, low, high = gate.paired_f1(truth, good, bad, ["ham", "spam"], "spam")
+    assert a > b and 0 < low < a - b < high
+    close = good.copy()
+    close[np.flatnonzero(good == "spam")[0]] = "ham"  # one spam more missed than `good`
+    _, _, low, high = gate.paired_f1(truth, close, good, ["ham", "spam"], "spam")
+    assert low < 0 <= high
+    again = gate.paired_f1(truth, good, bad, ["ham", "spam"], "spam")
+    assert again == gate.paired_f1(truth, good, bad, ["ham", "spam"], "spam")  # seeded
+
+
+def test_paired_f1_of_several_classes_is_macro() -> None:
+    truth = ["a", "b", "c", "c"]
+    _, champion, _, _ = gate.paired_f1(
+        truth, truth, ["a", "b", "c", "a"], ["a", "b", "c"], "spam", resamples=10
+    )
+    assert champion == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+
+
+def test_shared_rows_leave_out_what_the_champion_saw() -> None:
+    scored = pd.DataFrame({"text": ["a", "b", "c"], "label": ["ham", "spam", "ham"]})
+    rows, excluded = gate.shared_rows(scored, {"b", "z"})
+    assert rows["text"].tolist() == ["a", "c"] and excluded == 1
 
 
 @pytest.mark.parametrize(
@@ -42,13 +105,20 @@ def test_version_tags(mode: str, persisted: str) -> None:
         {"base_model": "b", "data_digest": "d", "base_model_revision": ""},
         {"test_f1": 0.91234567, "test_accuracy": 0.95, "val_f1": 0.2},
         {"prepare": "p1", "evaluate": "e1"},
-        register.Gate(True, "fine"),
+        gate.Gate(True, "fine", comparison(0.93, 0.9, 0.01, 0.05)),
     )
     assert tags == {
         "save_mode": mode,
         "persisted": persisted,
         "gate": "passed",
         "gate_reason": "fine",
+        "gate_compared_version": "3",
+        "gate_rows": "500",
+        "gate_rows_excluded": "7",
+        "gate_candidate_f1": "0.930000",
+        "gate_champion_f1": "0.900000",
+        "gate_f1_diff_low": "0.010000",
+        "gate_f1_diff_high": "0.050000",
         "base_model": "b",
         "data_digest": "d",
         "test_f1": "0.912346",
@@ -56,6 +126,12 @@ def test_version_tags(mode: str, persisted: str) -> None:
         "run.prepare": "p1",
         "run.evaluate": "e1",
     }
+
+
+def test_version_tags_without_a_champion_carry_the_candidates_own_figures() -> None:
+    tags = gate.comparison_tags(gate.Gate(True, "no champion yet"), 0.912, 516)
+    assert tags["gate_compared_version"] == "" and tags["gate_champion_f1"] == ""
+    assert (tags["gate_rows"], tags["gate_candidate_f1"]) == ("516", "0.912000")
 
 
 def test_only_self_contained_modes_can_be_champion_before_persist() -> None:

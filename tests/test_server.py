@@ -29,7 +29,7 @@ from deploy.server import dotenv, launcher
 from steps import cache, common
 from tests.conftest import PROJECT_DIR, isolated_env
 from tests.helpers import (
-    assert_both_registered_and_the_better_is_champion,
+    assert_both_registered_and_the_gate_held,
     child_runs,
     fresh_postgres_database,
 )
@@ -335,7 +335,7 @@ def test_two_smoke_pipelines_at_once_through_the_server_with_credentials(
             "MLFLOW_TRACKING_PASSWORD": password,
         }
         command = [os.path.join(bin_dir, "mlflow"), "run", str(PROJECT_DIR), "--env-manager", "local"]
-        command += ["-P", "profile=smoke", "-P", "max_rows=200", "-P", "champion_tolerance=0"]
+        command += ["-P", "profile=smoke", "-P", "max_rows=200"]
         with as_user(srv, "admin", password) as client:
             client.search_experiments()  # the schema is made once, before the race
         runs = [
@@ -361,7 +361,7 @@ def test_two_smoke_pipelines_at_once_through_the_server_with_credentials(
             for main in mains:
                 children = child_runs(main.info.run_id)
                 assert len(children) == 8 and all(r.info.status == "FINISHED" for r in children.values())
-            assert_both_registered_and_the_better_is_champion(
+            assert_both_registered_and_the_gate_held(
                 client, "sms-spam-classifier", [m.info.run_id for m in mains]
             )
             every_run = client.search_runs(["0"], max_results=100)

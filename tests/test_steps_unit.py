@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps import common, evaluate, finetune, main, modeling, tokenize
+from steps import classical, common, evaluate, finetune, main, modeling, prepare, tokenize
 from steps.config import BUNDLED_BASE_MODEL, PROJECT_DIR, Config
 from steps.errors import UserError
 
@@ -45,8 +45,26 @@ def test_training_arguments_are_valid_transformers_5_arguments(tmp_path) -> None
     kwargs = finetune.training_arguments(Config(), "cpu", str(tmp_path))
     args = TrainingArguments(**kwargs)
     assert args.eval_strategy == "epoch" and args.load_best_model_at_end
-    assert args.metric_for_best_model == "f1" and args.use_cpu
+    assert args.metric_for_best_model == "loss" and not args.greater_is_better and args.use_cpu
     assert args.train_sampling_strategy == "group_by_length"
+    last = TrainingArguments(
+        **finetune.training_arguments(
+            Config(best_model_metric="last", early_stopping_patience=0), "cpu", str(tmp_path)
+        )
+    )
+    assert not last.load_best_model_at_end
+    f1 = TrainingArguments(
+        **finetune.training_arguments(Config(best_model_metric="f1"), "cpu", str(tmp_path))
+    )
+    assert f1.metric_for_best_model == "f1" and f1.greater_is_better
+
+
+def test_validation_metrics_add_average_precision_for_two_classes() -> None:
+    logits = np.array([[2.0, -1.0], [0.0, 1.0], [1.0, 0.5], [-1.0, 1.0]])
+    m = finetune.validation_metrics(logits, np.array([0, 1, 1, 1]), ["ham", "spam"], "spam")
+    assert m["accuracy"] == 0.75 and m["average_precision"] == pytest.approx(1.0)
+    three = finetune.validation_metrics(np.eye(3), np.array([0, 1, 2]), ["a", "b", "c"], "spam")
+    assert three["f1"] == 1.0 and "average_precision" not in three
 
 
 def test_metric_names_follow_the_project_convention() -> None:
@@ -114,14 +132,6 @@ def test_multiclass_metrics_are_macro_averaged() -> None:
     assert m["recall"] == pytest.approx((1 + 1 + 0.5) / 3)
 
 
-def test_keyword_rule_flags_classic_spam_words_only() -> None:
-    assert evaluate.keyword_rule(["FREE entry, reply WIN", "see you at 6", "Evri: pay here"]) == [
-        "spam",
-        "ham",
-        "ham",
-    ]
-
-
 def test_predictions_frame_names_classes() -> None:
     test = pd.DataFrame({"text": ["a", "b"], "label": ["ham", "spam"]})
     probs = np.array([[0.9, 0.1], [0.3, 0.7]], dtype=np.float32)
@@ -162,12 +172,6 @@ def test_probe_set_is_loaded_when_its_labels_are_the_models(tmp_path) -> None:
     assert evaluate.load_probe("", ["ham", "spam"]) is None
     with pytest.raises(UserError, match="does not exist"):
         evaluate.load_probe(str(tmp_path / "nope.csv"), ["ham", "spam"])
-
-
-def test_probe_messages_are_not_in_the_bundled_data() -> None:
-    bundled = pd.read_csv(PROJECT_DIR / "data" / "sms_spam.csv", dtype=str, keep_default_na=False)
-    probe = pd.read_csv(PROJECT_DIR / "data" / "probe_sms.csv", dtype=str, keep_default_na=False)
-    assert not set(probe["text"].str.lower()) & set(bundled["text"].str.lower())
 
 
 def test_exit_quickly_keeps_the_status_atexit_handlers_threads_and_the_run(tmp_path) -> None:
@@ -273,3 +277,73 @@ def test_main_asks_the_store_whether_the_data_was_accepted_only_when_prepare_is_
         main.run(args, "local", force)
     assert answers == ([False] if force else [True])
     assert searched == ([] if force else ["experiments", "runs"])
+
+
+def test_classical_model_picks_c_on_validation_and_learns_real_spam() -> None:
+    bundled = prepare.read_file(PROJECT_DIR / "data" / "sms-spam-collection" / "smoke.tsv", "label,text")
+    splits = prepare.split(prepare.clean(bundled, "text", "label")[0], 0.2, 0.2, seed=0)
+    model, c = classical.fit(
+        splits["train"]["text"].tolist(),
+        splits["train"]["label"].tolist(),
+        splits["validation"]["text"].tolist(),
+        splits["validation"]["label"].tolist(),
+        "spam",
+    )
+    assert c in classical.C_GRID
+    predicted = model.predict(splits["test"]["text"].tolist())
+    assert (
+        modeling.classification_metrics(splits["test"]["label"], predicted, ["ham", "spam"], "spam")["f1"]
+        > 0.85
+    )
+
+
+def test_balanced_class_weights_give_each_class_the_same_total() -> None:
+    weights = finetune.class_weights([0, 0, 0, 1], 2, "balanced")
+    assert weights == pytest.approx([4 / 6, 2.0])
+    assert finetune.class_weights([0, 1], 2, "none") is None
+    with pytest.raises(UserError, match="a class has no train rows"):
+        finetune.class_weights([0, 0], 2, "balanced")
+
+
+def test_weighted_loss_is_cross_entropy_with_the_weights() -> None:
+    import torch
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 1, 1])
+    loss = finetune.weighted_loss([1.0, 3.0])({"logits": logits}, labels)
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([1.0, 3.0]))
+    assert float(loss) == pytest.approx(float(expected))
+    assert float(loss) != pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)))
+
+
+def test_ranking_metrics_and_curves(tmp_path) -> None:
+    truth = ["spam", "ham", "spam", "ham"]
+    m = evaluate.ranking_metrics(truth, np.array([0.9, 0.2, 0.4, 0.6]), "spam")
+    assert m["roc_auc"] == pytest.approx(0.75)
+    assert m["average_precision"] == pytest.approx((1 + 2 / 3) / 2)
+    out = tmp_path / "curves"
+    out.mkdir()
+    evaluate.save_curves(truth, np.array([0.9, 0.2, 0.4, 0.6]), "spam", out)
+    assert {p.name for p in out.iterdir()} == {
+        "pr_curve.png",
+        "roc_curve.png",
+        "pr_curve.csv",
+        "roc_curve.csv",
+    }
+    roc = pd.read_csv(out / "roc_curve.csv")
+    assert roc["tpr"].iloc[-1] == 1.0 and roc["fpr"].iloc[-1] == 1.0
+
+
+def test_kept_epoch_metrics_are_the_figures_of_that_epoch() -> None:
+    history = [
+        {"loss": 0.5, "epoch": 1.0},
+        {"eval_loss": 0.2, "eval_f1": 0.8, "eval_average_precision": 0.9, "epoch": 1.0},
+        {"eval_loss": 0.1, "eval_f1": 0.7, "epoch": 2.0},
+    ]
+    assert finetune.kept_epoch_metrics(history, 1) == {
+        "best_val_f1": 0.8,
+        "best_val_loss": 0.2,
+        "best_val_average_precision": 0.9,
+    }
+    assert finetune.kept_epoch_metrics(history, 2) == {"best_val_f1": 0.7, "best_val_loss": 0.1}
+    assert finetune.kept_epoch_metrics(history, 3) == {}

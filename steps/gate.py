@@ -1,0 +1,227 @@
+"""The champion gate: may a new registered version take the ``champion`` alias?
+
+``register`` (for a new version) and ``persist`` (for a version that waited for its weights) ask
+it, under the registered model's lock. The rule:
+
+1. the candidate's ``test_f1`` is at least ``min_test_f1``; and
+2. if there is a champion, the candidate is better than it **on the same rows**: the candidate's
+   own test split, less the rows the champion was trained or validated on (found through the
+   champion's lineage; a new seed or new data puts some there), which are counted and left out.
+   Both models' predictions on those rows are paired, and a seeded bootstrap of the rows
+   (``RESAMPLES`` resamples) gives a 95 % interval of F1(candidate) - F1(champion). The candidate
+   wins when its F1 is higher **and** the interval's lower end is above ``-champion_tolerance``.
+   With the default tolerance 0 that means measurably better; a model that predicts exactly what
+   the champion predicts never moves the alias.
+
+A champion that cannot be loaded or scored is reported in one line and the candidate is judged
+on rule 1 alone, with the reason recorded. Every version gets the comparison as tags
+(``gate_*``, see ``comparison_tags``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from steps import common
+from steps.config import Config
+
+CHAMPION = "champion"
+RESAMPLES = 2000
+CONFIDENCE = 0.95
+SEED = 0
+GATE_TAG = "gate"
+GATE_REASON_TAG = "gate_reason"
+COMPARED_TAG = "gate_compared_version"
+ROWS_TAG = "gate_rows"
+EXCLUDED_TAG = "gate_rows_excluded"
+CANDIDATE_F1_TAG = "gate_candidate_f1"
+CHAMPION_F1_TAG = "gate_champion_f1"
+LOW_TAG = "gate_f1_diff_low"
+HIGH_TAG = "gate_f1_diff_high"
+PREDICTIONS = "evaluation/predictions.parquet"  # evaluate's artifact: text, label, prediction
+SPLITS = ("splits/train.parquet", "splits/validation.parquet")  # prepare's, what a model saw
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Candidate and champion on the same rows."""
+
+    champion_version: str
+    rows: int
+    excluded: int
+    candidate_f1: float
+    champion_f1: float
+    low: float  # the interval of candidate - champion F1
+    high: float
+
+    @property
+    def diff(self) -> float:
+        return self.candidate_f1 - self.champion_f1
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    passed: bool
+    reason: str
+    comparison: Comparison | None = None
+
+
+# ----------------------------------------------------------------------------- pure functions
+def f1_counts(
+    y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str], positive_label: str
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per class scored: (2·TP indicator, FP+FN indicator) per row, so that with row weights
+    ``w`` a class's F1 is ``w @ tp2 / (w @ tp2 + w @ err)``. One class (``positive_label``)
+    for two classes, every class (macro F1) otherwise, as ``modeling.classification_metrics``."""
+    scored = [positive_label] if len(labels) == 2 and positive_label in labels else list(labels)
+    out = []
+    for label in scored:
+        truth, said = y_true == label, y_pred == label
+        out.append(((2 * (truth & said)).astype(float), (truth ^ said).astype(float)))
+    return out
+
+
+def weighted_f1(counts: list[tuple[np.ndarray, np.ndarray]], weights: np.ndarray) -> np.ndarray:
+    """F1 under each row-weight vector (a row of ``weights``); 0 where a class is absent."""
+    scores = []
+    for tp2, err in counts:
+        num, den = weights @ tp2, weights @ (tp2 + err)
+        scores.append(np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0))
+    return np.mean(scores, axis=0)
+
+
+def paired_f1(
+    y_true: Sequence[str],
+    candidate: Sequence[str],
+    champion: Sequence[str],
+    labels: Sequence[str],
+    positive_label: str,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> tuple[float, float, float, float]:
+    """(candidate F1, champion F1, low, high): the F1s on all rows and the central ``CONFIDENCE``
+    interval of their difference over a seeded bootstrap of the rows (the same resamples for
+    both models: the difference is paired)."""
+    truth = np.asarray(y_true, dtype=object)
+    a = f1_counts(truth, np.asarray(candidate, dtype=object), labels, positive_label)
+    b = f1_counts(truth, np.asarray(champion, dtype=object), labels, positive_label)
+    n = len(truth)
+    whole = np.ones((1, n))
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)
+    diffs = weighted_f1(a, weights) - weighted_f1(b, weights)
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(diffs, [tail, 1 - tail])
+    return float(weighted_f1(a, whole)[0]), float(weighted_f1(b, whole)[0]), float(low), float(high)
+
+
+def decide(
+    test_f1: float, min_test_f1: float, comparison: Comparison | None, tolerance: float, note: str = ""
+) -> Gate:
+    """The rule of this module's docstring; ``note`` says why there is no comparison, if one was
+    expected (a champion that could not be scored)."""
+    if test_f1 < min_test_f1:
+        return Gate(False, f"test_f1 {test_f1:.4f} is below min_test_f1 {min_test_f1:.4f}", comparison)
+    base = f"test_f1 {test_f1:.4f} >= min_test_f1 {min_test_f1:.4f}"
+    if comparison is None:
+        return Gate(True, f"{base}; {note or 'no champion yet'}")
+    c = comparison
+    versus = (
+        f"on {c.rows} shared test rows ({c.excluded} left out) F1 {c.candidate_f1:.4f} vs champion "
+        f"v{c.champion_version}'s {c.champion_f1:.4f}, difference {c.diff:+.4f} "
+        f"[{c.low:+.4f}, {c.high:+.4f}]"
+    )
+    if c.rows == 0:
+        return Gate(False, f"{base}; no test row left to compare with champion v{c.champion_version}", c)
+    if c.diff <= 0:
+        return Gate(False, f"{base}; not better: {versus}", c)
+    if c.low <= -tolerance:
+        return Gate(False, f"{base}; not measurably better (interval reaches {-tolerance:+.4f}): {versus}", c)
+    return Gate(True, f"{base}; better: {versus}", c)
+
+
+def comparison_tags(gate: Gate, test_f1: float, test_rows: int) -> dict[str, str]:
+    """The gate's tags for a model version: the decision and the comparison behind it (with no
+    champion, the candidate's own figures and empty champion fields)."""
+    c = gate.comparison
+    return {
+        GATE_TAG: "passed" if gate.passed else "failed",
+        GATE_REASON_TAG: gate.reason,
+        COMPARED_TAG: c.champion_version if c else "",
+        ROWS_TAG: str(c.rows if c else test_rows),
+        EXCLUDED_TAG: str(c.excluded if c else 0),
+        CANDIDATE_F1_TAG: f"{c.candidate_f1 if c else test_f1:.6f}",
+        CHAMPION_F1_TAG: f"{c.champion_f1:.6f}" if c else "",
+        LOW_TAG: f"{c.low:.6f}" if c else "",
+        HIGH_TAG: f"{c.high:.6f}" if c else "",
+    }
+
+
+def shared_rows(candidate: pd.DataFrame, champion_seen: set[str]) -> tuple[pd.DataFrame, int]:
+    """The candidate's test rows the champion never saw in training or validation, and how many
+    were left out."""
+    seen = candidate["text"].isin(champion_seen)
+    return candidate[~seen].reset_index(drop=True), int(seen.sum())
+
+
+# ----------------------------------------------------------------------------- MLflow
+def champion_version(client: Any, name: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def champion_labels(name: str, version: str, texts: list[str]) -> list[str]:
+    """What the champion says of ``texts``, loaded as a user loads it (pyfunc, from the registry)."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    out = model.predict(texts)
+    return [str(label) for label in pd.DataFrame(out)["label"]]
+
+
+def seen_texts(run_id: str, dst: Path) -> set[str]:
+    """The texts a prepare run gave to training and validation."""
+    seen: set[str] = set()
+    for path in SPLITS:
+        seen |= set(pd.read_parquet(common.download(run_id, path, dst))["text"])
+    return seen
+
+
+def judge(client: Any, name: str, evaluate_run_id: str, test_f1: float, cfg: Config, work: Path) -> Gate:
+    """The gate for the model evaluate run ``evaluate_run_id`` scored, against the champion now."""
+    if test_f1 < cfg.min_test_f1:
+        return decide(test_f1, cfg.min_test_f1, None, cfg.champion_tolerance)
+    champion = champion_version(client, name)
+    if champion is None:
+        return decide(test_f1, cfg.min_test_f1, None, cfg.champion_tolerance)
+    number = str(champion.version)
+    try:
+        scored = pd.read_parquet(common.download(evaluate_run_id, PREDICTIONS, work / "candidate"))
+        seen = seen_texts(champion.tags["run.prepare"], work / "champion")
+        rows, excluded = shared_rows(scored, seen)
+        labels = sorted(set(scored["label"]) | set(scored["prediction"]))
+        said = champion_labels(name, number, rows["text"].tolist()) if len(rows) else []
+    except Exception as exc:  # noqa: BLE001 - any failure to score it means "judge without it"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        note = (
+            f"champion v{number} could not be scored ({type(exc).__name__}: {first}); "
+            "judged on min_test_f1 alone"
+        )
+        print(f"gate: {note}")
+        return decide(test_f1, cfg.min_test_f1, None, cfg.champion_tolerance, note)
+    if len(rows) == 0:
+        comparison = Comparison(number, 0, excluded, float("nan"), float("nan"), float("nan"), float("nan"))
+    else:
+        f1_a, f1_b, low, high = paired_f1(rows["label"], rows["prediction"], said, labels, cfg.positive_label)
+        comparison = Comparison(number, len(rows), excluded, f1_a, f1_b, low, high)
+    return decide(test_f1, cfg.min_test_f1, comparison, cfg.champion_tolerance)
