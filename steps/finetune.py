@@ -240,6 +240,12 @@ def check_target_modules(wanted: list[str], available: list[str]) -> None:
         )
 
 
+def by_length(frame: Any) -> Any:
+    """A tokenized frame's rows, shortest first (a stable sort: equal lengths keep their order)."""
+    order = np.argsort(frame["input_ids"].map(len).to_numpy(), kind="stable")
+    return frame.iloc[order].reset_index(drop=True)
+
+
 def kept_epoch_metrics(log_history: list[dict[str, Any]], epoch: int) -> dict[str, float]:
     """``best_val_<name>``: the validation figures of the epoch finetune keeps."""
     for entry in reversed(log_history):
@@ -504,7 +510,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
             model=model,
             args=TrainingArguments(**training_arguments(cfg, device, str(output_dir), world)),
             train_dataset=modeling.to_features(train),
-            eval_dataset=modeling.to_features(frames["validation"]),
+            # sorted by length: each evaluation batch pads to similar lengths (order is irrelevant)
+            eval_dataset=modeling.to_features(by_length(frames["validation"])),
             processing_class=tokenizer,
             data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
             compute_metrics=compute_metrics,

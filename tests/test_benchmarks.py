@@ -41,6 +41,8 @@ def test_run_all_quick_runs_every_benchmark_and_prints_json_lines() -> None:
     assert ("finetune_speed", "tracked_over_untracked_wall_pct") in figures
     for figure in ("samples_per_s_over_recipe", "test_f1_gap_points", "tracking_overhead_pct"):
         assert ("finetune_speed", figure) in figures
+    for figure in ("finetune_test_f1_median", "finetune_minus_classical_points_median", "store_mb_per_main"):
+        assert ("quality", figure) in figures
     for line in lines:
         assert set(line) == KEYS and line["better"] in ("lower", "higher")
         assert isinstance(line["value"], (int, float))

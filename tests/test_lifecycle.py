@@ -226,7 +226,7 @@ def test_a_champion_that_cannot_be_scored_is_reported_and_the_candidate_judged_a
     assert "champion v1 could not be scored" in v2.tags["gate_reason"]
     assert "judged on min_test_f1 alone" in v2.tags["gate_reason"] and v2.tags["gate"] == "passed"
     assert v2.tags["gate_compared_version"] == ""
-    assert champion.version == "1" and aliases("unscorable-test")["champion"] == 2
+    assert str(champion.version) == "1" and aliases("unscorable-test")["champion"] == 2
 
 
 def test_persist_makes_a_reference_only_model_self_contained_in_place(pipeline: str, tmp_path: Path) -> None:

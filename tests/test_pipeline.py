@@ -43,9 +43,9 @@ def test_prepare_logs_splits_inputs_counts_and_digest(pipeline: str) -> None:
     assert set(contexts) == {"train", "validation", "test"}
     assert all(ds.digest for ds in contexts.values())
     m = run.data.metrics
-    assert m["rows_read"] == 2400 and m["rows_clean"] == 2400  # the bundled data is clean
-    assert m["rows_train"] + m["rows_validation"] + m["rows_test"] == 300  # smoke: max_rows 300
-    assert m["train_share_spam"] == pytest.approx(0.35, abs=0.01)
+    assert m["rows_read"] == 300 and m["rows_clean"] == 300  # smoke.tsv: distinct texts
+    assert m["rows_train"] + m["rows_validation"] + m["rows_test"] == 300
+    assert m["train_share_spam"] == pytest.approx(0.5, abs=0.01)  # balanced
     assert len(run.data.tags["data_digest"]) == 64
     assert {
         "splits/train.parquet",
@@ -82,13 +82,20 @@ def test_finetune_logs_validation_history_and_a_loadable_checkpoint(pipeline: st
 
     run = child_runs(pipeline)["finetune"]
     client = mlflow.MlflowClient()
-    for name in ("val_accuracy", "val_precision", "val_recall", "val_f1", "val_loss", "train_loss"):
+    names = ("val_accuracy", "val_precision", "val_recall", "val_f1", "val_average_precision", "val_loss")
+    for name in (*names, "train_loss"):
         history = client.get_metric_history(run.info.run_id, name)
         assert history and all(h.value >= 0 for h in history), name
     assert run.data.params["resolved_device"] == "cpu"
-    assert run.data.params["config.max_steps"] == "4"
+    assert run.data.params["config.max_steps"] == "16"
+    m = run.data.metrics
+    assert m["best_val_loss"] == client.get_metric_history(run.info.run_id, "val_loss")[-1].value
     files = artifact_paths(run.info.run_id)
     assert {"checkpoint/model.safetensors", "checkpoint/config.json", "checkpoint/tokenizer.json"} <= files
+    # finished: the resumable Trainer state (optimizer and all) is gone, the model stays
+    assert not {f for f in files if f.startswith("trainer_checkpoints/")}
+    assert run.data.tags["pipeline.trainer_state"] == "dropped"
+    assert "pipeline.last_checkpoint" not in run.data.tags
     folder = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoint")
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     assert model.config.id2label == {0: "ham", 1: "spam"}
@@ -97,9 +104,11 @@ def test_finetune_logs_validation_history_and_a_loadable_checkpoint(pipeline: st
 def test_evaluate_logs_test_and_baseline_metrics_and_reports(pipeline: str) -> None:
     run = child_runs(pipeline)["evaluate"]
     m = run.data.metrics
-    for prefix in ("test", "baseline", "keyword", "probe"):
+    for prefix in ("test", "baseline", "classical", "probe"):
         for name in ("accuracy", "precision", "recall", "f1"):
             assert 0.0 <= m[f"{prefix}_{name}"] <= 1.0
+    assert 0.5 < m["test_roc_auc"] <= 1.0 and 0.5 < m["test_average_precision"] <= 1.0
+    assert float(run.data.params["classical_c"]) > 0
     assert m["test_rows"] == 30
     files = artifact_paths(run.info.run_id)
     assert {
@@ -108,6 +117,10 @@ def test_evaluate_logs_test_and_baseline_metrics_and_reports(pipeline: str) -> N
         "evaluation/predictions.parquet",
         "evaluation/misclassified.csv",
         "evaluation/probe_predictions.csv",
+        "evaluation/pr_curve.png",
+        "evaluation/pr_curve.csv",
+        "evaluation/roc_curve.png",
+        "evaluation/roc_curve.csv",
     } <= files
     folder = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluation")
     scored = pd.read_parquet(Path(folder) / "predictions.parquet")
