@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print()
     for figure, value in figures.items():
-        target, better = TARGETS.get(figure, (None, "higher" if "f1" in figure else "lower"))
+        lower_is_better = figure.startswith(("main_wall", "store"))
+        target, better = TARGETS.get(figure, (None, "lower" if lower_is_better else "higher"))
         unit = "points" if "points" in figure else "s" if figure.endswith("_s_median") else (
             "MB" if figure.startswith("store") else "f1")  # fmt: skip
         line = {"benchmark": "quality", "figure": f"{figure}[{args.profile}]", "value": round(value, 4),

@@ -23,6 +23,7 @@ BENCHMARKS = {  # script: (arguments for the full run, arguments for --quick)
     "log_modes.py": ([], ["--sizes", "tiny", "--repeat", "1", "--compare-mlflow"]),
     "cached_main.py": ([], ["--profile", "smoke"]),
     "finetune_speed.py": ([], ["--train-rows", "64", "--epochs", "1", "--test-rows", "200", "--ab"]),
+    "predict_speed.py": ([], ["--rows", "128", "--repeat", "1"]),
     "quality.py": ([], ["--profile", "smoke", "--seeds", "42"]),
 }
 NOT_MEASURED: tuple[str, ...] = ()  # figures the issue asks for that no script measures yet

@@ -1,7 +1,7 @@
 """One lock per registered model, held while a step reads the aliases and moves or deletes versions.
 
-Why: two ``main`` runs that register to one name at the same time each read the champion's
-test_f1, judge their own version against it, then move the alias. Unlocked, the slower one can
+Why: two ``main`` runs that register to one name at the same time each read the champion,
+judge their own version against it, then move the alias. Unlocked, the slower one can
 move ``champion`` onto a version that passed the gate only against the champion both read, over a
 better one the other just promoted; and ``version_cleanup`` can delete a version in the instant an
 alias moves onto it. Under the lock these sections run one after another, so the registry ends as
@@ -9,7 +9,8 @@ some order of the runs, one at a time, would have left it.
 
 How: the lock is a registered model named ``<name>__pipeline_lock`` (a name Unity Catalog accepts
 too). Creating a registered model is atomic in every MLflow registry (the name is unique), so
-exactly one process succeeds; the lock is deleted when its section ends, which takes milliseconds.
+exactly one process succeeds; the lock is deleted when its section ends, which takes seconds
+(the gate loads the champion and scores the candidate's test rows with it inside the section).
 Its tags name the holder (host, pid, process start time): a lock left by a process that died on
 this host (kill -9) is broken at once; one held from another host is waited for, up to
 ``timeout_s``, and then reported in one line that says how to remove it by hand.

@@ -43,6 +43,10 @@ def test_run_all_quick_runs_every_benchmark_and_prints_json_lines() -> None:
         assert ("finetune_speed", figure) in figures
     for figure in ("finetune_test_f1_median", "finetune_minus_classical_points_median", "store_mb_per_main"):
         assert ("quality", figure) in figures
+    assert ("predict_speed", "pyfunc_over_direct") in figures and (
+        "predict_speed",
+        "pyfunc_over_sorted",
+    ) in figures
     for line in lines:
         assert set(line) == KEYS and line["better"] in ("lower", "higher")
         assert isinstance(line["value"], (int, float))

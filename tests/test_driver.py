@@ -152,7 +152,9 @@ def test_a_killed_finetune_resumes_without_repeating_finished_epochs(tmp_path: P
     env = os.environ | isolated_env(tmp_path)
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = mlflow.MlflowClient()
-    args = ["--profile", "smoke", "--max_rows", "1000", "--max_steps", "-1", "--num_train_epochs", "2"]
+    # 1,000 rows of the whole corpus: epochs long enough to kill one between its checkpoints
+    data = ["--data", BUNDLED_DATA, "--data_columns", BUNDLED_DATA_COLUMNS, "--max_rows", "1000"]
+    args = ["--profile", "smoke", *data, "--max_steps", "-1", "--num_train_epochs", "2"]
     first_main = subprocess.Popen(
         [sys.executable, "-m", "steps.main", *args],
         cwd=tmp_path,

@@ -214,6 +214,21 @@ def test_a_worse_model_does_not_become_champion_and_a_clearly_better_one_does(pi
     assert aliases("worse-test") == {"champion": 2, "challenger": 3}
 
 
+def test_a_new_seed_is_compared_on_the_test_rows_the_champion_never_saw(pipeline: str) -> None:
+    """Another seed splits the data anew: most of its test rows were the champion's training rows.
+    Those are left out and counted; the two models are compared on the rest."""
+    client = mlflow.MlflowClient()
+    log_model_id = child_runs(pipeline)["log_model"].info.run_id
+    args = ["--profile", "smoke", "--registered_model", "seed-test"]
+    assert register.main([*args, "--log_model_run_id", copy_of_run(log_model_id)]) == 0
+    assert main_step.main([*args, "--seed", "7"]) == 0
+    v2 = client.get_model_version("seed-test", "2")
+    rows, excluded = int(v2.tags["gate_rows"]), int(v2.tags["gate_rows_excluded"])
+    assert excluded > 0 and rows > 0 and rows + excluded == 30  # the smoke test split
+    assert v2.tags["gate_compared_version"] == "1"
+    assert f"on {rows} shared test rows ({excluded} left out)" in v2.tags["gate_reason"]
+
+
 def test_a_champion_that_cannot_be_scored_is_reported_and_the_candidate_judged_alone(pipeline: str) -> None:
     client = mlflow.MlflowClient()
     log_model_id = child_runs(pipeline)["log_model"].info.run_id
