@@ -372,9 +372,14 @@ def drop_trainer_state(run_id: str) -> bool:
     import mlflow
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    mlflow.MlflowClient().delete_tag(run_id, LAST_CHECKPOINT_TAG)
-    repo = get_artifact_repository(mlflow.get_run(run_id).info.artifact_uri)
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    if LAST_CHECKPOINT_TAG in run.data.tags:  # a resumed run with no step left saved nothing
+        client.delete_tag(run_id, LAST_CHECKPOINT_TAG)
+    repo = get_artifact_repository(run.info.artifact_uri)
     try:
+        if not repo.list_artifacts(RESUME_DIR):
+            return True
         repo.delete_artifacts(RESUME_DIR)
     except (NotImplementedError, AttributeError):
         return False

@@ -347,3 +347,21 @@ def test_kept_epoch_metrics_are_the_figures_of_that_epoch() -> None:
     }
     assert finetune.kept_epoch_metrics(history, 2) == {"best_val_f1": 0.7, "best_val_loss": 0.1}
     assert finetune.kept_epoch_metrics(history, 3) == {}
+
+
+def test_drop_trainer_state_deletes_the_tag_and_files_and_tolerates_a_run_with_neither(tmp_path) -> None:
+    import mlflow
+
+    folder = tmp_path / "state" / "checkpoint-3"
+    folder.mkdir(parents=True)
+    (folder / "optimizer.pt").write_bytes(b"x" * 10)
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(tmp_path / "state"), finetune.RESUME_DIR)
+        mlflow.set_tag(finetune.LAST_CHECKPOINT_TAG, "checkpoint-3")
+    assert finetune.drop_trainer_state(run.info.run_id) is True
+    after = mlflow.get_run(run.info.run_id)
+    assert finetune.LAST_CHECKPOINT_TAG not in after.data.tags
+    assert mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path=finetune.RESUME_DIR) == []
+    with mlflow.start_run() as bare:  # resumed with no step left: nothing was saved
+        pass
+    assert finetune.drop_trainer_state(bare.info.run_id) is True
