@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make run` (the pipeline) and `make test` (the tests).
+# Two commands on a fresh machine: `make run` (the pipeline) and `make test` (the fast tests;
+# `make test-all` runs every test, as CI does).
 # Each sets up .venv first if needed. `make help` lists every target.
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help setup run test test-fast lint format ui server clean
+.PHONY: help setup run test test-all lint format ui server clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -31,11 +32,11 @@ $(VENV)/.installed: pyproject.toml
 run: setup ## run the whole pipeline offline on the embedded default (PROFILE=local)
 	$(BIN)/mlflow run . --env-manager local -P profile=$(PROFILE)
 
-test: setup lint ## lint, type-check and run every test, the slow end-to-end ones included
-	$(BIN)/python -m pytest
+test: setup lint ## lint, type-check and run every test that trains nothing (tests/unit)
+	$(BIN)/python -m pytest tests/unit
 
-test-fast: setup ## unit tests only (no training)
-	$(BIN)/python -m pytest -m "not slow"
+test-all: setup lint ## lint, type-check and run every test, whole pipelines included (what CI runs)
+	$(BIN)/python -m pytest tests
 
 lint: setup ## ruff and mypy
 	$(BIN)/ruff check steps tests data benchmarks deploy
@@ -49,7 +50,7 @@ format: setup ## rewrite the code in the project's format
 ui: setup ## browse the local tracking store at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
 
-server: setup ## a shared tracking server with basic-auth on :5000 (see README, "Beyond one laptop")
+server: setup ## a shared tracking server with basic-auth on :5000 (see docs/deploy.md)
 	$(BIN)/python -m deploy.server init
 	$(BIN)/python -m deploy.server start
 

@@ -10,11 +10,10 @@ child process on a fresh tracking store (a copy of one already migrated), side b
   every logging mode uses: transformers its pipelines and the model architecture's code, MLflow
   its pyfunc flavor and its SQL tracking store (the module behind ``sqlite:`` and
   ``postgresql:`` stores). The baseline imports those too, so that no operation's figures
-  include them (the same in each: about 0.05 s for the first ones; the store module about 1 s on
-  the 2-core VM, most of it SQLAlchemy configuring MLflow's ORM classes). Opening the store,
-  starting the run and everything after are the operation's. The ``*_store_import_counted``
-  figures (no target) are the same ratios with that import counted as the operation's, as
-  before 2026-12-02 (see docs/PERFORMANCE.md);
+  include them (the store module's is most of it: SQLAlchemy configuring MLflow's ORM
+  classes). Opening the store, starting the run and everything after are the operation's. The
+  ``*_store_import_counted`` figures (no target) are the same ratios with that import counted as
+  the operation's;
 - ``cp -r`` of the checkpoint folder: the floor for anything that writes the weights once;
 - ``checkpoint``, as the log_model step does it: the checkpoint is a finetune run's artifacts
   (logged once, untimed, when the store is made), downloaded with ``finetune.download_checkpoint``
@@ -31,9 +30,8 @@ child process on a fresh tracking store (a copy of one already migrated), side b
   child then logs that baseline too, and ``reference_over_full`` compares the two calls as the
   step makes them. The ``reference`` child logs it as the first model of a fresh process, which
   pays once what MLflow and SQLAlchemy do at their first use in a process (compiling each SQL
-  statement, among others: 20 to 40 ms here); that figure is reported without a target
-  (``reference_first_log_over_full``; the one with the target until 2026-12-02, see
-  docs/PERFORMANCE.md);
+  statement, among others); that figure is reported without a target
+  (``reference_first_log_over_full``);
 - ``persist`` (``persist.persist_in_place``) of a reference-only model: wall time against copying
   its weight files, and peak RSS.
 
@@ -52,8 +50,7 @@ figures (no target) report.
 Wall times on a small machine vary by seconds from one process start to the next (imports
 dominate): take the medians of several repeats, never one sample. Only the size whose time
 ratios have targets (``large``) is repeated; at the others every operation runs once: their
-figures with a target are memory and size, which do not vary from run to run (the added peak RSS
-of ``checkpoint`` at ``small``: 56 and 54 MB in the runs of 2026-11-25 and 2026-12-02).
+figures with a target are memory and size, which vary little from run to run.
 """
 
 from __future__ import annotations
@@ -359,8 +356,8 @@ def measure(size: str, root: Path, repeat: int, compare_mlflow: bool = False) ->
         # as log_model makes them, in one process: the candidate's full log, then the baseline's
         # reference (the pipeline's one call of log_reference: see the module's docstring)
         "reference_over_full": runs["full"]["reference_after_candidate_s"] / runs["full"]["log_wall_s"],
-        # no target: a reference as the first model log of a fresh process (the figure with the
-        # target until 2026-12-02), which pays MLflow's and SQLAlchemy's first-use costs
+        # no target: a reference as the first model log of a fresh process, which pays MLflow's
+        # and SQLAlchemy's first-use costs
         "reference_first_log_over_full": runs["reference"]["log_wall_s"] / runs["full"]["log_wall_s"],
         "persist_over_copy": added("persist") / copy_weights,
         "persist_rss_growth_mb": rss("persist"),

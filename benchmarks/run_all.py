@@ -2,16 +2,20 @@
 
     python benchmarks/run_all.py              # the full sizes (see each script's docstring)
     python benchmarks/run_all.py --quick      # tiny sizes: checks the scripts run, not the targets
+    python benchmarks/run_all.py --render     # measure nothing: rewrite the docs' table from the JSON
 
 Each script prints a table and then one JSON line per figure; this collects the JSON lines, prints
-them again together with met / missed, and exits 1 if a target was missed. Figures the issue asks
-for that no script measures yet are listed as not measured.
+them again together with met / missed, and exits 1 if a target was missed. A full run writes every
+figure, with the commit and the machine, to ``benchmarks/results.json`` and rewrites the table of
+``docs/PERFORMANCE.md`` from it: a new measurement is a data change, not prose.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -19,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.json"
+DOC = HERE.parent / "docs" / "PERFORMANCE.md"
+TABLE_START = "<!-- figures: generated from benchmarks/results.json by benchmarks/run_all.py -->"
+TABLE_END = "<!-- end of figures -->"
 BENCHMARKS = {  # script: (arguments for the full run, arguments for --quick)
     "log_modes.py": ([], ["--sizes", "tiny", "--repeat", "1", "--compare-mlflow"]),
     "cached_main.py": ([], ["--profile", "smoke"]),
@@ -37,10 +45,64 @@ def met(line: dict[str, Any]) -> bool | None:
     return bool(line["value"] >= line["target"])
 
 
+def machine() -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        **{name: version(name) for name in ("torch", "mlflow", "transformers")},
+    }
+
+
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    return f"{head}+changes" if git("status", "--porcelain", "--untracked-files=no") else head
+
+
+def render(results: dict[str, Any]) -> str:
+    """The figures as the Markdown table that docs/PERFORMANCE.md shows (markers included)."""
+    m = results["machine"]
+    rows = [
+        TABLE_START,
+        "",
+        f"`python benchmarks/run_all.py` at commit `{results['commit']}`, {results['wall_s'] / 60:.0f} "
+        f"minutes; {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, mlflow {m['mlflow']}, "
+        f"transformers {m['transformers']}.",
+        "",
+        "| benchmark | figure | value | unit | target | |",
+        "|---|---|---:|---|---:|---|",
+    ]
+    for line in results["figures"]:
+        verdict = {True: "met", False: "**missed**", None: ""}[met(line)]
+        target = "" if line["target"] is None else ("≤ " if line["better"] == "lower" else "≥ ") + str(line["target"])
+        rows.append(
+            f"| {line['benchmark']} | `{line['figure']}` | {line['value']} | {line['unit']} | {target} | {verdict} |"
+        )
+    return "\n".join([*rows, "", TABLE_END])
+
+
+def write_doc(results: dict[str, Any]) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    before, _, rest = text.partition(TABLE_START)
+    _, found, after = rest.partition(TABLE_END)
+    if not found:
+        raise SystemExit(f"{DOC} has no table markers: add {TABLE_START!r} and {TABLE_END!r}")
+    DOC.write_text(before + render(results) + after, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the scripts run")
+    parser.add_argument("--render", action="store_true", help="rewrite the docs' table from the JSON")
     args = parser.parse_args(argv)
+    if args.render:
+        write_doc(json.loads(RESULTS.read_text(encoding="utf-8")))
+        return 0
     lines: list[dict[str, Any]] = []
     start = time.perf_counter()
     # The full run goes one script at a time, so no measurement shares the CPU with another.
@@ -68,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 process.kill()
             return done.returncode
         lines += [json.loads(t) for t in done.stdout.splitlines() if t.startswith('{"benchmark"')]
-    print(f"\n=== all figures ({time.perf_counter() - start:.0f} s)")
+    wall = time.perf_counter() - start
+    print(f"\n=== all figures ({wall:.0f} s)")
     missed = 0
     for line in lines:
         verdict = met(line)
@@ -80,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in lines:
         print(json.dumps(line))
+    if not args.quick:
+        results = {"commit": commit(), "wall_s": round(wall), "machine": machine(), "figures": lines}
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        write_doc(results)
+        print(f"wrote {RESULTS.relative_to(HERE.parent)} and the table of {DOC.relative_to(HERE.parent)}")
     return 1 if missed and not args.quick else 0
 
 

@@ -104,8 +104,8 @@ def exit_quickly(status: int) -> NoReturn:
     """End a step's process with ``status``, without a last garbage collection of everything it made.
 
     Interpreter shutdown collects every object the garbage collector tracks, and torch,
-    transformers and MLflow make millions: about 1.2 s of a step process's exit on the 2-core VM
-    (docs/PERFORMANCE.md), for memory the system takes back anyway. ``gc.freeze()`` takes them out
+    transformers and MLflow make millions: most of a step process's exit (measured in
+    docs/PERFORMANCE.md), for memory the system takes back anyway. ``gc.freeze()`` takes them out
     of that collection; the rest of the exit is unchanged: MLflow's atexit handlers, the wait for
     non-daemon threads, flushing and closing files, module teardown.
     """

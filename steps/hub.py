@@ -115,7 +115,7 @@ def offline() -> Iterator[None]:
 
     MLflow looks for a model card and a license file on the hub for a model with a hub name, even
     when every file is in the local cache. With no network and ``HF_HUB_OFFLINE`` unset, each
-    lookup retries with back-off: one reference log took 147 s here, all of it waiting. The hub
+    lookup retries with back-off for minutes (docs/PERFORMANCE.md). The hub
     client reads this flag at every request, so setting it for a while is enough.
     """
     import huggingface_hub.constants

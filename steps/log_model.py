@@ -128,14 +128,13 @@ def quick_save_checks() -> Iterator[None]:
 
     - That the model's pip requirements match this environment: ours are made from the
       installed versions (``installed_versions``), so they match by construction; MLflow maps
-      every installed distribution to its modules to find out, about half a second per logged
-      model on this machine (measured with cProfile).
-    - Whether the model is a PEFT model: MLflow imports peft to ask (0.17 s, the largest part of
+      every installed distribution to its modules to find out, for every logged model.
+    - Whether the model is a PEFT model: MLflow imports peft to ask (the largest part of
       logging a reference). A model can only be a ``PeftModel`` if peft is already imported, so
       the answer is read from ``sys.modules`` without importing it; the same answer otherwise.
     - Whether the pipeline can be served as pyfunc: MLflow imports the modules of four graph,
-      time-series and reinforcement-learning model families to rule them out (28 modules,
-      0.03 s). A text-classification pipeline, the only kind this project logs, always can.
+      time-series and reinforcement-learning model families to rule them out (28
+      modules). A text-classification pipeline, the only kind this project logs, always can.
 
     And two lookups on the hub, while it is offline (``hub.offline``): MLflow asks the hub for the
     model card (when none is given) and for the list of the repository's files (to find a
@@ -220,11 +219,10 @@ def meta_skeleton(config: Any) -> Any:
 
     Of a model logged by reference MLflow records its class, dtype and hub name, never its
     weights or depth (``mlflow.transformers.flavor_config``). Each layer only costs time to build
-    (about 1 ms each here, 24 in BERT-large), so one is built. A config that does not allow a
+    (24 in BERT-large), so one is built. A config that does not allow a
     single layer (per-layer settings checked against the count) is built whole. Nor are its
     weights initialised: on the meta device they hold no data, and each init runs PyTorch's
-    Python fallback to do nothing: half of the build (MiniLM, one layer: 3.9 -> 1.9 ms here,
-    medians of 7).
+    Python fallback to do nothing: half of the build.
     """
     import torch
     import transformers
@@ -249,7 +247,7 @@ def empty_tokenizer(ref: hub.HubReference, config: Any = None) -> Any:
     class is chosen by ``AutoTokenizer``'s own code (tokenizer config, model type, the hub's known
     mistakes); only its last step, reading the vocabulary files into the tokenizer, is replaced
     by building the class empty. That read is most of loading a tokenizer: 0.7 MB of JSON parsed
-    for BERT (about 15 ms here), tens of MB for the 250,000-token vocabularies of multilingual
+    for BERT, tens of MB for the 250,000-token vocabularies of multilingual
     models. A class that cannot be built empty is read whole. ``config``, the model's config when
     the caller has read it already, spares ``AutoTokenizer`` reading it again.
     """

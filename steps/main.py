@@ -326,7 +326,7 @@ def start_entry_point(
     ``mlflow.projects.run`` offers two ways, neither of which fits: ``synchronous=True`` returns
     only when the step has ended (too late to tag its run for resuming), and ``synchronous=False``
     starts the step through a second ``mlflow run`` process, which imports MLflow again before it
-    starts the step: about 4 s per step on the 2-core VM, a quarter of a smoke ``main``. The
+    starts the step: seconds per step (docs/PERFORMANCE.md). The
     helper behind both, ``mlflow.projects._run`` (MLflow's own code: the run, its project tags and
     params, the environment, the command), started with ``synchronous=True`` returns as soon as
     the command is started; waiting and the final status are left to ``launch``, as

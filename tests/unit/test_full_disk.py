@@ -1,7 +1,7 @@
 """A full disk fails a step in one line (exit 3) and leaves no half-written model behind.
 
 The end-to-end version, with a real full filesystem under a real pipeline, is
-``tests/test_faults.py::test_full_disk_while_logging_the_model``; these run everywhere, with the
+``tests/e2e/test_faults.py::test_full_disk_while_logging_the_model``; these run everywhere, with the
 write error raised by a mock where the artifact store writes.
 """
 

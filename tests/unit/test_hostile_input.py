@@ -4,7 +4,7 @@ What prepare does with each (README, "Failure behaviour"): BOM, CRLF, quoted new
 right-to-left scripts, 1 MB texts, int and string labels, stray whitespace and case in labels,
 missing texts are handled; non-UTF-8 bytes, values of the wrong type, directories and symbolic
 link loops are refused with one line that says what to do. Nothing here trains: the full
-``main`` on refused data is in ``tests/test_bad_input.py`` (exit 2, nothing registered).
+``main`` on refused data is in ``tests/unit/test_bad_input.py`` (exit 2, nothing registered).
 """
 
 from __future__ import annotations

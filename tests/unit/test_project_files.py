@@ -74,3 +74,30 @@ def test_every_step_program_ends_through_exit_quickly() -> None:
         assert (
             path.read_text().rstrip().endswith('if __name__ == "__main__":\n    common.exit_quickly(main())')
         ), path.name
+
+
+def test_the_readme_is_a_front_door_and_no_source_carries_a_date() -> None:
+    import re
+
+    readme = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250, "the README is a front door: reference material goes to docs/"
+    dated = re.compile(r"\b20\d\d-[01]\d-[0-3]\d\b")
+    sources = [PROJECT_DIR / "README.md", *(PROJECT_DIR / "steps").glob("*.py")]
+    sources += (PROJECT_DIR / "benchmarks").glob("*.py")
+    assert [p.name for p in sources if dated.search(p.read_text(encoding="utf-8"))] == []
+    for link in re.findall(r"\]\((docs/[^)#]+)", readme):  # every docs link of the README leads somewhere
+        assert (PROJECT_DIR / link).is_file(), link
+
+
+def test_the_performance_table_is_the_committed_results_rendered() -> None:
+    import json
+    import sys
+
+    sys.path.insert(0, str(PROJECT_DIR / "benchmarks"))
+    try:
+        import run_all
+    finally:
+        sys.path.remove(str(PROJECT_DIR / "benchmarks"))
+    results = json.loads((PROJECT_DIR / "benchmarks" / "results.json").read_text(encoding="utf-8"))
+    doc = (PROJECT_DIR / "docs" / "PERFORMANCE.md").read_text(encoding="utf-8")
+    assert run_all.render(results) in doc, "the table differs from the JSON: run_all.py --render"

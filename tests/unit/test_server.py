@@ -1,135 +1,25 @@
 """The shared tracking server: a real ``mlflow server`` with basic-auth on a free loopback port.
 
 Started with ``python -m deploy.server`` exactly as the README says, stopped after the tests.
-The pipeline test runs against PostgreSQL when ``PIPELINE_TEST_POSTGRES_URI`` names one (CI starts
-it with ``deploy/postgres/start-local.sh``), else against SQLite; ``PIPELINE_REQUIRE_POSTGRES=1``
-turns a missing PostgreSQL into a failure instead.
+Pipelines through it: tests/e2e/test_server_pipelines.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import pytest
 import requests
 from mlflow.exceptions import MlflowException
 
 from deploy.server import dotenv, launcher
-from steps import cache, common
-from tests.conftest import PROJECT_DIR, isolated_env
-from tests.helpers import (
-    assert_both_registered_and_the_gate_held,
-    child_runs,
-    fresh_postgres_database,
-)
-
-SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
-
-
-@dataclasses.dataclass
-class Server:
-    uri: str
-    env_file: Path
-    data_dir: Path
-    log: Path
-
-    def admin_password(self) -> str:
-        return dotenv.read(self.env_file)[launcher.ADMIN_PASSWORD]
-
-    def auth_tool(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-        return subprocess.run(
-            [sys.executable, "-m", "deploy.server.auth", "--env-file", str(self.env_file), *args],
-            cwd=PROJECT_DIR,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=env | {"MLFLOW_TRACKING_URI": self.uri},
-        )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def server_tool(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "deploy.server", *args],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        env=env if env is not None else os.environ.copy(),
-    )
-
-
-@contextlib.contextmanager
-def running_server(root: Path, backend_uri: str = "") -> Iterator[Server]:
-    """``init`` then ``start`` on a free port; stopped (the whole process group) on exit."""
-    env_file = root / ".env"
-    assert server_tool("--env-file", str(env_file), "init").returncode == 0
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_AUTH"))}
-    if backend_uri:
-        env[launcher.BACKEND_URI] = backend_uri
-    # the module's server starts before any test has set TMPDIR: its temporary files (MLflow's
-    # lock for making the schema among them) go to its own folder, not the machine's /tmp
-    env["TMPDIR"] = isolated_env(root)["TMPDIR"]
-    log = root / "server.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "deploy.server", "--env-file", str(env_file), "start"]
-            + ["--port", str(port), "--data-dir", str(root / "data"), "--workers", "1"],
-            cwd=PROJECT_DIR,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"the server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"{uri}/health", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the server did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield Server(uri, env_file, root / "data", log)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@contextlib.contextmanager
-def as_user(server: Server, username: str, password: str) -> Iterator[mlflow.MlflowClient]:
-    """An MlflowClient that talks to ``server`` as ``username``."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", server.uri)
-        mp.setenv("MLFLOW_TRACKING_USERNAME", username)
-        mp.setenv("MLFLOW_TRACKING_PASSWORD", password)
-        mlflow.set_tracking_uri(server.uri)
-        yield mlflow.MlflowClient(tracking_uri=server.uri)
+from tests.conftest import PROJECT_DIR
+from tests.server import SEARCH, Server, as_user, running_server, server_tool
 
 
 @pytest.fixture(scope="module")
@@ -306,90 +196,3 @@ def test_rotating_the_admin_password_refuses_the_old_one(server: Server) -> None
     # the tool, run again, picks the new one up from the .env file
     again = server.auth_tool("create-user", "after-rotation", "--password-stdin", stdin="after-rotation-1\n")
     assert again.returncode == 0, again.stderr
-
-
-# ----------------------------------------------------------------------------- the pipeline
-@pytest.fixture
-def backend_uri() -> Iterator[str]:
-    """A fresh PostgreSQL database if one is configured, else "" (SQLite)."""
-    with fresh_postgres_database() as uri:
-        yield uri
-
-
-@pytest.mark.slow
-def test_two_smoke_pipelines_at_once_through_the_server_with_credentials(
-    tmp_path: Path, backend_uri: str
-) -> None:
-    """Two ``mlflow run`` at once, same registered model, different learning rates, tolerance 0:
-    the registry ends as if they had run one at a time, and no credential is recorded anywhere."""
-    with running_server(tmp_path / "server", backend_uri) as srv:
-        password = srv.admin_password()
-        bin_dir = os.path.dirname(sys.executable)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
-            k: v for k, v in isolated_env(tmp_path).items() if not k.startswith("MLFLOW_TRACKING")
-        }
-        env |= {
-            "PATH": bin_dir + os.pathsep + os.environ["PATH"],
-            "MLFLOW_TRACKING_URI": srv.uri,
-            "MLFLOW_TRACKING_USERNAME": "admin",
-            "MLFLOW_TRACKING_PASSWORD": password,
-        }
-        command = [os.path.join(bin_dir, "mlflow"), "run", str(PROJECT_DIR), "--env-manager", "local"]
-        command += ["-P", "profile=smoke", "-P", "max_rows=200"]
-        with as_user(srv, "admin", password) as client:
-            client.search_experiments()  # the schema is made once, before the race
-        runs = [
-            subprocess.Popen(
-                command + extra,
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for extra in ([], ["-P", "learning_rate=1e-3"])
-        ]
-        outputs = [run.communicate(timeout=900)[0] for run in runs]
-        for run, output in zip(runs, outputs, strict=True):
-            assert run.returncode == 0, output[-4000:]
-            assert password not in output
-        assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
-
-        with as_user(srv, "admin", password) as client:
-            mains = client.search_runs(["0"], "tags.`pipeline.step` = 'main'")
-            assert len(mains) == 2
-            for main in mains:
-                children = child_runs(main.info.run_id)
-                assert len(children) == 8 and all(r.info.status == "FINISHED" for r in children.values())
-            assert_both_registered_and_the_gate_held(
-                client, "sms-spam-classifier", [m.info.run_id for m in mains]
-            )
-            every_run = client.search_runs(["0"], max_results=100)
-            for run in every_run:  # no credential in any param, tag or logged config
-                recorded = " ".join([*run.data.params.values(), *run.data.tags.values()])
-                assert password not in recorded
-                assert "MLFLOW_TRACKING_PASSWORD" not in recorded
-                assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # through the server
-                step = run.data.tags.get(common.STEP_TAG)
-                if step not in (None, "main") and cache.REUSED_FROM_TAG not in run.data.tags:
-                    config_text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
-                    assert password not in config_text
-            # the models went through the server into its artifact destination
-            version = client.get_model_version_by_alias("sms-spam-classifier", "champion")
-            location = client.get_model_version_download_uri("sms-spam-classifier", version.version)
-            assert location.startswith("mlflow-artifacts:")
-            weights = list((srv.data_dir / "artifacts").rglob("model.safetensors"))
-            assert weights, "no weights under the server's --artifacts-destination"
-            predicted = mlflow.pyfunc.load_model("models:/sms-spam-classifier@champion").predict(
-                ["Your parcel is held, pay the fee at http://dhl-redelivery.example", "see you at 6?"]
-            )
-            assert set(predicted["label"]) <= {"ham", "spam"}
-        if backend_uri:  # the runs really are in PostgreSQL
-            import sqlalchemy
-
-            engine = sqlalchemy.create_engine(backend_uri)
-            with engine.connect() as conn:
-                stored = conn.execute(sqlalchemy.text("SELECT count(*) FROM runs")).scalar_one()
-                versions = conn.execute(sqlalchemy.text("SELECT count(*) FROM model_versions")).scalar_one()
-            engine.dispose()
-            assert stored == len(every_run) and versions == 2

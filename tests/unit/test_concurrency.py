@@ -2,10 +2,9 @@
 
 The lock tests race real processes through a read-then-write of the registry, with a control that
 shows the same race loses updates without the lock. On PostgreSQL, two runs log one new dataset at
-the same moment, with a control that shows the store's insert losing without the retry. The
-``slow`` tests run two whole ``main`` pipelines at once on one SQLite store (tests/test_server.py
-does the same through a tracking server on PostgreSQL), and ``version_cleanup`` in a loop while
-aliases move onto old versions.
+the same moment, with a control that shows the store's insert losing without the retry. And
+``version_cleanup`` runs in a loop while aliases move onto old versions. Two whole pipelines at
+once: tests/e2e/test_concurrent_mains.py and tests/e2e/test_server_pipelines.py.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -32,7 +30,6 @@ from tests.conftest import PROJECT_DIR, isolated_env
 from tests.helpers import (
     POSTGRES_ENV,
     Echo,
-    assert_both_registered_and_the_gate_held,
     fresh_postgres_database,
 )
 
@@ -236,44 +233,6 @@ def test_a_lost_insert_race_is_retried_and_other_errors_are_not(monkeypatch: pyt
     with pytest.raises(MlflowException, match="not found"):
         common.retry_lost_insert_race(fails(1, "Run 'abc' not found"))
     assert len(calls) == 1
-
-
-# ----------------------------------------------------------------------------- whole pipelines
-def start_main(root: Path, tracking_uri: str, *args: str) -> subprocess.Popen[str]:
-    env = (
-        os.environ
-        | isolated_env(root)
-        | {"PYTHONPATH": str(PROJECT_DIR), "MLFLOW_TRACKING_URI": tracking_uri}
-    )
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "steps.main", "--profile", "smoke", "--registered_model", "race-spam", *args],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-@pytest.mark.slow
-def test_two_mains_at_once_register_both_and_the_gate_holds(
-    monkeypatch: pytest.MonkeyPatch, smoke_main_run: tuple[Path, str]
-) -> None:
-    """On the session's SQLite smoke store, in use: one main reuses its steps, the other trains.
-    (tests/test_server.py races two mains through a tracking server on PostgreSQL.)"""
-    root = smoke_main_run[0]
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    # two configurations (so two fine-tunes): each version is judged against the champion of its
-    # moment, as if they had run one after the other
-    mains = [start_main(root, uri), start_main(root, uri, "--learning_rate", "1e-3")]
-    outputs = [p.communicate(timeout=900)[0] for p in mains]
-    for process, output in zip(mains, outputs, strict=True):
-        assert process.returncode == 0, output[-4000:]
-    main_ids = [re.findall(r"^main: finished run (\w+)$", out, re.MULTILINE)[-1] for out in outputs]
-    assert_both_registered_and_the_gate_held(mlflow.MlflowClient(), "race-spam", main_ids)
 
 
 CLEANUP_LOOP = textwrap.dedent(

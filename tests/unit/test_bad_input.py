@@ -343,30 +343,6 @@ def test_lora_rank_below_one_stops_main_before_any_run(capsys) -> None:
     assert mlflow.MlflowClient().search_runs(["0"]) == []
 
 
-def test_lora_target_module_the_model_lacks_stops_finetune(capsys, pipeline: str) -> None:
-    from tests.helpers import child_runs
-
-    client = mlflow.MlflowClient()
-    versions_before = len(client.search_model_versions())
-    tokenize_id = child_runs(pipeline)["tokenize"].info.run_id
-    argv = [
-        "--profile",
-        "smoke",
-        "--tokenize_run_id",
-        tokenize_id,
-        "--peft",
-        "lora",
-        "--lora_target_modules",
-        "q_proj",
-    ]
-    assert finetune.main(argv) == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
-    assert len(lines) == 1
-    assert "lora_target_modules q_proj not found in the base model" in lines[0]
-    assert "key, query, value" in lines[0]
-    assert len(client.search_model_versions()) == versions_before
-
-
 def test_data_that_prepare_would_refuse_stops_main_before_any_run(capsys, tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
     rows = "".join(f"message {i},{'spam' if i % 2 else 'ham'}\n" for i in range(40))

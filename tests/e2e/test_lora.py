@@ -154,3 +154,27 @@ def test_early_stopping_records_the_epoch_it_stopped_at(pipeline: str) -> None:
         "2": "epochs/epoch-2",
     }
     assert "epochs/epoch-2/model.safetensors" in artifact_paths(run.info.run_id)
+
+
+def test_lora_target_module_the_model_lacks_stops_finetune(
+    capsys: pytest.CaptureFixture[str], pipeline: str
+) -> None:
+    client = mlflow.MlflowClient()
+    versions_before = len(client.search_model_versions())
+    tokenize_id = child_runs(pipeline)["tokenize"].info.run_id
+    argv = [
+        "--profile",
+        "smoke",
+        "--tokenize_run_id",
+        tokenize_id,
+        "--peft",
+        "lora",
+        "--lora_target_modules",
+        "q_proj",
+    ]
+    assert finetune.main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert len(lines) == 1
+    assert "lora_target_modules q_proj not found in the base model" in lines[0]
+    assert "key, query, value" in lines[0]
+    assert len(client.search_model_versions()) == versions_before

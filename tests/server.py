@@ -1,0 +1,118 @@
+"""A real ``mlflow server`` with basic-auth, started with ``python -m deploy.server`` on a free port."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+
+from deploy.server import dotenv, launcher
+from tests.conftest import PROJECT_DIR, isolated_env
+
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+@dataclasses.dataclass
+class Server:
+    uri: str
+    env_file: Path
+    data_dir: Path
+    log: Path
+
+    def admin_password(self) -> str:
+        return dotenv.read(self.env_file)[launcher.ADMIN_PASSWORD]
+
+    def auth_tool(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+        return subprocess.run(
+            [sys.executable, "-m", "deploy.server.auth", "--env-file", str(self.env_file), *args],
+            cwd=PROJECT_DIR,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env | {"MLFLOW_TRACKING_URI": self.uri},
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_tool(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.server", *args],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        env=env if env is not None else os.environ.copy(),
+    )
+
+
+@contextlib.contextmanager
+def running_server(root: Path, backend_uri: str = "") -> Iterator[Server]:
+    """``init`` then ``start`` on a free port; stopped (the whole process group) on exit."""
+    env_file = root / ".env"
+    assert server_tool("--env-file", str(env_file), "init").returncode == 0
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_AUTH"))}
+    if backend_uri:
+        env[launcher.BACKEND_URI] = backend_uri
+    # the module's server starts before any test has set TMPDIR: its temporary files (MLflow's
+    # lock for making the schema among them) go to its own folder, not the machine's /tmp
+    env["TMPDIR"] = isolated_env(root)["TMPDIR"]
+    log = root / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "deploy.server", "--env-file", str(env_file), "start"]
+            + ["--port", str(port), "--data-dir", str(root / "data"), "--workers", "1"],
+            cwd=PROJECT_DIR,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"the server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{uri}/health", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield Server(uri, env_file, root / "data", log)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextlib.contextmanager
+def as_user(server: Server, username: str, password: str) -> Iterator[mlflow.MlflowClient]:
+    """An MlflowClient that talks to ``server`` as ``username``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", server.uri)
+        mp.setenv("MLFLOW_TRACKING_USERNAME", username)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        mlflow.set_tracking_uri(server.uri)
+        yield mlflow.MlflowClient(tracking_uri=server.uri)
