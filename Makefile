@@ -14,7 +14,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: help setup run test test-all lint format ui server clean
+.PHONY: help setup run test test-all lint format mlproject ui server clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -46,6 +46,9 @@ lint: setup ## ruff and mypy
 format: setup ## rewrite the code in the project's format
 	$(BIN)/ruff format steps tests data benchmarks deploy
 	$(BIN)/ruff check --fix steps tests data benchmarks deploy
+
+mlproject: setup ## write MLproject and deploy/kubernetes/MLproject from the settings in steps/config.py
+	$(BIN)/python -m steps.mlproject
 
 ui: setup ## browse the local tracking store at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db

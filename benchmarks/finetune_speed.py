@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from steps import corpus, modeling
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 VARIANTS = ("recipe", "project", "untracked")
 # the tutorial's tokenizer padding and batch size; its learning rate is the Trainer's default
@@ -62,13 +64,13 @@ TARGETS = {  # figure: (target, better)
 def load_splits(train_rows: int, seed: int, test_rows: int = 0) -> dict[str, Any]:
     """The bundled data cleaned as ``prepare`` does; half of it held out as the test set
     (``test_rows`` of it, stratified, when not 0)."""
-    from steps import config, prepare
+    from steps import config
 
-    raw = prepare.read_file(PROJECT_DIR / config.BUNDLED_DATA, config.BUNDLED_DATA_COLUMNS)
-    cleaned, _ = prepare.clean(raw, "text", "label")
-    splits = prepare.split(cleaned, validation_fraction=0.1, test_fraction=0.5, seed=seed)
-    splits["train"] = prepare.subsample(splits["train"], train_rows, seed)
-    splits["test"] = prepare.subsample(splits["test"], test_rows, seed)
+    raw = corpus.read_file(PROJECT_DIR / config.BUNDLED_DATA, config.BUNDLED_DATA_COLUMNS)
+    cleaned, _ = corpus.clean(raw, "text", "label")
+    splits = corpus.split(cleaned, validation_fraction=0.1, test_fraction=0.5, seed=seed)
+    splits["train"] = corpus.subsample(splits["train"], train_rows, seed)
+    splits["test"] = corpus.subsample(splits["test"], test_rows, seed)
     return splits
 
 
@@ -86,7 +88,7 @@ def child(variant: str, train_rows: int, epochs: float, workdir: Path, test_rows
         set_seed,
     )
 
-    from steps import common, finetune, modeling, tokenize
+    from steps import common, finetune, tokenize
     from steps.config import BUNDLED_BASE_MODEL, load_config
 
     cfg = dataclasses.replace(load_config("local", {}), num_train_epochs=epochs, early_stopping_patience=0)
@@ -107,7 +109,7 @@ def child(variant: str, train_rows: int, epochs: float, workdir: Path, test_rows
     def features(name: str) -> list[dict[str, Any]]:
         frame = splits[name]
         if variant != "recipe":
-            tokens = tokenize.tokenize_frame(frame, tokenizer, cfg.max_length, label2id)
+            tokens = modeling.tokenize_frame(frame, tokenizer, cfg.max_length, label2id)
             return modeling.to_features(finetune.by_length(tokens) if name == "validation" else tokens)
         encoded = tokenizer(
             list(frame["text"]), truncation=True, padding="max_length", max_length=RECIPE["max_length"]
@@ -150,7 +152,7 @@ def child(variant: str, train_rows: int, epochs: float, workdir: Path, test_rows
     wall = time.perf_counter() - start
     if tracked:
         mlflow.end_run()
-    test = tokenize.tokenize_frame(splits["test"], tokenizer, cfg.max_length, label2id)
+    test = modeling.tokenize_frame(splits["test"], tokenizer, cfg.max_length, label2id)
     probs = modeling.predict_proba(trainer.model, tokenizer, test, cfg.eval_batch_size, "cpu")
     predicted = [id2label[int(i)] for i in probs.argmax(-1)]
     metrics = modeling.classification_metrics(

@@ -16,7 +16,7 @@ child process on a fresh tracking store (a copy of one already migrated), side b
   the operation's;
 - ``cp -r`` of the checkpoint folder: the floor for anything that writes the weights once;
 - ``checkpoint``, as the log_model step does it: the checkpoint is a finetune run's artifacts
-  (logged once, untimed, when the store is made), downloaded with ``finetune.download_checkpoint``
+  (logged once, untimed, when the store is made), downloaded with ``artifacts.download_checkpoint``
   and logged with ``log_model.log_candidate``. In this local store both are hard links, so no
   weight byte is written: what remains is the fixed cost of a logging process. With
   ``--compare-mlflow``, also MLflow 3.17's own ``mlflow.transformers.log_model(<folder>)``, which
@@ -140,7 +140,7 @@ def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
             if mode in ("checkpoint", "full"):  # as the step does: from the finetune run
                 finetune_run_id = (workdir / FINETUNE_RUN_FILE).read_text()
                 with tempfile.TemporaryDirectory() as tmp:
-                    checkpoint = finetune.download_checkpoint(finetune_run_id, Path(tmp))
+                    checkpoint = artifacts.download_checkpoint(finetune_run_id, Path(tmp))
                     info = log_model.log_candidate(checkpoint, mode, options)
                 if mode == "full":  # then the baseline, by reference, as log_model logs it
                     result["log_wall_s"] = time.perf_counter() - start

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from steps import corpus
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 TARGET = 0.9
@@ -42,9 +44,9 @@ NAME = "bench-predict"
 
 
 def messages(rows: int) -> list[str]:
-    from steps import config, prepare
+    from steps import config
 
-    raw = prepare.read_file(PROJECT_DIR / config.BUNDLED_DATA, config.BUNDLED_DATA_COLUMNS)
+    raw = corpus.read_file(PROJECT_DIR / config.BUNDLED_DATA, config.BUNDLED_DATA_COLUMNS)
     return [str(text) for text in raw["text"].head(rows)]
 
 

@@ -79,10 +79,10 @@ def render(results: dict[str, Any]) -> str:
     ]
     for line in results["figures"]:
         verdict = {True: "met", False: "**missed**", None: ""}[met(line)]
-        target = "" if line["target"] is None else ("≤ " if line["better"] == "lower" else "≥ ") + str(line["target"])
-        rows.append(
-            f"| {line['benchmark']} | `{line['figure']}` | {line['value']} | {line['unit']} | {target} | {verdict} |"
-        )
+        sign = "≤ " if line["better"] == "lower" else "≥ "
+        target = "" if line["target"] is None else f"{sign}{line['target']}"
+        cells = (line["benchmark"], f"`{line['figure']}`", line["value"], line["unit"], target, verdict)
+        rows.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     return "\n".join([*rows, "", TABLE_END])
 
 

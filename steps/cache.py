@@ -25,11 +25,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from steps.config import PROJECT_DIR, Config
-
-KEY_TAG = "pipeline.cache_key"
-INPUTS_TAG = "pipeline.cache_inputs"
-REUSED_FROM_TAG = "pipeline.reused_from"
+from steps.config import PROJECT_DIR, Config, fields_of
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -133,7 +129,8 @@ def code_hash(step: str, entry_point_spec: str) -> str:
 
 
 def step_fields(step: str) -> set[str]:
-    return fields_read(module_source(f"steps.{step}"))
+    """The settings ``step`` reads, as ``Config`` declares them."""
+    return set(fields_of(step))
 
 
 def file_digest(path: Path) -> str:

@@ -22,24 +22,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from steps.config import BUNDLED_BASE_MODEL, FIELDS, Config, as_params, load_config
+from steps.config import BUNDLED_BASE_MODEL, FIELDS, Config, as_params, fields_of, load_config
 from steps.errors import UserError
+from steps.tags import (
+    HOST_TAG,
+    LINEAGE_TAGS,
+    PID_STARTED_TAG,
+    PID_TAG,
+    PROFILE_TAG,
+    STEP_TAG,
+    UPSTREAM_TAG,
+)
 
-STEP_TAG = "pipeline.step"
-PROFILE_TAG = "pipeline.profile"
-UPSTREAM_TAG = "pipeline.upstream_run_id"
-DATA_DIGEST_TAG = "data_digest"
-BASE_MODEL_TAG = "base_model"
-BASE_REVISION_TAG = "base_model_revision"
-BASE_REVISION_SOURCE_TAG = "base_model_revision_source"
-LINEAGE_TAGS = (BASE_MODEL_TAG, BASE_REVISION_TAG, BASE_REVISION_SOURCE_TAG, DATA_DIGEST_TAG)
 CONFIG_ARTIFACT = "config.yaml"
 EXIT_USER_ERROR = 2
 EXIT_NO_SPACE = 3
-# which process holds a step's run: main marks a RUNNING run whose process is gone as KILLED
-HOST_TAG = "pipeline.host"
-PID_TAG = "pipeline.pid"
-PID_STARTED_TAG = "pipeline.pid_started"
 # the tests' way to SIGKILL a step at a named point (README, "Failure behaviour"); never set it
 KILL_AT_ENV = "PIPELINE_TEST_KILL_AT"
 
@@ -52,27 +49,47 @@ class StepArgs:
     overrides: dict[str, str]
 
 
-def step_parser(doc: str | None, upstream: str | None = None) -> argparse.ArgumentParser:
-    """A parser with ``--profile``, the upstream run-ID flag, and every config field as a flag."""
+def step_parser(
+    doc: str | None, upstream: str | None = None, step: str | None = None
+) -> argparse.ArgumentParser:
+    """A parser with ``--profile``, the upstream run-ID flag, and a flag per setting ``step`` reads
+    (every setting where ``step`` is None: ``main`` hands each to the steps that read it)."""
     parser = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0], argument_default=None)
     parser.add_argument("--profile", default="local", help="profiles/<profile>.yaml (default: local)")
     if upstream:
         parser.add_argument(f"--{upstream}", required=True, help="run ID of the upstream step")
+    read = set(fields_of(step)) if step else set(FIELDS)
     settings = parser.add_argument_group("settings (override the profile; empty means 'from profile')")
     for name, field in FIELDS.items():
-        settings.add_argument(
-            f"--{name}", metavar=type(field.default).__name__.upper(), help=f"default {field.default!r}"
+        help_text = (
+            f"{field.metadata['help']} (default {field.default!r})" if name in read else argparse.SUPPRESS
         )
+        settings.add_argument(f"--{name}", metavar=type(field.default).__name__.upper(), help=help_text)
+    parser.set_defaults(_step=step)
     return parser
 
 
 def parse_step_args(
     parser: argparse.ArgumentParser, argv: list[str] | None, upstream: str | None = None
 ) -> StepArgs:
+    """The profile, the upstream run ID and the settings given. A setting the step does not read
+    ends the process with one line and exit status 2 (it would change nothing)."""
     ns = vars(parser.parse_args(argv))
+    step = ns.pop("_step")
     upstream_id = ns.pop(upstream, None) if upstream else None
     profile = ns.pop("profile") or "local"
     overrides = {k: v for k, v in ns.items() if k in FIELDS and v not in (None, "")}
+    if step:
+        foreign = [name for name in overrides if name not in fields_of(step)]
+        if foreign:
+            name = foreign[0]
+            readers = ", ".join(s for s in FIELDS[name].metadata["steps"]) or "no step"
+            print(
+                f"{step}: error: --{name} is not a setting of {step}, which reads "
+                f"{', '.join(fields_of(step)) or 'none'}: give it to main or to {readers}",
+                file=sys.stderr,
+            )
+            raise SystemExit(EXIT_USER_ERROR)
     return StepArgs(profile=profile, upstream_run_id=upstream_id or None, overrides=overrides)
 
 
@@ -144,7 +161,7 @@ def step_main(
     argv: list[str] | None,
 ) -> int:
     """The whole CLI of a step that takes the run ID of the step before it."""
-    parser = step_parser(doc, upstream)
+    parser = step_parser(doc, upstream, step)
     args = parse_step_args(parser, argv, upstream)
     return cli(step, lambda: run(args.upstream_run_id, config_for(args), args.profile))
 

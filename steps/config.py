@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from steps.chain import EVALUATE, FINETUNE, LOG_MODEL, PERSIST, PREPARE, REGISTER, TOKENIZE, VERSION_CLEANUP
 from steps.errors import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -36,68 +37,152 @@ BEST_MODEL_METRICS = ("loss", "f1", "average_precision", "last")
 EPOCH_CHECKPOINTS = ("best", "all")
 
 
+# Where a setting is an MLproject parameter (it can always be set in a profile):
+STEP_PARAM = "step"  # a parameter of the entry points of the steps that read it
+EVERYWHERE = "all"  # ... and of main, which hands it to those steps
+
+
+def setting(default: Any, help: str, steps: tuple[str, ...], param: str = "") -> Any:
+    """A field of ``Config``, declared once: its default, what it means, the steps that read it
+    (their cache keys cover it, their command lines take it) and whether ``MLproject`` offers
+    it as a parameter. ``MLproject`` is generated from these declarations (``make mlproject``)."""
+    return dataclasses.field(default=default, metadata={"help": help, "steps": steps, "param": param})
+
+
+GATED = (REGISTER, PERSIST)  # the steps that judge a version with the quality gate
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every setting of the pipeline. Each step reads the fields it needs."""
+    """Every setting of the pipeline, declared once (see ``setting``)."""
 
-    # data (prepare)
-    data: str = BUNDLED_DATA  # csv/tsv/json/jsonl/parquet path, or a hub dataset id
-    # A csv/tsv file without a header row: its columns' names, comma-separated ("" = the first
-    # row names them). It describes the file `data` names: a `data` given later (a profile over
-    # the defaults, the command line over a profile) clears it unless given with it.
-    data_columns: str = BUNDLED_DATA_COLUMNS
-    text_column: str = "text"
-    label_column: str = "label"
-    hub_split: str = "train"
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_rows: int = 0
-    seed: int = 42
+    # data
+    data: str = setting(
+        BUNDLED_DATA, "csv/tsv/json/jsonl/parquet file, or a hub dataset id", (PREPARE,), EVERYWHERE
+    )
+    data_columns: str = setting(
+        BUNDLED_DATA_COLUMNS,
+        "a csv/tsv file without a header row: its columns' names, comma-separated ('' = the first "
+        "row names them); it describes the file `data` names, so a `data` given later without it "
+        "clears it",
+        (PREPARE,),
+        EVERYWHERE,
+    )
+    text_column: str = setting("text", "the column that holds the texts", (PREPARE,), EVERYWHERE)
+    label_column: str = setting("label", "the column that holds the labels", (PREPARE,), EVERYWHERE)
+    hub_split: str = setting("train", "the split of a hub dataset to read", (PREPARE,))
+    validation_fraction: float = setting(0.1, "share of the rows for validation", (PREPARE,))
+    test_fraction: float = setting(0.1, "share of the rows for the test split", (PREPARE,))
+    max_rows: int = setting(0, "use at most this many rows, stratified (0: all)", (PREPARE,), EVERYWHERE)
+    seed: int = setting(
+        42, "the split, the head's initialisation, the data order", (PREPARE, FINETUNE, EVALUATE), EVERYWHERE
+    )
     # model and tokenization
-    base_model: str = BUNDLED_BASE_MODEL
-    max_length: int = 128
-    # training (finetune)
-    device: str = "cpu"
-    precision: str = "fp32"
-    num_train_epochs: float = 3.0
-    max_steps: int = -1
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
-    train_batch_size: int = 32
-    eval_batch_size: int = 64
-    max_train_samples: int = 0
-    early_stopping_patience: int = 2  # epochs without a better best_model_metric; 0: no early stop
-    early_stopping_min_delta: float = 0.001
-    best_model_metric: str = "loss"
-    # "balanced": the loss weighs each class by n_rows / (n_classes * n_rows_of_class)
-    class_weight: str = "none"
-    keep_trainer_state: bool = False  # keep trainer_checkpoints/ (optimizer state) after success
-    group_by_length: bool = True
-    torch_threads: int = 0
-    nproc_per_node: int = 1  # > 1: finetune runs under torchrun, one process per device (DDP)
-    peft: str = "none"  # "lora": train a LoRA adapter (and the classifier head), not every weight
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    lora_target_modules: str = "query,value"  # comma-separated module names of the base model
-    epoch_checkpoints: str = "best"  # "all": every epoch's model is logged; "best": the best only
-    system_metrics: bool = False  # MLflow system metrics (CPU, memory, GPU) during finetune
-    system_metrics_interval_s: float = 10.0
+    base_model: str = setting(
+        BUNDLED_BASE_MODEL, "hub id or local folder of the base model", (TOKENIZE,), EVERYWHERE
+    )
+    max_length: int = setting(128, "tokens per text; longer texts are truncated", (TOKENIZE,), EVERYWHERE)
+    # training
+    device: str = setting("cpu", "cpu, cuda, mps or auto", (FINETUNE, EVALUATE), EVERYWHERE)
+    precision: str = setting("fp32", "fp32, fp16 (CUDA) or bf16", (FINETUNE,), EVERYWHERE)
+    num_train_epochs: float = setting(3.0, "epochs of training", (FINETUNE,), EVERYWHERE)
+    max_steps: int = setting(
+        -1, "optimizer steps; overrides num_train_epochs when > 0", (FINETUNE,), EVERYWHERE
+    )
+    learning_rate: float = setting(1e-4, "peak learning rate (linear decay to 0)", (FINETUNE,), EVERYWHERE)
+    weight_decay: float = setting(0.01, "AdamW weight decay", (FINETUNE,))
+    warmup_fraction: float = setting(
+        0.1, "share of the steps spent warming the learning rate up", (FINETUNE,)
+    )
+    train_batch_size: int = setting(32, "texts per training batch (per process)", (FINETUNE,), EVERYWHERE)
+    eval_batch_size: int = setting(64, "texts per prediction batch", (FINETUNE, EVALUATE))
+    max_train_samples: int = setting(0, "train on at most this many rows (0: all)", (FINETUNE,))
+    early_stopping_patience: int = setting(
+        2, "epochs without a better best_model_metric before stopping (0: never stop early)", (FINETUNE,)
+    )
+    early_stopping_min_delta: float = setting(0.001, "the smallest change that counts as better", (FINETUNE,))
+    best_model_metric: str = setting(
+        "loss",
+        "the epoch kept: best validation loss, f1 or average_precision, or the last",
+        (FINETUNE,),
+        EVERYWHERE,
+    )
+    class_weight: str = setting(
+        "none",
+        "balanced: weigh the loss of each class by n_rows / (n_classes * n_rows_of_class)",
+        (FINETUNE,),
+        EVERYWHERE,
+    )
+    keep_trainer_state: bool = setting(
+        False, "keep trainer_checkpoints/ (optimizer state) after a successful run", (FINETUNE,), EVERYWHERE
+    )
+    group_by_length: bool = setting(True, "batch texts of similar length together", (FINETUNE,))
+    torch_threads: int = setting(0, "torch's CPU threads (0: torch's default)", (FINETUNE,))
+    nproc_per_node: int = setting(
+        1, "> 1: finetune runs under torchrun, one process per device (DDP)", (FINETUNE,), EVERYWHERE
+    )
+    peft: str = setting(
+        "none",
+        "lora: train a LoRA adapter and the classifier head, not every weight",
+        (FINETUNE,),
+        EVERYWHERE,
+    )
+    lora_r: int = setting(8, "LoRA rank", (FINETUNE,), STEP_PARAM)
+    lora_alpha: int = setting(16, "LoRA scaling", (FINETUNE,), STEP_PARAM)
+    lora_dropout: float = setting(0.1, "LoRA dropout", (FINETUNE,), STEP_PARAM)
+    lora_target_modules: str = setting(
+        "query,value", "comma-separated module names of the base model", (FINETUNE,), STEP_PARAM
+    )
+    epoch_checkpoints: str = setting(
+        "best", "all: log every epoch's model; best: the kept one only", (FINETUNE,), EVERYWHERE
+    )
+    system_metrics: bool = setting(
+        False, "MLflow system metrics (CPU, memory, GPU) during finetune", (FINETUNE,), EVERYWHERE
+    )
+    system_metrics_interval_s: float = setting(
+        10.0, "seconds between system metric samples", (FINETUNE,), STEP_PARAM
+    )
     # evaluation
-    positive_label: str = "spam"
-    checkpoint_epoch: int = 0  # evaluate this logged epoch's checkpoint; 0: the best (final) one
-    probe_data: str = BUNDLED_PROBE  # hand-written messages unlike the training data; "" skips
-    # lifecycle: log_model, register, persist, version_cleanup
-    save_mode: str = "full"
-    registered_model: str = "sms-spam-classifier"
-    min_test_f1: float = 0.9  # the quality gate: a champion needs at least this
-    # ... and better than the champion on the candidate's test rows: F1 higher, and the lower end
-    # of the 95 % interval of the difference above -champion_tolerance (0: measurably better)
-    champion_tolerance: float = 0.0
-    keep_last: int = 5  # version_cleanup keeps this many newest versions, plus every aliased one
-    dry_run: bool = False  # version_cleanup: print the plan, change nothing
-    delete_registered_model: bool = False  # version_cleanup: delete the whole model (explicit only)
+    positive_label: str = setting(
+        "spam",
+        "the class whose precision, recall and F1 are reported",
+        (FINETUNE, EVALUATE, *GATED),
+        EVERYWHERE,
+    )
+    checkpoint_epoch: int = setting(
+        0, "evaluate this logged epoch's model (0: the kept one)", (EVALUATE,), STEP_PARAM
+    )
+    probe_data: str = setting(
+        BUNDLED_PROBE,
+        "hand-written messages unlike the training data ('' skips them)",
+        (EVALUATE,),
+        EVERYWHERE,
+    )
+    # lifecycle
+    save_mode: str = setting("full", "full, checkpoint or reference", (LOG_MODEL,), EVERYWHERE)
+    registered_model: str = setting(
+        "sms-spam-classifier", "the registered model's name", (REGISTER, VERSION_CLEANUP), EVERYWHERE
+    )
+    min_test_f1: float = setting(0.9, "the gate: a champion needs at least this test F1", GATED, EVERYWHERE)
+    champion_tolerance: float = setting(
+        0.0,
+        "the gate: the low end of the 95 % interval of F1(candidate) - F1(champion) must be above "
+        "-champion_tolerance (0: measurably better)",
+        GATED,
+        EVERYWHERE,
+    )
+    keep_last: int = setting(
+        5,
+        "version_cleanup keeps this many newest versions, and every aliased one",
+        (VERSION_CLEANUP,),
+        EVERYWHERE,
+    )
+    dry_run: bool = setting(
+        False, "version_cleanup: print the plan, change nothing", (VERSION_CLEANUP,), STEP_PARAM
+    )
+    delete_registered_model: bool = setting(
+        False, "version_cleanup: delete the whole registered model", (VERSION_CLEANUP,), STEP_PARAM
+    )
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -180,6 +265,13 @@ def module_names(text: str) -> list[str]:
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def fields_of(step: str) -> list[str]:
+    """The settings ``step`` reads, in declaration order."""
+    return [name for name, field in FIELDS.items() if step in field.metadata["steps"]]
+
+
 _HINTS = typing.get_type_hints(Config)
 
 
@@ -275,3 +367,13 @@ def load_config(profile: str, overrides: Mapping[str, Any] | None = None) -> Con
 def as_params(cfg: Config) -> dict[str, str]:
     """The config as MLflow params (strings; MLflow stores params as strings anyway)."""
     return {key: str(value) for key, value in dataclasses.asdict(cfg).items()}
+
+
+def check_save_mode(save_mode: str, adapter: bool) -> None:
+    """``reference`` stores no weights, so it only fits a model whose changes are an adapter."""
+    if save_mode == "reference" and not adapter:
+        raise UserError(
+            "save_mode reference stores only a pointer to the base model, but a full "
+            "fine-tune changed every weight: use save_mode full or checkpoint "
+            "(reference is for LoRA adapters)"
+        )

@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steps import classical, common, finetune, modeling, prepare, tokenize
+from steps import artifacts, chain, classical, common, corpus, modeling
+from steps.chain import EVAL_DIR
 from steps.config import Config
 from steps.errors import UserError
+from steps.tags import BASE_MODEL_TAG, CHECKPOINT_PATH_TAG, UPSTREAM_TAG
 
-STEP = "evaluate"
-UPSTREAM = "finetune_run_id"
-EVAL_DIR = "evaluation"
-CHECKPOINT_PATH_TAG = "pipeline.checkpoint_path"  # which of finetune's models was evaluated
+STEP = chain.EVALUATE
+UPSTREAM = chain.upstream_param(STEP)
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1")
 
 
@@ -118,10 +118,10 @@ def load_probe(probe_data: str, labels: Sequence[str]) -> pd.DataFrame | None:
     """The probe set, cleaned like training data; None when unset or its labels are not ours."""
     if not probe_data:
         return None
-    path = prepare.resolve_data_path(probe_data)
+    path = corpus.resolve_data_path(probe_data)
     if path is None:
         raise UserError(f"probe_data {probe_data!r} must be a local file (or '' to skip)")
-    probe, _ = prepare.clean(prepare.read_file(path, ""), "text", "label")
+    probe, _ = corpus.clean(corpus.read_file(path, ""), "text", "label")
     if not set(probe["label"]) <= set(labels):
         print(f"{STEP}: probe {probe_data} skipped: its labels are not the model's {list(labels)}")
         return None
@@ -134,21 +134,21 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     from sklearn.metrics import classification_report
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-    upstream = common.get_upstream(upstream_run_id, finetune.STEP, UPSTREAM)
-    tokenize_run_id = upstream.data.tags[common.UPSTREAM_TAG]
+    upstream = common.get_upstream(upstream_run_id, chain.FINETUNE, UPSTREAM)
+    tokenize_run_id = upstream.data.tags[UPSTREAM_TAG]
     client = mlflow.MlflowClient()
     device = modeling.available_device(cfg.device)
 
     # an epoch that was not logged fails here, before a run starts
-    path = finetune.checkpoint_path(upstream.data.tags, upstream.info.run_id, cfg.checkpoint_epoch)
+    path = artifacts.checkpoint_path(upstream.data.tags, upstream.info.run_id, cfg.checkpoint_epoch)
 
     with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
-        frames, label2id = tokenize.read_tokenized(tokenize_run_id, tmp / "data")
+        frames, label2id = artifacts.read_tokenized(tokenize_run_id, tmp / "data")
         test = frames["test"]
         id2label = {i: label for label, i in label2id.items()}
         labels = [id2label[i] for i in range(len(id2label))]
-        checkpoint = finetune.download_checkpoint(upstream.info.run_id, tmp / "model", path)
-        base_model = common.resolve_base_model(upstream.data.tags[common.BASE_MODEL_TAG])
+        checkpoint = artifacts.download_checkpoint(upstream.info.run_id, tmp / "model", path)
+        base_model = common.resolve_base_model(upstream.data.tags[BASE_MODEL_TAG])
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         model = modeling.load_classifier(checkpoint, base_model, id2label)  # a model or an adapter
         mlflow.set_tag(CHECKPOINT_PATH_TAG, path)
@@ -200,7 +200,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         probe = load_probe(cfg.probe_data, labels)
         if probe is not None:
             max_length = int(client.get_run(tokenize_run_id).data.params["config.max_length"])
-            probe_tokens = tokenize.tokenize_frame(probe, tokenizer, max_length, label2id)
+            probe_tokens = modeling.tokenize_frame(probe, tokenizer, max_length, label2id)
             probe_probs = modeling.predict_proba(model, tokenizer, probe_tokens, cfg.eval_batch_size, device)
             probe_scored = predictions_frame(probe_tokens, probe_probs, id2label)
             metrics |= prefixed(

@@ -58,26 +58,26 @@ from typing import Any
 
 import numpy as np
 
-from steps import common, modeling, tokenize
+from steps import artifacts, chain, common, modeling
+from steps.chain import ADAPTER_DIR, CHECKPOINT_DIR, EPOCHS_DIR, RESUME_DIR, RESUME_PARAM
 from steps.config import Config, module_names
 from steps.errors import UserError
+from steps.tags import (
+    BASE_MODEL_TAG,
+    BEST_EPOCH_TAG,
+    EPOCH_CHECKPOINTS_TAG,
+    LAST_CHECKPOINT_TAG,
+    PEFT_TAG,
+    RESUMED_FROM_TAG,
+    STEP_TAG,
+    TRAINER_STATE_TAG,
+)
 
-STEP = "finetune"
-UPSTREAM = "tokenize_run_id"
-CHECKPOINT_DIR = "checkpoint"
-RESUME_DIR = "trainer_checkpoints"
-RESUME_PARAM = "resume_run_id"
-RESUMED_FROM_TAG = "pipeline.resumed_from"
-LAST_CHECKPOINT_TAG = "pipeline.last_checkpoint"
+STEP = chain.FINETUNE
+UPSTREAM = chain.upstream_param(STEP)
 SHARED_DIR_ENV = "PIPELINE_FINETUNE_SHARED_DIR"  # set by the relaunch: the ranks' common folder
-ADAPTER_DIR = "adapter"  # LoRA: the best epoch's adapter (and classifier head), with the tokenizer
-EPOCHS_DIR = "epochs"  # epoch_checkpoints=all: epochs/epoch-<n>/, each epoch's model files
-PEFT_TAG = "pipeline.peft"
-BEST_EPOCH_TAG = "pipeline.best_epoch"
-EPOCH_CHECKPOINTS_TAG = "pipeline.epoch_checkpoints"  # JSON: {"<epoch>": "<artifact path>"}
 # What a Trainer checkpoint holds beyond the model: needed to resume, not to predict.
 TRAINER_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin", "trainer_state.json")
-TRAINER_STATE_TAG = "pipeline.trainer_state"  # "kept" or "dropped" once the run has finished
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -404,7 +404,7 @@ def prepare_resume(resume_run_id: str, work_dir: Path, copy_history: bool = True
         old = client.get_run(resume_run_id)
     except mlflow.exceptions.MlflowException:
         raise UserError(f"--resume_run_id {resume_run_id!r} does not exist") from None
-    if old.data.tags.get(common.STEP_TAG) != STEP:
+    if old.data.tags.get(STEP_TAG) != STEP:
         raise UserError(f"--resume_run_id {resume_run_id} is not a finetune run")
     latest = old.data.tags.get(LAST_CHECKPOINT_TAG)  # set after its upload completed
     if latest is None:
@@ -463,9 +463,9 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
     )
 
     world = world_from_env(os.environ)
-    upstream = common.get_upstream(upstream_run_id, tokenize.STEP, UPSTREAM)
+    upstream = common.get_upstream(upstream_run_id, chain.TOKENIZE, UPSTREAM)
     tags = upstream.data.tags
-    base_model = tags[common.BASE_MODEL_TAG]  # the model the tokens were made for
+    base_model = tags[BASE_MODEL_TAG]  # the model the tokens were made for
     cfg = dataclasses.replace(cfg, base_model=base_model)  # so the logged config says so too
     device = modeling.available_device(cfg.device)
     modeling.check_precision(cfg.precision, device)
@@ -475,7 +475,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
     with rank_run(world, profile, cfg, upstream.info.run_id) as (run_id, tmp):
         work_dir = shared_output_dir(os.environ, upstream.info.run_id) if world.size > 1 else tmp
         output_dir = work_dir / RESUME_DIR
-        frames, label2id = tokenize.read_tokenized(upstream.info.run_id, tmp / "in")
+        frames, label2id = artifacts.read_tokenized(upstream.info.run_id, tmp / "in")
         train = frames["train"]
         if cfg.max_train_samples:
             train = train.sample(n=min(cfg.max_train_samples, len(train)), random_state=cfg.seed)
@@ -625,31 +625,9 @@ def relaunch(nproc: int, argv: list[str]) -> int:
         return subprocess.run(torchrun_command(nproc, argv), env=env, check=False).returncode
 
 
-def download_checkpoint(run_id: str, dst: Path, path: str = CHECKPOINT_DIR) -> Path:
-    """Downstream steps' way in: a model folder of a finetune run (by default the best model).
-
-    Hard links from a local store: every caller only reads the folder (evaluate loads it,
-    log_model logs or merges it into another folder), and 1 GB is not copied to be read."""
-    return common.download(run_id, path, dst, link=True)
-
-
-def checkpoint_path(tags: Mapping[str, str], run_id: str, epoch: int) -> str:
-    """Where epoch ``epoch``'s model is in the finetune run's artifacts (0: the best model)."""
-    if epoch == 0:
-        return CHECKPOINT_DIR
-    logged = {int(k): v for k, v in json.loads(tags.get(EPOCH_CHECKPOINTS_TAG, "{}")).items()}
-    if epoch not in logged:
-        have = ", ".join(map(str, sorted(logged))) or "none"
-        raise UserError(
-            f"checkpoint_epoch={epoch} was not logged by finetune run {run_id} (logged epochs: "
-            f"{have}): pick one of those, or fine-tune with epoch_checkpoints all"
-        )
-    return logged[epoch]
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = common.step_parser(__doc__, UPSTREAM)
+    parser = common.step_parser(__doc__, UPSTREAM, STEP)
     parser.add_argument(
         f"--{RESUME_PARAM}",
         default="",
@@ -662,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = common.config_for(args)
         if cfg.nproc_per_node > 1 and "RANK" not in os.environ:
             # bad input fails here, in one line, before any training process starts
-            common.get_upstream(args.upstream_run_id, tokenize.STEP, UPSTREAM)
+            common.get_upstream(args.upstream_run_id, chain.TOKENIZE, UPSTREAM)
             status = relaunch(cfg.nproc_per_node, argv)
             if status:
                 raise SystemExit(status)

@@ -28,24 +28,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from steps import common
+from steps import chain, common
+from steps.chain import CHAMPION
 from steps.config import Config
+from steps.tags import (
+    CANDIDATE_F1_TAG,
+    CHAMPION_F1_TAG,
+    COMPARED_TAG,
+    EXCLUDED_TAG,
+    GATE_REASON_TAG,
+    GATE_TAG,
+    HIGH_TAG,
+    LOW_TAG,
+    ROWS_TAG,
+)
 
-CHAMPION = "champion"
 RESAMPLES = 2000
 CONFIDENCE = 0.95
 SEED = 0
-GATE_TAG = "gate"
-GATE_REASON_TAG = "gate_reason"
-COMPARED_TAG = "gate_compared_version"
-ROWS_TAG = "gate_rows"
-EXCLUDED_TAG = "gate_rows_excluded"
-CANDIDATE_F1_TAG = "gate_candidate_f1"
-CHAMPION_F1_TAG = "gate_champion_f1"
-LOW_TAG = "gate_f1_diff_low"
-HIGH_TAG = "gate_f1_diff_high"
-PREDICTIONS = "evaluation/predictions.parquet"  # evaluate's artifact: text, label, prediction
-SPLITS = ("splits/train.parquet", "splits/validation.parquet")  # prepare's, what a model saw
+# prepare's splits that a model was trained or validated on
+SEEN_SPLITS = tuple(f"{chain.SPLITS_DIR}/{name}.parquet" for name in ("train", "validation"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +194,7 @@ def champion_labels(name: str, version: str, texts: list[str]) -> list[str]:
 def seen_texts(run_id: str, dst: Path) -> set[str]:
     """The texts a prepare run gave to training and validation."""
     seen: set[str] = set()
-    for path in SPLITS:
+    for path in SEEN_SPLITS:
         seen |= set(pd.read_parquet(common.download(run_id, path, dst))["text"])
     return seen
 
@@ -206,7 +208,7 @@ def judge(client: Any, name: str, evaluate_run_id: str, test_f1: float, cfg: Con
         return decide(test_f1, cfg.min_test_f1, None, cfg.champion_tolerance)
     number = str(champion.version)
     try:
-        scored = pd.read_parquet(common.download(evaluate_run_id, PREDICTIONS, work / "candidate"))
+        scored = pd.read_parquet(common.download(evaluate_run_id, chain.PREDICTIONS_FILE, work / "candidate"))
         seen = seen_texts(champion.tags["run.prepare"], work / "champion")
         rows, excluded = shared_rows(scored, seen)
         labels = sorted(set(scored["label"]) | set(scored["prediction"]))
@@ -225,3 +227,26 @@ def judge(client: Any, name: str, evaluate_run_id: str, test_f1: float, cfg: Con
         f1_a, f1_b, low, high = paired_f1(rows["label"], rows["prediction"], said, labels, cfg.positive_label)
         comparison = Comparison(number, len(rows), excluded, f1_a, f1_b, low, high)
     return decide(test_f1, cfg.min_test_f1, comparison, cfg.champion_tolerance)
+
+
+def judge_version(client: Any, name: str, version: Any, cfg: Config, work: Path) -> Gate:
+    """The gate for a registered ``version`` against the champion of now (persist and an
+    interrupted register ask again); its comparison tags are brought up to date. The champion
+    itself passes as it is."""
+    current = champion_version(client, name)
+    if current is not None and str(current.version) == str(version.version):
+        return Gate(True, version.tags.get(GATE_REASON_TAG, "already champion"))
+    test_f1 = float(version.tags["test_f1"])
+    decision = judge(client, name, version.tags[f"run.{chain.EVALUATE}"], test_f1, cfg, work)
+    for key, value in comparison_tags(decision, test_f1, int(version.tags.get(ROWS_TAG, 0))).items():
+        client.set_model_version_tag(name, version.version, key, value)
+    return decision
+
+
+def move_champion(client: Any, name: str, version: str) -> bool:
+    """Point ``champion`` of ``name`` at ``version``: the one place the alias moves. Call it under
+    the registered model's lock, after the gate passed. Returns whether the alias moved."""
+    if str(client.get_registered_model(name).aliases.get(CHAMPION)) == str(version):
+        return False
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    return True

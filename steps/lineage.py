@@ -17,10 +17,19 @@ import re
 import sys
 from typing import Any
 
-from steps import cache, common
+from steps import cache, chain, common
 from steps.errors import UserError
+from steps.tags import (
+    BASE_MODEL_TAG,
+    BASE_REVISION_SOURCE_TAG,
+    BASE_REVISION_TAG,
+    DATA_DIGEST_TAG,
+    INPUTS_TAG,
+    PROFILE_TAG,
+    REUSED_FROM_TAG,
+    STEP_TAG,
+)
 
-STEPS = ("prepare", "tokenize", "finetune", "evaluate", "log_model", "register", "persist", "version_cleanup")
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 HEADLINE_METRICS = (
     "rows_clean",
@@ -47,22 +56,22 @@ def parse_target(target: str) -> tuple[str, str | None, str | None] | None:
 def describe(step: str, run: Any, reused_by: str | None = None) -> list[str]:
     """The lines printed for one step run."""
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    read = sorted(cache.step_fields(step)) if step in STEPS else []
+    read = sorted(cache.step_fields(step)) if step in chain.STEPS else []
     settings = ", ".join(f"{k}={params[f'config.{k}']}" for k in read if f"config.{k}" in params)
-    code_hash = json.loads(tags[cache.INPUTS_TAG])["code"][:12] if cache.INPUTS_TAG in tags else "-"
+    code_hash = json.loads(tags[INPUTS_TAG])["code"][:12] if INPUTS_TAG in tags else "-"
     lines = [
         f"{step:<16} {run.info.run_id}  {run.info.status}"
         + (f"  (reused from cache by {reused_by})" if reused_by else "")
     ]
     if settings:
         lines.append(f"  settings       {settings}")
-    if tags.get(common.DATA_DIGEST_TAG):
-        lines.append(f"  data digest    {tags[common.DATA_DIGEST_TAG]}")
-    if tags.get(common.BASE_MODEL_TAG):
+    if tags.get(DATA_DIGEST_TAG):
+        lines.append(f"  data digest    {tags[DATA_DIGEST_TAG]}")
+    if tags.get(BASE_MODEL_TAG):
         lines.append(
-            f"  base model     {tags[common.BASE_MODEL_TAG]} @ "
-            f"{tags.get(common.BASE_REVISION_TAG, '?')} "
-            f"({tags.get(common.BASE_REVISION_SOURCE_TAG, '?')})"
+            f"  base model     {tags[BASE_MODEL_TAG]} @ "
+            f"{tags.get(BASE_REVISION_TAG, '?')} "
+            f"({tags.get(BASE_REVISION_SOURCE_TAG, '?')})"
         )
     lines.append(
         f"  code           git {tags.get('mlflow.source.git.commit', '-')[:12]}, step code {code_hash}"
@@ -98,17 +107,17 @@ def chain_of_version(client: Any, name: str, alias: str | None, version: str | N
         raise UserError(
             f"registered model {name!r} has no {which} in {_uri()}: check the name, alias or version"
         ) from None
-    run_id = mv.tags.get(f"run.{STEPS[4]}") or mv.run_id
+    run_id = mv.tags.get(f"run.{chain.LOG_MODEL}") or mv.run_id
     if not run_id:
         raise UserError(f"{name} v{mv.version} was not registered by this pipeline (no run.log_model tag)")
-    chain = common.upstream_chain(client.get_run(run_id))
+    runs = common.upstream_chain(client.get_run(run_id))
     header = (
         f"{name} v{mv.version}"
         + (f" (@{alias})" if alias else "")
         + f": save_mode={mv.tags.get('save_mode', '?')}, persisted={mv.tags.get('persisted', '?')}, "
         f"test_f1={mv.tags.get('test_f1', '?')}, gate={mv.tags.get('gate', '?')}"
     )
-    return header, {step: (run, None) for step, run in chain.items()}
+    return header, {step: (run, None) for step, run in runs.items()}
 
 
 def chain_of_main(client: Any, run_id: str) -> tuple[str, dict]:
@@ -118,24 +127,24 @@ def chain_of_main(client: Any, run_id: str) -> tuple[str, dict]:
         main_run = client.get_run(run_id)
     except MlflowException:
         raise UserError(f"{run_id!r} is neither a models:/ URI nor a run ID in {_uri()}") from None
-    if main_run.data.tags.get(common.STEP_TAG) != "main":
+    if main_run.data.tags.get(STEP_TAG) != "main":
         raise UserError(
-            f"run {run_id} is a {main_run.data.tags.get(common.STEP_TAG, 'non-pipeline')} "
+            f"run {run_id} is a {main_run.data.tags.get(STEP_TAG, 'non-pipeline')} "
             "run, not a main run: pass a main run ID or a models:/ URI"
         )
     children = client.search_runs(
         [main_run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=100
     )
-    markers = {c.data.tags.get(common.STEP_TAG): c for c in children}
-    chain = {}
-    for step in STEPS:
+    markers = {c.data.tags.get(STEP_TAG): c for c in children}
+    runs = {}
+    for step in chain.STEPS:
         used = main_run.data.tags.get(f"pipeline.{step}_run_id")
         if used:
             marker = markers.get(step)
-            reused = marker is not None and cache.REUSED_FROM_TAG in marker.data.tags
-            chain[step] = (client.get_run(used), run_id if reused else None)
-    header = f"main {run_id}: {main_run.info.status}, profile {main_run.data.tags.get(common.PROFILE_TAG)}"
-    return header, chain
+            reused = marker is not None and REUSED_FROM_TAG in marker.data.tags
+            runs[step] = (client.get_run(used), run_id if reused else None)
+    header = f"main {run_id}: {main_run.info.status}, profile {main_run.data.tags.get(PROFILE_TAG)}"
+    return header, runs
 
 
 def _uri() -> str:
@@ -149,11 +158,11 @@ def lineage(target: str) -> list[str]:
 
     client = mlflow.MlflowClient()
     parsed = parse_target(target)
-    header, chain = chain_of_version(client, *parsed) if parsed else chain_of_main(client, target)
+    header, runs = chain_of_version(client, *parsed) if parsed else chain_of_main(client, target)
     lines = [header]
-    for step in STEPS:
-        if step in chain:
-            run, reused_by = chain[step]
+    for step in chain.STEPS:
+        if step in runs:
+            run, reused_by = runs[step]
             lines += describe(step, run, reused_by)
     return lines
 

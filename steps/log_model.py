@@ -33,39 +33,37 @@ import types
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 from unittest import mock
 
 import pandas as pd
 
-from steps import common, evaluate, finetune, hub, modeling, tokenize
-from steps.config import Config
+from steps import artifacts, chain, common, hub, modeling
+from steps.chain import ADAPTER_DIR, CHECKPOINT_DIR, EVAL_DIR, EXPECTED_FILE, TASK
+from steps.config import Config, check_save_mode
 from steps.errors import UserError
+from steps.tags import (
+    BASE_MODEL_TAG,
+    BASE_REVISION_SOURCE_TAG,
+    BASE_REVISION_TAG,
+    BASELINE_URI_TAG,
+    CHECKPOINT_PATH_TAG,
+    DATA_DIGEST_TAG,
+    MODEL_ID_TAG,
+    MODEL_URI_TAG,
+    PEFT_TAG,
+    SAVE_MODE_TAG,
+    UPSTREAM_TAG,
+)
 
-STEP = "log_model"
-UPSTREAM = "evaluate_run_id"
-TASK: Final = "text-classification"
+STEP = chain.LOG_MODEL
+UPSTREAM = chain.upstream_param(STEP)
 MODEL_NAME = "model"
 BASELINE_NAME = "baseline"
-MODEL_URI_TAG = "pipeline.model_uri"
-MODEL_ID_TAG = "pipeline.model_id"
-BASELINE_URI_TAG = "pipeline.baseline_model_uri"
-SAVE_MODE_TAG = "save_mode"
-EXPECTED_FILE = "expected_predictions.json"
 INFERENCE_PARAMS = {"batch_size": 8}
 
 
 # ----------------------------------------------------------------------------- pure functions
-def check_save_mode(save_mode: str, adapter: bool) -> None:
-    """``reference`` stores no weights, so it only fits a model whose changes are an adapter."""
-    if save_mode == "reference" and not adapter:
-        raise UserError(
-            "save_mode reference stores only a pointer to the base model, but a full "
-            "fine-tune changed every weight: use save_mode full or checkpoint "
-            "(reference is for LoRA adapters)"
-        )
-
-
 def input_example(predictions: pd.DataFrame, size: int) -> pd.DataFrame:
     """A few test texts, each label represented first, with what evaluate predicted for them."""
     firsts = predictions.groupby("label", sort=True).head(1)
@@ -375,34 +373,32 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     import mlflow
     from mlflow.models import infer_signature
 
-    upstream = common.get_upstream(upstream_run_id, evaluate.STEP, UPSTREAM)
-    chain = common.upstream_chain(upstream)
-    adapter = "finetune" in chain and chain["finetune"].data.tags.get(finetune.PEFT_TAG) == "lora"
+    upstream = common.get_upstream(upstream_run_id, chain.EVALUATE, UPSTREAM)
+    runs = common.upstream_chain(upstream)
+    adapter = "finetune" in runs and runs["finetune"].data.tags.get(PEFT_TAG) == "lora"
     check_save_mode(cfg.save_mode, adapter=adapter)
-    finetune_run_id = upstream.data.tags[common.UPSTREAM_TAG]
-    evaluated = upstream.data.tags.get(evaluate.CHECKPOINT_PATH_TAG, finetune.CHECKPOINT_DIR)
+    finetune_run_id = upstream.data.tags[UPSTREAM_TAG]
+    evaluated = upstream.data.tags.get(CHECKPOINT_PATH_TAG, CHECKPOINT_DIR)
     lineage_tags = common.lineage_tags(upstream)
     test_metrics = {k: v for k, v in upstream.data.metrics.items() if k.startswith("test_")}
-    tokenize_run = chain["tokenize"]
+    tokenize_run = runs["tokenize"]
     max_length = int(tokenize_run.data.params["config.max_length"])  # what the model was trained on
-    id2label = tokenize.id2label_of(tokenize_run)
+    id2label = artifacts.id2label_of(tokenize_run)
     reference = None
     if cfg.save_mode == "reference":  # before the run: a base model with no hub address is an error
-        reference = hub.reference_for(
-            lineage_tags[common.BASE_MODEL_TAG], lineage_tags[common.BASE_REVISION_TAG]
-        )
+        reference = hub.reference_for(lineage_tags[BASE_MODEL_TAG], lineage_tags[BASE_REVISION_TAG])
 
     with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
         if reference is not None:  # the adapter that evaluate evaluated (checkpoint/ is merged)
-            path = finetune.ADAPTER_DIR if evaluated == finetune.CHECKPOINT_DIR else evaluated
-            checkpoint = finetune.download_checkpoint(finetune_run_id, tmp / "model", path)
+            path = ADAPTER_DIR if evaluated == CHECKPOINT_DIR else evaluated
+            checkpoint = artifacts.download_checkpoint(finetune_run_id, tmp / "model", path)
         else:
-            checkpoint = finetune.download_checkpoint(finetune_run_id, tmp / "model", evaluated)
+            checkpoint = artifacts.download_checkpoint(finetune_run_id, tmp / "model", evaluated)
             if modeling.is_adapter(checkpoint):  # an epoch of a LoRA run: fold it in first
-                base = common.resolve_base_model(lineage_tags[common.BASE_MODEL_TAG])
+                base = common.resolve_base_model(lineage_tags[BASE_MODEL_TAG])
                 checkpoint = modeling.merge_adapter(checkpoint, base, id2label, tmp / "merged")
         predictions = pd.read_parquet(
-            common.download(upstream.info.run_id, f"{evaluate.EVAL_DIR}/predictions.parquet", tmp / "eval")
+            common.download(upstream.info.run_id, f"{EVAL_DIR}/predictions.parquet", tmp / "eval")
         )
         example = input_example(predictions, size=3)
         texts = example["text"].tolist()
@@ -462,9 +458,9 @@ def log_baseline(lineage_tags: dict[str, str], num_labels: int) -> str:
     """The base model by reference, as the baseline every candidate is compared with."""
     import mlflow
 
-    base_model = lineage_tags[common.BASE_MODEL_TAG]
+    base_model = lineage_tags[BASE_MODEL_TAG]
     try:
-        ref = hub.reference_for(base_model, lineage_tags[common.BASE_REVISION_TAG])
+        ref = hub.reference_for(base_model, lineage_tags[BASE_REVISION_TAG])
     except UserError as exc:
         print(f"{STEP}: baseline not logged by reference: {exc}")
         return f"skipped: {exc}"
@@ -474,11 +470,11 @@ def log_baseline(lineage_tags: dict[str, str], num_labels: int) -> str:
         {
             "role": "baseline",
             SAVE_MODE_TAG: "reference",
-            common.BASE_MODEL_TAG: base_model,
+            BASE_MODEL_TAG: base_model,
             "hub_repo": ref.repo_id,
-            common.BASE_REVISION_TAG: ref.revision,
-            common.BASE_REVISION_SOURCE_TAG: ref.revision_source,
-            common.DATA_DIGEST_TAG: lineage_tags[common.DATA_DIGEST_TAG],
+            BASE_REVISION_TAG: ref.revision,
+            BASE_REVISION_SOURCE_TAG: ref.revision_source,
+            DATA_DIGEST_TAG: lineage_tags[DATA_DIGEST_TAG],
         },
     )
     return str(info.model_uri)

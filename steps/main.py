@@ -12,6 +12,7 @@ Writes on the parent run: tags ``pipeline.step=main``, ``pipeline.profile`` and
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -19,37 +20,25 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from steps import (
-    cache,
-    common,
-    evaluate,
-    finetune,
-    log_model,
-    persist,
-    prepare,
-    register,
-    tokenize,
-    version_cleanup,
-)
-from steps.config import PROJECT_DIR, Config, load_config
+from steps import cache, chain, common, corpus
+from steps.chain import RESUME_PARAM
+from steps.config import PROJECT_DIR, Config, check_save_mode, load_config
 from steps.errors import UserError
+from steps.tags import (
+    INPUTS_TAG,
+    KEY_TAG,
+    LAST_CHECKPOINT_TAG,
+    PID_TAG,
+    PROFILE_TAG,
+    REUSED_FROM_TAG,
+    STEP_TAG,
+    UPSTREAM_TAG,
+)
 
 STEP = "main"
-# (entry point, the parameter that carries the previous step's run ID)
-CHAIN: tuple[tuple[str, str | None], ...] = (
-    (prepare.STEP, None),
-    (tokenize.STEP, tokenize.UPSTREAM),
-    (finetune.STEP, finetune.UPSTREAM),
-    (evaluate.STEP, evaluate.UPSTREAM),
-    (log_model.STEP, log_model.UPSTREAM),
-    (register.STEP, register.UPSTREAM),
-    (persist.STEP, persist.UPSTREAM),
-    (version_cleanup.STEP, version_cleanup.UPSTREAM),
-)
+CHAIN = chain.CHAIN
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
-STEP_NAMES = tuple(step for step, _ in CHAIN)
-# Steps that change the registry are never skipped: they are idempotent instead.
-ALWAYS_RUN = frozenset({register.STEP, persist.STEP, version_cleanup.STEP})
+STEP_NAMES = chain.STEPS
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -108,10 +97,10 @@ def preflight(cfg: Config, data_accepted_before: Callable[[], bool]) -> None:
     """
     from steps import modeling
 
-    log_model.check_save_mode(cfg.save_mode, adapter=cfg.peft == "lora")
+    check_save_mode(cfg.save_mode, adapter=cfg.peft == "lora")
     modeling.check_precision(cfg.precision, modeling.available_device(cfg.device))
-    if prepare.resolve_data_path(cfg.data) and not data_accepted_before():
-        prepare.prepared(cfg)
+    if corpus.resolve_data_path(cfg.data) and not data_accepted_before():
+        corpus.prepared(cfg)
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -125,7 +114,7 @@ def declared_parameters() -> dict[str, set[str]]:
 
 def data_digest(cfg: Config) -> str:
     """What ``prepare`` will read: a file's bytes, or a hub dataset's id and split."""
-    path = prepare.resolve_data_path(cfg.data)
+    path = corpus.resolve_data_path(cfg.data)
     return cache.file_digest(path) if path else f"hub:{cfg.data}:{cfg.hub_split}"
 
 
@@ -145,7 +134,7 @@ def step_key_inputs(
         cache.step_fields(step),
         cache.code_hash(step, specs[step]),
         upstream,
-        data_digest(step_cfg) if step == prepare.STEP else None,
+        data_digest(step_cfg) if step == chain.PREPARE else None,
     )
 
 
@@ -156,7 +145,7 @@ def newest_runs(
     return list(
         client.search_runs(
             experiment_ids,
-            f"tags.`{common.STEP_TAG}` = '{step}' and {condition}",
+            f"tags.`{STEP_TAG}` = '{step}' and {condition}",
             order_by=["attributes.start_time DESC"],
             max_results=max_results,
         )
@@ -169,7 +158,7 @@ def find_cached(client: Any, experiment_ids: list[str], step: str, key: str) -> 
         client,
         experiment_ids,
         step,
-        f"tags.`{cache.KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        f"tags.`{KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
         1,
     )
     return runs[0] if runs else None
@@ -177,8 +166,8 @@ def find_cached(client: Any, experiment_ids: list[str], step: str, key: str) -> 
 
 def previous_inputs(client: Any, experiment_id: str, step: str) -> list[dict[str, Any]]:
     """The cache inputs of recent keyed runs of ``step``, to say what changed."""
-    runs = newest_runs(client, [experiment_id], step, f"tags.`{cache.INPUTS_TAG}` != ''", 50)
-    return [json.loads(run.data.tags[cache.INPUTS_TAG]) for run in runs]
+    runs = newest_runs(client, [experiment_id], step, f"tags.`{INPUTS_TAG}` != ''", 50)
+    return [json.loads(run.data.tags[INPUTS_TAG]) for run in runs]
 
 
 def mark_dead_runs(client: Any, experiment_id: str) -> list[str]:
@@ -191,13 +180,13 @@ def mark_dead_runs(client: Any, experiment_id: str) -> list[str]:
     ``find_resumable`` marks a dead run of the step it is about to run).
     """
     runs = client.search_runs(
-        [experiment_id], f"attributes.status = 'RUNNING' and tags.`{common.PID_TAG}` != ''", max_results=500
+        [experiment_id], f"attributes.status = 'RUNNING' and tags.`{PID_TAG}` != ''", max_results=500
     )
     marked = []
     for run in runs:
         if common.holder_alive(run.data.tags) is False:
             client.set_terminated(run.info.run_id, "KILLED")
-            step = run.data.tags.get(common.STEP_TAG, "?")
+            step = run.data.tags.get(STEP_TAG, "?")
             print(f"{STEP}: run {run.info.run_id} ({step}) was left RUNNING by a dead process: marked KILLED")
             marked.append(run.info.run_id)
     return marked
@@ -215,7 +204,7 @@ def find_resumable(client: Any, experiment_id: str, step: str, key: str) -> Any 
         client,
         [experiment_id],
         step,
-        f"tags.`{cache.KEY_TAG}` = '{key}' and attributes.status != 'FINISHED'",
+        f"tags.`{KEY_TAG}` = '{key}' and attributes.status != 'FINISHED'",
         5,
     )
     for run in runs:
@@ -223,7 +212,7 @@ def find_resumable(client: Any, experiment_id: str, step: str, key: str) -> Any 
             if common.holder_alive(run.data.tags):
                 continue  # another main is training it now
             client.set_terminated(run.info.run_id, "KILLED")
-        if finetune.LAST_CHECKPOINT_TAG in run.data.tags:
+        if LAST_CHECKPOINT_TAG in run.data.tags:
             return run
     return None
 
@@ -242,13 +231,13 @@ def record_reuse(
     tags = {
         "mlflow.parentRunId": parent.info.run_id,
         "mlflow.runName": f"{step} (reused)",
-        common.STEP_TAG: step,
-        common.PROFILE_TAG: profile,
-        cache.REUSED_FROM_TAG: original.info.run_id,
+        STEP_TAG: step,
+        PROFILE_TAG: profile,
+        REUSED_FROM_TAG: original.info.run_id,
         **common.lineage_tags(original),
     }
     if upstream:
-        tags[common.UPSTREAM_TAG] = upstream
+        tags[UPSTREAM_TAG] = upstream
     marker = client.create_run(parent.info.experiment_id, tags={k: v for k, v in tags.items() if v})
     run_id = marker.info.run_id
     client.log_batch(
@@ -277,7 +266,7 @@ def run_in_process(step: str, profile: str, step_cfg: Config, upstream: str | No
     import mlflow
     from mlflow.entities import RunTag
 
-    module = {register.STEP: register, persist.STEP: persist, version_cleanup.STEP: version_cleanup}[step]
+    module = importlib.import_module(f"steps.{step}")  # the step by its entry point's name
     run_id = str(module.run(upstream, step_cfg, profile))
     parent = mlflow.active_run()
     assert parent is not None
@@ -394,18 +383,18 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
     specs = cache.entry_point_specs()
     client = mlflow.MlflowClient()
     # the data is read once, here: its digest is prepare's key now and in the loop below
-    prepare_inputs = step_key_inputs(prepare.STEP, args, declared, specs, None)
+    prepare_inputs = step_key_inputs(chain.PREPARE, args, declared, specs, None)
 
     def data_accepted_before() -> bool:  # by a finished prepare run of this key, in any experiment
-        if prepare.STEP in forced:  # reread whatever the store says: no need to ask it
+        if chain.PREPARE in forced:  # reread whatever the store says: no need to ask it
             return False
         every_experiment = [e.experiment_id for e in client.search_experiments()]
         key = cache.cache_key(prepare_inputs)
-        return find_cached(client, every_experiment, prepare.STEP, key) is not None
+        return find_cached(client, every_experiment, chain.PREPARE, key) is not None
 
     preflight(cfg, data_accepted_before)
 
-    tags = {common.STEP_TAG: STEP, common.PROFILE_TAG: args.profile}
+    tags = {STEP_TAG: STEP, PROFILE_TAG: args.profile}
     with mlflow.start_run(run_id=os.environ.pop("MLFLOW_RUN_ID", None), tags=tags) as parent:
         experiment_id = parent.info.experiment_id
         env_manager = child_env_manager(env_manager, client.get_run(parent.info.run_id).data.tags)
@@ -424,14 +413,14 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
         for step, upstream_param in CHAIN:
             params = step_parameters(declared[step], args.profile, args.overrides, upstream_param, upstream)
             key_tags: dict[str, str] = {}
-            if step not in ALWAYS_RUN:
+            if step not in chain.ALWAYS_RUN:
                 inputs = (
                     prepare_inputs
-                    if step == prepare.STEP
+                    if step == chain.PREPARE
                     else step_key_inputs(step, args, declared, specs, upstream)
                 )
                 key = cache.cache_key(inputs)
-                key_tags = {cache.KEY_TAG: key, cache.INPUTS_TAG: json.dumps(inputs, sort_keys=True)}
+                key_tags = {KEY_TAG: key, INPUTS_TAG: json.dumps(inputs, sort_keys=True)}
                 hit = None if step in forced else find_cached(client, [experiment_id], step, key)
                 if hit is not None:
                     print(f"{step}: reused run {hit.info.run_id} (key unchanged)", flush=True)
@@ -443,11 +432,11 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
                 why = "forced" if step in forced else what_changed_since(client, experiment_id, step, inputs)
                 resumable = (
                     find_resumable(client, experiment_id, step, key)
-                    if finetune.RESUME_PARAM in declared[step] and step not in forced
+                    if RESUME_PARAM in declared[step] and step not in forced
                     else None
                 )
                 if resumable is not None:
-                    params[finetune.RESUME_PARAM] = resumable.info.run_id
+                    params[RESUME_PARAM] = resumable.info.run_id
                     why = f"resuming killed run {resumable.info.run_id} from its last checkpoint"
                 print(f"{step}: running ({why})", flush=True)
             else:
@@ -460,7 +449,7 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
             upstream = launch(step, params, env_manager, experiment_id, key_tags)
             mlflow.set_tag(f"pipeline.{step}_run_id", upstream)
         assert upstream is not None  # CHAIN is not empty
-        metrics = client.get_run(parent_tag(upstream, evaluate.STEP)).data.metrics
+        metrics = client.get_run(parent_tag(upstream, chain.EVALUATE)).data.metrics
         summary: dict[str, float] = {
             k: metrics[k] for k in ("test_f1", "classical_f1", "baseline_f1") if k in metrics
         }

@@ -169,3 +169,19 @@ def merge_adapter(adapter: Path, base_model: str, id2label: dict[int, str], out:
         adapter if (adapter / "tokenizer_config.json").is_file() else base_model
     ).save_pretrained(out)
     return out
+
+
+def tokenize_frame(
+    df: pd.DataFrame, tokenizer: Any, max_length: int, label2id: dict[str, int]
+) -> pd.DataFrame:
+    """Token ids per text, truncated to ``max_length`` and not padded."""
+    encoded = tokenizer(list(df["text"]), truncation=True, max_length=max_length, padding=False)
+    return pd.DataFrame(
+        {
+            "text": df["text"].to_numpy(),
+            "label": df["label"].to_numpy(),
+            "label_id": [label2id[label] for label in df["label"]],
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+        }
+    )

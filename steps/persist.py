@@ -29,13 +29,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steps import common, hub, log_model, modeling, register, registry_lock, tokenize
+from steps import artifacts, chain, common, gate, hub, modeling, registry_lock
+from steps.chain import EXPECTED_FILE
 from steps.config import Config
 from steps.errors import UserError
+from steps.tags import (
+    GATE_TAG,
+    MODEL_ID_TAG,
+    PERSISTED_TAG,
+    REGISTERED_MODEL_TAG,
+    UPSTREAM_TAG,
+    VERIFIED_TAG,
+    VERSION_TAG,
+)
 
-STEP = "persist"
-UPSTREAM = "register_run_id"
-VERIFIED_TAG = "verified"
+STEP = chain.PERSIST
+UPSTREAM = chain.upstream_param(STEP)
 MODEL_DIR = "model"  # MLflow's transformers flavor layout
 TOKENIZER_DIR = "components/tokenizer"
 TOKENIZER_FILES = (
@@ -191,9 +200,9 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    upstream = common.get_upstream(upstream_run_id, register.STEP, UPSTREAM)
-    name = upstream.data.tags[register.REGISTERED_MODEL_TAG]
-    number = upstream.data.tags[register.VERSION_TAG]
+    upstream = common.get_upstream(upstream_run_id, chain.REGISTER, UPSTREAM)
+    name = upstream.data.tags[REGISTERED_MODEL_TAG]
+    number = upstream.data.tags[VERSION_TAG]
     try:
         version = client.get_model_version(name, number)
     except MlflowException:
@@ -201,38 +210,33 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             f"{name} version {number} (registered by run {upstream.info.run_id}) no "
             "longer exists: register again"
         ) from None
-    log_model_run = client.get_run(upstream.data.tags[common.UPSTREAM_TAG])
-    model_id = log_model_run.data.tags[log_model.MODEL_ID_TAG]
+    log_model_run = client.get_run(upstream.data.tags[UPSTREAM_TAG])
+    model_id = log_model_run.data.tags[MODEL_ID_TAG]
 
     with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
         expected = json.loads(
-            common.download(log_model_run.info.run_id, log_model.EXPECTED_FILE, tmp / "expected").read_text()
+            common.download(log_model_run.info.run_id, EXPECTED_FILE, tmp / "expected").read_text()
         )
-        done_before = (
-            version.tags.get(register.PERSISTED_TAG) == "true" and version.tags.get(VERIFIED_TAG) == "true"
-        )
+        done_before = version.tags.get(PERSISTED_TAG) == "true" and version.tags.get(VERIFIED_TAG) == "true"
         copied = False
         if done_before:  # idempotent: verified files do not change in place
             print(f"{STEP}: {name} v{number} was persisted and verified before; not loading it again")
         else:
             tokenize_run = common.upstream_chain(log_model_run)["tokenize"]
-            id2label = tokenize.id2label_of(tokenize_run)
+            id2label = artifacts.id2label_of(tokenize_run)
             copied = persist_in_place(model_id, tmp, id2label, expected["texts"])
             verify(name, number, expected["texts"], expected["labels"], tmp)
-        client.set_model_version_tag(name, number, register.PERSISTED_TAG, "true")
+        client.set_model_version_tag(name, number, PERSISTED_TAG, "true")
         client.set_model_version_tag(name, number, VERIFIED_TAG, "true")
         promoted = False
-        if version.tags.get(register.GATE_TAG) == "passed":
+        if version.tags.get(GATE_TAG) == "passed":
             with registry_lock.registry_lock(client, name):  # the champion read and move: one step
-                decision = register.judge_version(client, name, version, cfg, tmp / "gate")
-                current = client.get_registered_model(name).aliases.get(register.CHAMPION)
-                if decision.passed and str(current) != str(number):
-                    client.set_registered_model_alias(name, register.CHAMPION, number)
-                    promoted = True
+                decision = gate.judge_version(client, name, version, cfg, tmp / "gate")
+                promoted = decision.passed and gate.move_champion(client, name, number)
         mlflow.set_tags(
             {
-                register.REGISTERED_MODEL_TAG: name,
-                register.VERSION_TAG: str(number),
+                REGISTERED_MODEL_TAG: name,
+                VERSION_TAG: str(number),
                 "persisted_now": str(copied).lower(),
             }
         )

@@ -32,23 +32,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from steps import common, gate, log_model, registry_lock
+from steps import chain, common, gate, registry_lock
+from steps.chain import CHALLENGER, CHAMPION, TASK
 from steps.config import Config
 from steps.errors import UserError
+from steps.tags import (
+    GATE_REASON_TAG,
+    GATE_TAG,
+    METRIC_TAGS,
+    MODEL_ID_TAG,
+    MODEL_URI_TAG,
+    PENDING_TAG,
+    PERSISTED_TAG,
+    REGISTERED_MODEL_TAG,
+    SAVE_MODE_TAG,
+    TASK_TAG,
+    VERSION_TAG,
+)
 
-STEP = "register"
-UPSTREAM = "log_model_run_id"
-CHALLENGER = "challenger"
-CHAMPION = gate.CHAMPION
-TASK_TAG = "task"
-PERSISTED_TAG = "persisted"
-GATE_TAG = gate.GATE_TAG
-GATE_REASON_TAG = gate.GATE_REASON_TAG
-REGISTERED_MODEL_TAG = "registered_model"
-VERSION_TAG = "model_version"
-METRIC_TAGS = ("test_accuracy", "test_precision", "test_recall", "test_f1")
-EVALUATE = "evaluate"  # the step whose run scored the candidate (tag run.evaluate)
-PENDING_TAG = "aliases_pending"  # the aliases this version should get; removed once it has them
+STEP = chain.REGISTER
+UPSTREAM = chain.upstream_param(STEP)
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -64,7 +67,7 @@ def version_tags(
     decision: gate.Gate,
 ) -> dict[str, str]:
     tags = {
-        log_model.SAVE_MODE_TAG: save_mode,
+        SAVE_MODE_TAG: save_mode,
         PERSISTED_TAG: str(is_self_contained(save_mode)).lower(),
         **gate.comparison_tags(decision, metrics["test_f1"], int(metrics.get("test_rows", 0))),
     }
@@ -88,28 +91,12 @@ def finish_interrupted(client: Any, name: str, version: Any, cfg: Config, work: 
         client.set_registered_model_alias(name, CHALLENGER, version.version)
         done.append(CHALLENGER)
     if CHAMPION in wanted:
-        decision = judge_version(client, name, version, cfg, work)
+        decision = gate.judge_version(client, name, version, cfg, work)
         if decision.passed:
-            client.set_registered_model_alias(name, CHAMPION, version.version)
+            gate.move_champion(client, name, version.version)
             done.append(CHAMPION)
     client.delete_model_version_tag(name, version.version, PENDING_TAG)
     return ", ".join(done) or "no alias (newer versions came first)"
-
-
-def judge_version(client: Any, name: str, version: Any, cfg: Config, work: Path) -> gate.Gate:
-    """The gate for a registered ``version`` against the champion of now (persist and an
-    interrupted register ask again); its comparison tags are brought up to date. The champion
-    itself passes as it is."""
-    current = gate.champion_version(client, name)
-    if current is not None and str(current.version) == str(version.version):
-        return gate.Gate(True, version.tags.get(GATE_REASON_TAG, "already champion"))
-    test_f1 = float(version.tags["test_f1"])
-    decision = gate.judge(client, name, version.tags[f"run.{EVALUATE}"], test_f1, cfg, work)
-    for key, value in gate.comparison_tags(
-        decision, test_f1, int(version.tags.get(gate.ROWS_TAG, 0))
-    ).items():
-        client.set_model_version_tag(name, version.version, key, value)
-    return decision
 
 
 def check_registered_model(client: Any, name: str) -> bool:
@@ -121,10 +108,9 @@ def check_registered_model(client: Any, name: str) -> bool:
     except MlflowException:
         return False
     task = existing.tags.get(TASK_TAG)
-    if task and task != log_model.TASK:
+    if task and task != TASK:
         raise UserError(
-            f"registered model {name!r} holds {task} models, not {log_model.TASK}: "
-            "choose another --registered_model"
+            f"registered model {name!r} holds {task} models, not {TASK}: choose another --registered_model"
         )
     return True
 
@@ -149,7 +135,7 @@ def check_logged_model(client: Any, model_id: str) -> None:
 def already_registered(client: Any, name: str, log_model_run_id: str) -> Any | None:
     """The version this log_model run already became, if any: registering twice changes nothing."""
     for version in client.search_model_versions(f"name = '{name}'"):
-        if version.tags.get(f"run.{log_model.STEP}") == log_model_run_id:
+        if version.tags.get(f"run.{chain.LOG_MODEL}") == log_model_run_id:
             return version
     return None
 
@@ -158,12 +144,12 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     import mlflow
 
     client = mlflow.MlflowClient()
-    upstream = common.get_upstream(upstream_run_id, log_model.STEP, UPSTREAM)
-    model_uri = upstream.data.tags[log_model.MODEL_URI_TAG]
-    check_logged_model(client, upstream.data.tags[log_model.MODEL_ID_TAG])
-    chain = common.upstream_chain(upstream)
-    metrics = {k: v for k, v in chain[EVALUATE].data.metrics.items() if k in (*METRIC_TAGS, "test_rows")}
-    save_mode = upstream.data.tags[log_model.SAVE_MODE_TAG]
+    upstream = common.get_upstream(upstream_run_id, chain.LOG_MODEL, UPSTREAM)
+    model_uri = upstream.data.tags[MODEL_URI_TAG]
+    check_logged_model(client, upstream.data.tags[MODEL_ID_TAG])
+    runs = common.upstream_chain(upstream)
+    metrics = {k: v for k, v in runs[chain.EVALUATE].data.metrics.items() if k in (*METRIC_TAGS, "test_rows")}
+    save_mode = upstream.data.tags[SAVE_MODE_TAG]
     name = cfg.registered_model
     check_registered_model(client, name)  # a name that holds another task: refused before any run
 
@@ -199,26 +185,26 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             print(f"{STEP}: {name} v{earlier.version} already holds this model; registry unchanged")
             return run_id
 
-        evaluate_run_id = chain[EVALUATE].info.run_id
+        evaluate_run_id = runs[chain.EVALUATE].info.run_id
         decision = gate.judge(client, name, evaluate_run_id, metrics["test_f1"], cfg, tmp)
         promote = decision.passed and is_self_contained(save_mode)
         tags = version_tags(
             save_mode,
             common.lineage_tags(upstream),
             metrics,
-            {step: run.info.run_id for step, run in chain.items()},
+            {step: run.info.run_id for step, run in runs.items()},
             decision,
         )
         tags[PENDING_TAG] = ",".join([CHALLENGER, CHAMPION] if promote else [CHALLENGER])
         version = None
         try:
             if not exists:
-                client.create_registered_model(name, tags={TASK_TAG: log_model.TASK})
+                client.create_registered_model(name, tags={TASK_TAG: TASK})
             version = mlflow.register_model(model_uri, name, tags=tags)
             common.kill_point("register.version_created")
             client.set_registered_model_alias(name, CHALLENGER, version.version)
             if promote:
-                client.set_registered_model_alias(name, CHAMPION, version.version)
+                gate.move_champion(client, name, version.version)
             client.delete_model_version_tag(name, version.version, PENDING_TAG)
         except BaseException:  # leave the registry as it was, then fail
             if version is not None:

@@ -25,9 +25,9 @@ from typing import Any
 
 from steps import common
 from steps.errors import UserError
+from steps.tags import HOST_TAG, LOCK_FOR_TAG, PID_TAG
 
 SUFFIX = "__pipeline_lock"
-FOR_TAG = "pipeline.lock_for"
 TIMEOUT_S = 600.0
 POLL_S = 0.2
 TAKEN = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}
@@ -63,7 +63,7 @@ def try_take(client: Any, name: str, lock: str) -> bool:
     try:
         client.create_registered_model(
             lock,
-            tags=common.process_tags() | {FOR_TAG: name},
+            tags=common.process_tags() | {LOCK_FOR_TAG: name},
             description=f"held while a pipeline step changes {name!r}; deleted when it is done",
         )
     except MlflowException as exc:
@@ -86,7 +86,7 @@ def registry_lock(client: Any, name: str, timeout_s: float = TIMEOUT_S) -> Itera
         if tags is None:
             continue  # released between our attempt and the look: try again at once
         if common.holder_alive(tags) is False:  # its process died on this host
-            dead = tags.get(common.PID_TAG)
+            dead = tags.get(PID_TAG)
             print(f"registry lock: {lock!r} was left by process {dead}, now dead: breaking it")
             if holder(client, lock) == tags:  # still that dead holder's, not a new one's
                 release(client, lock)
@@ -94,7 +94,7 @@ def registry_lock(client: Any, name: str, timeout_s: float = TIMEOUT_S) -> Itera
         if time.monotonic() > deadline:
             raise UserError(
                 f"registered model {name!r} has been locked for over {timeout_s:.0f} s by process "
-                f"{tags.get(common.PID_TAG, '?')} on host {tags.get(common.HOST_TAG, '?')}: if that "
+                f"{tags.get(PID_TAG, '?')} on host {tags.get(HOST_TAG, '?')}: if that "
                 f"process is gone, delete the registered model {lock!r} (MlflowClient()."
                 f"delete_registered_model({lock!r})) and rerun"
             )

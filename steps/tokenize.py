@@ -17,40 +17,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from steps import common, prepare
+from steps import chain, common
+from steps.chain import LABEL_MAP_FILE, SPLITS, SPLITS_DIR, TOKENIZED_DIR
 from steps.config import Config
+from steps.modeling import tokenize_frame
+from steps.tags import BASE_MODEL_TAG, BASE_REVISION_SOURCE_TAG, BASE_REVISION_TAG, DATA_DIGEST_TAG
 
-STEP = "tokenize"
-UPSTREAM = "prepare_run_id"
-TOKENIZED_DIR = "tokenized"
-LABEL_MAP_FILE = "label_map.json"
+STEP = chain.TOKENIZE
+UPSTREAM = chain.upstream_param(STEP)
 
 
 # ----------------------------------------------------------------------------- pure functions
 def label_mapping(labels: Iterable[str]) -> dict[str, int]:
     """Sorted labels to ids: stable across runs whatever order the data came in."""
     return {label: i for i, label in enumerate(sorted(set(labels)))}
-
-
-def tokenize_frame(
-    df: pd.DataFrame, tokenizer: Any, max_length: int, label2id: dict[str, int]
-) -> pd.DataFrame:
-    """Token ids per text, truncated to ``max_length`` and not padded."""
-    encoded = tokenizer(list(df["text"]), truncation=True, max_length=max_length, padding=False)
-    return pd.DataFrame(
-        {
-            "text": df["text"].to_numpy(),
-            "label": df["label"].to_numpy(),
-            "label_id": [label2id[label] for label in df["label"]],
-            "input_ids": encoded["input_ids"],
-            "attention_mask": encoded["attention_mask"],
-        }
-    )
 
 
 def length_metrics(name: str, tokenized: pd.DataFrame, max_length: int) -> dict[str, float]:
@@ -78,12 +62,12 @@ def load_tokenizer(base_model: str) -> tuple[Any, str, tuple[str, str]]:
 def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     import mlflow
 
-    upstream = common.get_upstream(upstream_run_id, prepare.STEP, UPSTREAM)
+    upstream = common.get_upstream(upstream_run_id, chain.PREPARE, UPSTREAM)
     tokenizer, _, (revision, revision_source) = load_tokenizer(cfg.base_model)
 
     with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
-        splits_dir = common.download(upstream.info.run_id, prepare.SPLITS_DIR, tmp / "in")
-        frames = {name: pd.read_parquet(splits_dir / f"{name}.parquet") for name in prepare.SPLITS}
+        splits_dir = common.download(upstream.info.run_id, SPLITS_DIR, tmp / "in")
+        frames = {name: pd.read_parquet(splits_dir / f"{name}.parquet") for name in SPLITS}
         label2id = label_mapping(pd.concat(frames.values())["label"])
         out = tmp / TOKENIZED_DIR
         out.mkdir()
@@ -95,26 +79,14 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         mlflow.log_artifacts(str(out), TOKENIZED_DIR)
         mlflow.set_tags(
             {
-                common.BASE_MODEL_TAG: cfg.base_model,
-                common.BASE_REVISION_TAG: revision,
-                common.BASE_REVISION_SOURCE_TAG: revision_source,
-                common.DATA_DIGEST_TAG: upstream.data.tags.get(common.DATA_DIGEST_TAG, ""),
+                BASE_MODEL_TAG: cfg.base_model,
+                BASE_REVISION_TAG: revision,
+                BASE_REVISION_SOURCE_TAG: revision_source,
+                DATA_DIGEST_TAG: upstream.data.tags.get(DATA_DIGEST_TAG, ""),
             }
         )
         mlflow.log_param("label2id", json.dumps(label2id))
         return run_id
-
-
-def read_tokenized(run_id: str, dst: Path) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """Downstream steps' way in: the tokenized splits and the label mapping of a tokenize run."""
-    folder = common.download(run_id, TOKENIZED_DIR, dst)
-    frames = {name: pd.read_parquet(folder / f"{name}.parquet") for name in prepare.SPLITS}
-    return frames, json.loads((folder / LABEL_MAP_FILE).read_text())
-
-
-def id2label_of(run: Any) -> dict[int, str]:
-    """A tokenize run's label ids -> labels, from its ``label2id`` param (no download)."""
-    return {i: label for label, i in json.loads(run.data.params["label2id"]).items()}
 
 
 def main(argv: list[str] | None = None) -> int:

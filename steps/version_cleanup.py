@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from steps import common, persist, registry_lock
+from steps import chain, common, registry_lock
+from steps.chain import PLAN_FILE
 from steps.config import Config
 from steps.errors import UserError
 
-STEP = "version_cleanup"
-UPSTREAM = "persist_run_id"
-PLAN_FILE = "cleanup_plan.json"
+STEP = chain.VERSION_CLEANUP
+UPSTREAM = chain.upstream_param(STEP)
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -53,7 +53,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    upstream = common.get_upstream(upstream_run_id, persist.STEP, UPSTREAM) if upstream_run_id else None
+    upstream = common.get_upstream(upstream_run_id, chain.PERSIST, UPSTREAM) if upstream_run_id else None
     name = cfg.registered_model
     try:
         client.get_registered_model(name)
@@ -118,7 +118,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.step_parser(__doc__)
+    parser = common.step_parser(__doc__, step=STEP)
     parser.add_argument(f"--{UPSTREAM}", default=None, help="run ID of the persist run (optional)")
     args = common.parse_step_args(parser, argv, UPSTREAM)
     return common.cli(STEP, lambda: run(args.upstream_run_id, common.config_for(args), args.profile))

@@ -15,9 +15,10 @@ from unittest import mock
 import mlflow
 import pytest
 
-from steps import cache, prepare
+from steps import cache, corpus, prepare
 from steps import main as main_step
 from steps.config import BUNDLED_DATA, BUNDLED_DATA_COLUMNS
+from steps.tags import REUSED_FROM_TAG
 from tests.conftest import PROJECT_DIR, deleted_unless_a_test_failed, isolated_env
 from tests.helpers import child_runs
 
@@ -45,7 +46,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, dict[
 def store(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("driver")
     # the bundled corpus as a csv with a header row, the commonest layout of a user's own file
-    bundled = prepare.read_file(PROJECT_DIR / BUNDLED_DATA, BUNDLED_DATA_COLUMNS)
+    bundled = corpus.read_file(PROJECT_DIR / BUNDLED_DATA, BUNDLED_DATA_COLUMNS)
     bundled[["text", "label"]].to_csv(root / "sms.csv", index=False)
     with pytest.MonkeyPatch.context() as mp, deleted_unless_a_test_failed(request, root):
         for key, value in isolated_env(root).items():
@@ -89,7 +90,7 @@ def test_nothing_changed_reuses_every_cacheable_step(first: str, store: Path, ca
     }
     old, new = child_runs(first), child_runs(second)
     for step in CACHEABLE:  # a child per step still, pointing at the run it reused
-        assert new[step].data.tags[cache.REUSED_FROM_TAG] == old[step].info.run_id
+        assert new[step].data.tags[REUSED_FROM_TAG] == old[step].info.run_id
         assert new[step].info.status == "FINISHED"
     assert new["evaluate"].data.metrics["test_f1"] == old["evaluate"].data.metrics["test_f1"]
     assert new["prepare"].inputs.dataset_inputs  # the record travels with the marker
@@ -127,7 +128,7 @@ def test_force_reruns_the_named_step_and_those_after(first: str, store: Path, ca
 def test_changing_the_data_reruns_everything(first: str, store: Path, capsys) -> None:
     with (store / "sms.csv").open("a", encoding="utf-8") as f:
         f.write("a brand new message about the school run,ham\n")
-    with mock.patch.object(prepare, "prepared", wraps=prepare.prepared) as checked:
+    with mock.patch.object(prepare, "prepared", wraps=corpus.prepared) as checked:
         _, decisions = run_main(capsys, "--data", str(store / "sms.csv"))
     assert checked.call_count == 1  # main's preflight checked the new data (prepare ran in its process)
     assert decisions["prepare"] == "data changed"

@@ -20,6 +20,7 @@ import pytest
 
 from steps import common, registry_lock
 from steps import main as main_step
+from steps.tags import STEP_TAG
 from tests.conftest import PROJECT_DIR, isolated_env, use_store
 from tests.helpers import logged_model_status
 
@@ -65,7 +66,7 @@ def running(client: mlflow.MlflowClient) -> dict[str, str]:
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()], "attributes.status = 'RUNNING'"
     )
-    return {run.info.run_id: run.data.tags.get(common.STEP_TAG, "?") for run in runs}
+    return {run.info.run_id: run.data.tags.get(STEP_TAG, "?") for run in runs}
 
 
 def assert_registry_tells_the_truth(client: mlflow.MlflowClient, champion: str) -> None:

@@ -16,8 +16,9 @@ import mlflow
 import pytest
 import requests
 
-from steps import cache, hub, log_model, persist, register, version_cleanup
+from steps import hub, log_model, persist, register, version_cleanup
 from steps import main as main_step
+from steps.tags import INPUTS_TAG, KEY_TAG
 from tests.conftest import PROJECT_DIR
 from tests.helpers import child_runs
 
@@ -135,7 +136,7 @@ def copy_of_run(run_id: str) -> str:
     its cached ``log_model`` and find no ``expected_predictions.json`` in it.
     """
     original = mlflow.get_run(run_id)
-    dropped = {cache.KEY_TAG, cache.INPUTS_TAG}
+    dropped = {KEY_TAG, INPUTS_TAG}
     tags = {k: v for k, v in original.data.tags.items() if not k.startswith("mlflow.") and k not in dropped}
     with mlflow.start_run(tags=tags) as run:
         return run.info.run_id

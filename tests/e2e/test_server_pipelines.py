@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steps import cache, common
+from steps.tags import REUSED_FROM_TAG, STEP_TAG
 from tests.conftest import PROJECT_DIR, isolated_env
 from tests.helpers import assert_both_registered_and_the_gate_held, child_runs, fresh_postgres_database
 from tests.server import as_user, running_server
@@ -84,8 +84,8 @@ def test_two_smoke_pipelines_at_once_through_the_server_with_credentials(
                 assert password not in recorded
                 assert "MLFLOW_TRACKING_PASSWORD" not in recorded
                 assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # through the server
-                step = run.data.tags.get(common.STEP_TAG)
-                if step not in (None, "main") and cache.REUSED_FROM_TAG not in run.data.tags:
+                step = run.data.tags.get(STEP_TAG)
+                if step not in (None, "main") and REUSED_FROM_TAG not in run.data.tags:
                     config_text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
                     assert password not in config_text
             # the models went through the server into its artifact destination

@@ -12,7 +12,18 @@ import mlflow
 import pandas as pd
 import pytest
 
-from steps import config, evaluate, finetune, log_model, persist, prepare, register, tokenize, version_cleanup
+from steps import (
+    config,
+    corpus,
+    evaluate,
+    finetune,
+    log_model,
+    persist,
+    prepare,
+    register,
+    tokenize,
+    version_cleanup,
+)
 from steps import main as main_step
 from tests.conftest import PROJECT_DIR
 from tests.helpers import registered_models
@@ -374,7 +385,7 @@ def test_uci_file_with_an_empty_label_drops_and_counts_that_line(tmp_path: Path)
     cfg = config.load_config(
         "smoke", {"data": write_uci(tmp_path, ["\tno label here"]), "data_columns": "label,text"}
     )
-    cleaned, stats, _ = prepare.prepared(cfg)
+    cleaned, stats, _ = corpus.prepared(cfg)
     assert stats.rows_read == 41 and stats.dropped_missing_label == 1 and len(cleaned) == 40
 
 

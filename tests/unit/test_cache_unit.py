@@ -81,10 +81,10 @@ def test_fields_read_finds_every_cfg_attribute() -> None:
 
 def test_code_closure_follows_imports_within_steps() -> None:
     closure = cache.code_closure("steps.finetune")
-    assert {"steps.finetune", "steps.common", "steps.config", "steps.tokenize", "steps.modeling"} <= set(
+    assert {"steps.finetune", "steps.common", "steps.config", "steps.artifacts", "steps.modeling"} <= set(
         closure
     )
-    assert "steps.register" not in closure
+    assert {"steps.tokenize", "steps.register"}.isdisjoint(closure)  # no step imports another
 
 
 @pytest.mark.parametrize(

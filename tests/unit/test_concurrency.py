@@ -26,6 +26,7 @@ import pytest
 
 from steps import common, registry_lock
 from steps.errors import UserError
+from steps.tags import HOST_TAG, PID_STARTED_TAG, PID_TAG
 from tests.conftest import PROJECT_DIR, isolated_env
 from tests.helpers import (
     POSTGRES_ENV,
@@ -112,7 +113,7 @@ def test_a_lock_left_by_a_dead_process_is_broken(capsys: pytest.CaptureFixture[s
     started = time.monotonic()
     with registry_lock.registry_lock(client, "spam", timeout_s=30):
         held = client.get_registered_model(registry_lock.lock_name("spam")).tags
-        assert held[common.PID_TAG] == str(os.getpid())
+        assert held[PID_TAG] == str(os.getpid())
     assert time.monotonic() - started < 5
     assert "now dead: breaking it" in capsys.readouterr().out
     with pytest.raises(mlflow.exceptions.MlflowException):
@@ -123,7 +124,7 @@ def test_a_lock_held_from_another_host_is_waited_for_then_reported_in_one_line()
     client = mlflow.MlflowClient()
     lock = registry_lock.lock_name("spam")
     client.create_registered_model(
-        lock, tags={common.HOST_TAG: "gpu-box-7", common.PID_TAG: "4242", common.PID_STARTED_TAG: "1.0"}
+        lock, tags={HOST_TAG: "gpu-box-7", PID_TAG: "4242", PID_STARTED_TAG: "1.0"}
     )
     with pytest.raises(UserError) as raised, registry_lock.registry_lock(client, "spam", timeout_s=0.5):
         pytest.fail("took a lock another host holds")
@@ -131,7 +132,7 @@ def test_a_lock_held_from_another_host_is_waited_for_then_reported_in_one_line()
     assert "\n" not in message
     assert "locked for over 0 s by process 4242 on host gpu-box-7" in message
     assert f"delete the registered model {lock!r}" in message
-    assert client.get_registered_model(lock).tags[common.HOST_TAG] == "gpu-box-7"  # not ours to break
+    assert client.get_registered_model(lock).tags[HOST_TAG] == "gpu-box-7"  # not ours to break
 
 
 def test_the_lock_is_released_when_the_body_fails() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steps import prepare
+from steps import corpus
 from steps.config import BUNDLED_DATA, PROJECT_DIR, Config, load_config
 
 FOLDER = PROJECT_DIR / "data" / "sms-spam-collection"
@@ -17,9 +17,9 @@ FOLDER = PROJECT_DIR / "data" / "sms-spam-collection"
 
 @pytest.fixture(scope="module")
 def bundled() -> pd.DataFrame:
-    path = prepare.resolve_data_path(Config().data)
+    path = corpus.resolve_data_path(Config().data)
     assert path is not None
-    return prepare.read_file(path, Config().data_columns)
+    return corpus.read_file(path, Config().data_columns)
 
 
 def test_the_file_is_the_uci_corpus_byte_for_byte_with_its_attribution() -> None:
@@ -47,7 +47,7 @@ def test_every_profile_but_smoke_trains_on_the_whole_real_corpus() -> None:
 
 
 def test_cleaning_keeps_the_first_of_each_repeated_text(bundled: pd.DataFrame) -> None:
-    cleaned, stats = prepare.clean(bundled, "text", "label")
+    cleaned, stats = corpus.clean(bundled, "text", "label")
     assert stats.dropped_duplicate == 414 and stats.conflicting_duplicates == 0
     assert len(cleaned) == 5160 and cleaned["text"].is_unique
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steps import prepare, tokenize
+from steps import corpus, modeling, tokenize
 from steps.config import BUNDLED_BASE_MODEL
 from steps.errors import UserError
 
@@ -26,9 +26,9 @@ SPAM = [f"claim your prize {i} now" for i in range(12)]
 
 def prepared(path: Path) -> pd.DataFrame:
     """What prepare makes of a file: read, then cleaned (texts, normalised labels)."""
-    found = prepare.resolve_data_path(str(path))
+    found = corpus.resolve_data_path(str(path))
     assert found is not None
-    cleaned, _ = prepare.clean(prepare.read_file(found), "text", "label")
+    cleaned, _ = corpus.clean(corpus.read_file(found), "text", "label")
     return cleaned
 
 
@@ -53,7 +53,7 @@ def test_crlf_line_ends_leave_no_carriage_returns(tmp_path: Path) -> None:
     path.write_bytes(csv_bytes(base_rows(), newline="\r\n"))
     out = prepared(path)
     assert not out["text"].str.contains("\r").any() and set(out["label"]) == {"ham", "spam"}
-    assert prepare.data_digest(out) == prepare.data_digest(prepared(write(tmp_path, base_rows())))
+    assert corpus.data_digest(out) == corpus.data_digest(prepared(write(tmp_path, base_rows())))
 
 
 def write(tmp_path: Path, rows: list[tuple[str, str]], name: str = "plain.csv") -> Path:
@@ -73,7 +73,7 @@ def test_a_newline_in_a_text_cannot_forge_the_data_digest() -> None:
     # hashed as "label<TAB>text<NEWLINE>", these two would be the same bytes
     one = pd.DataFrame({"text": ["a\nspam\tb"], "label": ["ham"]})
     two = pd.DataFrame({"text": ["a", "b"], "label": ["ham", "spam"]})
-    assert prepare.data_digest(one) != prepare.data_digest(two)
+    assert corpus.data_digest(one) != corpus.data_digest(two)
 
 
 def test_non_utf8_bytes_are_refused_with_the_fix(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_emoji_and_right_to_left_texts_survive_byte_for_byte(tmp_path: Path) -> 
     out = prepared(write(tmp_path, rows))
     assert list(out["text"].iloc[-4:]) == odd
     tokenizer, _, _ = tokenize.load_tokenizer(BUNDLED_BASE_MODEL)
-    ids = tokenize.tokenize_frame(out.tail(4), tokenizer, 32, {"ham": 0, "spam": 1})["input_ids"]
+    ids = modeling.tokenize_frame(out.tail(4), tokenizer, 32, {"ham": 0, "spam": 1})["input_ids"]
     assert all(len(seq) > 2 for seq in ids)  # more than [CLS] [SEP]
 
 
@@ -98,7 +98,7 @@ def test_a_one_megabyte_text_is_kept_and_truncated_at_max_length(tmp_path: Path)
     out = prepared(write(tmp_path, [*base_rows(), (huge, "spam")]))
     assert out["text"].str.len().max() == len(huge.strip())
     tokenizer, _, _ = tokenize.load_tokenizer(BUNDLED_BASE_MODEL)
-    tokens = tokenize.tokenize_frame(out.tail(1), tokenizer, 64, {"ham": 0, "spam": 1})
+    tokens = modeling.tokenize_frame(out.tail(1), tokenizer, 64, {"ham": 0, "spam": 1})
     assert len(tokens["input_ids"].iloc[0]) == 64
     assert tokenize.length_metrics("t", tokens, 64)["t_truncated_share"] == 1.0
 
@@ -112,7 +112,7 @@ def test_int_labels_and_string_labels_are_the_same_data(tmp_path: Path) -> None:
     strings.write_bytes(csv_bytes([(t, str(i)) for i, g in enumerate((HAM, SPAM)) for t in g]))
     a, b = prepared(ints), prepared(strings)
     assert set(a["label"]) == {"0", "1"}
-    assert prepare.data_digest(a) == prepare.data_digest(b)
+    assert corpus.data_digest(a) == corpus.data_digest(b)
 
 
 def test_labels_with_stray_whitespace_and_case_are_one_class(tmp_path: Path) -> None:
@@ -128,8 +128,8 @@ def test_missing_texts_are_dropped_and_counted_but_the_word_nan_is_a_text(tmp_pa
     records = [{"text": t, "label": "ham"} for t in HAM] + [{"text": t, "label": "spam"} for t in SPAM]
     records += [{"text": None, "label": "spam"}, {"text": float("nan"), "label": "ham"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))  # NaN is written as NaN
-    raw = prepare.read_file(path)
-    out, stats = prepare.clean(raw, "text", "label")
+    raw = corpus.read_file(path)
+    out, stats = corpus.clean(raw, "text", "label")
     assert len(out) == 24 and stats.dropped_empty == 2
     csv = write(tmp_path, [*base_rows(), ("NaN", "ham"), ("None", "ham")], "words.csv")
     assert {"NaN", "None"} <= set(prepared(csv)["text"])  # real messages, not missing values
@@ -171,13 +171,13 @@ def test_a_symbolic_link_loop_is_refused_as_a_loop(tmp_path: Path) -> None:
     os.symlink(tmp_path / "b.csv", tmp_path / "a.csv")
     os.symlink(tmp_path / "a.csv", tmp_path / "b.csv")
     with pytest.raises(UserError, match=r"is a loop of symbolic links: point --data at the real file"):
-        prepare.resolve_data_path(str(tmp_path / "a.csv"))
+        corpus.resolve_data_path(str(tmp_path / "a.csv"))
 
 
 def test_a_dangling_symbolic_link_names_its_target(tmp_path: Path) -> None:
     os.symlink(tmp_path / "gone.csv", tmp_path / "link.csv")
     with pytest.raises(UserError, match=r"symbolic link to '.*gone.csv', which does not exist"):
-        prepare.resolve_data_path(str(tmp_path / "link.csv"))
+        corpus.resolve_data_path(str(tmp_path / "link.csv"))
 
 
 def test_a_symbolic_link_to_a_real_file_is_followed(tmp_path: Path) -> None:

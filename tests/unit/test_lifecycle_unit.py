@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from steps import gate, hub, log_model, persist, register, version_cleanup
+from steps.config import check_save_mode
 from steps.errors import UserError
 
 
@@ -160,9 +161,9 @@ def test_versions_to_delete_refuses_keep_last_below_one() -> None:
 
 def test_reference_mode_is_refused_for_a_full_fine_tune() -> None:
     with pytest.raises(UserError, match="use save_mode full or checkpoint"):
-        log_model.check_save_mode("reference", adapter=False)
-    log_model.check_save_mode("reference", adapter=True)
-    log_model.check_save_mode("checkpoint", adapter=False)
+        check_save_mode("reference", adapter=False)
+    check_save_mode("reference", adapter=True)
+    check_save_mode("checkpoint", adapter=False)
 
 
 def test_input_example_shows_every_label_first() -> None:

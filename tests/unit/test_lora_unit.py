@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steps import common, finetune, modeling, persist
+from steps import artifacts, common, finetune, modeling, persist
 from steps.config import BUNDLED_BASE_MODEL, Config, coerce, load_config, module_names
 from steps.errors import UserError
 
@@ -152,14 +152,14 @@ def test_epoch_numbers_and_model_files(tmp_path: Path) -> None:
 
 def test_an_epoch_that_was_not_logged_names_the_ones_that_were() -> None:
     tags = {finetune.EPOCH_CHECKPOINTS_TAG: json.dumps({"1": "epochs/epoch-1", "3": "epochs/epoch-3"})}
-    assert finetune.checkpoint_path(tags, "abc", 3) == "epochs/epoch-3"
-    assert finetune.checkpoint_path(tags, "abc", 0) == finetune.CHECKPOINT_DIR
+    assert artifacts.checkpoint_path(tags, "abc", 3) == "epochs/epoch-3"
+    assert artifacts.checkpoint_path(tags, "abc", 0) == finetune.CHECKPOINT_DIR
     with pytest.raises(
         UserError, match=r"checkpoint_epoch=2 was not logged by finetune run abc \(logged epochs: 1, 3\)"
     ):
-        finetune.checkpoint_path(tags, "abc", 2)
+        artifacts.checkpoint_path(tags, "abc", 2)
     with pytest.raises(UserError, match=r"logged epochs: none"):
-        finetune.checkpoint_path({}, "abc", 1)
+        artifacts.checkpoint_path({}, "abc", 1)
 
 
 # ----------------------------------------------------------------------------- tracking

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steps import prepare
+from steps import corpus
 from steps.config import Config
 from steps.errors import UserError
 
@@ -21,7 +21,7 @@ def frame(n_ham: int = 30, n_spam: int = 20) -> pd.DataFrame:
 
 def test_clean_selects_renames_and_normalises_labels() -> None:
     df = pd.DataFrame({"sms": ["  hi there ", "WIN now"], "kind": [" Ham", "SPAM "], "x": [1, 2]})
-    out, stats = prepare.clean(df, "sms", "kind")
+    out, stats = corpus.clean(df, "sms", "kind")
     assert list(out.columns) == ["text", "label"]
     assert out.to_dict("records") == [
         {"text": "hi there", "label": "ham"},
@@ -37,7 +37,7 @@ def test_clean_drops_and_counts_empty_missing_and_duplicate() -> None:
             "label": ["ham", "ham", "spam", "spam", None, "spam", ""],
         }
     )
-    out, stats = prepare.clean(df, "text", "label")
+    out, stats = corpus.clean(df, "text", "label")
     assert list(out["text"]) == ["a", "c"]
     assert (stats.dropped_missing_label, stats.dropped_empty, stats.dropped_duplicate) == (2, 2, 1)
     assert stats.conflicting_duplicates == 1  # "a" was both ham and spam; the first label is kept
@@ -45,32 +45,32 @@ def test_clean_drops_and_counts_empty_missing_and_duplicate() -> None:
 
 def test_integer_labels_become_strings() -> None:
     df = pd.DataFrame({"text": ["x", "y", "z"], "label": [0, 1.0, 1]})
-    out, _ = prepare.clean(df, "text", "label")
+    out, _ = corpus.clean(df, "text", "label")
     assert list(out["label"]) == ["0", "1", "1"]
 
 
 def test_missing_column_lists_the_columns_that_exist() -> None:
     with pytest.raises(UserError, match=r"column 'message' not found.*sms, kind"):
-        prepare.clean(frame(), "message", "kind")
+        corpus.clean(frame(), "message", "kind")
 
 
 def test_one_class_only_is_an_error() -> None:
     df = pd.DataFrame({"text": ["a", "b"], "label": ["ham", "ham"]})
     with pytest.raises(UserError, match=r"only one class \('ham'\)"):
-        prepare.clean(df, "text", "label")
+        corpus.clean(df, "text", "label")
 
 
 def test_all_texts_empty_is_an_error() -> None:
     df = pd.DataFrame({"text": ["", "  ", None], "label": ["ham", "spam", "ham"]})
     with pytest.raises(UserError, match="no usable rows"):
-        prepare.clean(df, "text", "label")
+        corpus.clean(df, "text", "label")
 
 
 def test_split_is_stratified_seeded_and_disjoint() -> None:
-    df, _ = prepare.clean(frame(300, 100), "sms", "kind")
-    a = prepare.split(df, 0.1, 0.1, seed=1)
-    b = prepare.split(df, 0.1, 0.1, seed=1)
-    c = prepare.split(df, 0.1, 0.1, seed=2)
+    df, _ = corpus.clean(frame(300, 100), "sms", "kind")
+    a = corpus.split(df, 0.1, 0.1, seed=1)
+    b = corpus.split(df, 0.1, 0.1, seed=1)
+    c = corpus.split(df, 0.1, 0.1, seed=2)
     assert {k: len(v) for k, v in a.items()} == {"train": 320, "validation": 40, "test": 40}
     for part in a.values():
         assert (part["label"] == "spam").mean() == pytest.approx(0.25, abs=0.02)
@@ -81,16 +81,16 @@ def test_split_is_stratified_seeded_and_disjoint() -> None:
 
 
 def test_split_with_too_few_rows_of_a_class_says_what_to_do() -> None:
-    df, _ = prepare.clean(frame(100, 4), "sms", "kind")
+    df, _ = corpus.clean(frame(100, 4), "sms", "kind")
     with pytest.raises(UserError, match=r"class 'spam' has only 4 rows"):
-        prepare.split(df, 0.1, 0.1, seed=0)
+        corpus.split(df, 0.1, 0.1, seed=0)
 
 
 def test_subsample_keeps_class_balance() -> None:
-    df, _ = prepare.clean(frame(300, 100), "sms", "kind")
-    small = prepare.subsample(df, 100, seed=0)
+    df, _ = corpus.clean(frame(300, 100), "sms", "kind")
+    small = corpus.subsample(df, 100, seed=0)
     assert len(small) == 100 and (small["label"] == "spam").sum() == 25
-    assert prepare.subsample(df, 0, seed=0) is df
+    assert corpus.subsample(df, 0, seed=0) is df
 
 
 def test_digest_depends_on_content_not_on_file_format(tmp_path: Path) -> None:
@@ -98,13 +98,13 @@ def test_digest_depends_on_content_not_on_file_format(tmp_path: Path) -> None:
     df.to_csv(tmp_path / "d.csv", index=False)
     df.to_parquet(tmp_path / "d.parquet", index=False)
     digests = {
-        prepare.data_digest(prepare.clean(prepare.read_file(tmp_path / name), "sms", "kind")[0])
+        corpus.data_digest(corpus.clean(corpus.read_file(tmp_path / name), "sms", "kind")[0])
         for name in ("d.csv", "d.parquet")
     }
     assert len(digests) == 1
     changed = frame()
     changed.loc[0, "kind"] = "spam"
-    assert prepare.data_digest(prepare.clean(changed, "sms", "kind")[0]) not in digests
+    assert corpus.data_digest(corpus.clean(changed, "sms", "kind")[0]) not in digests
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl", ".parquet"])
@@ -121,29 +121,29 @@ def test_every_supported_format_reads_the_same_rows(tmp_path: Path, suffix: str)
         df.to_json(path, orient="records", lines=True)
     else:
         df.to_parquet(path, index=False)
-    out, _ = prepare.clean(prepare.read_file(path), "sms", "kind")
+    out, _ = corpus.clean(corpus.read_file(path), "sms", "kind")
     assert list(out["text"]) == list(df["sms"]) and list(out["label"]) == list(df["kind"])
 
 
 def test_resolve_data_path_finds_bundled_data_from_any_directory() -> None:
-    path = prepare.resolve_data_path(Config().data)
+    path = corpus.resolve_data_path(Config().data)
     assert path is not None and path.is_file() and path.name == "SMSSpamCollection.tsv"
 
 
 @pytest.mark.parametrize("data", ["missing.csv", "./nowhere/data.parquet", "/no/such/file.jsonl"])
 def test_missing_file_is_an_error(data: str) -> None:
     with pytest.raises(UserError, match=r"data file .* does not exist"):
-        prepare.resolve_data_path(data)
+        corpus.resolve_data_path(data)
 
 
 @pytest.mark.parametrize("data", ["ucirvine/sms_spam", "sms_spam"])
 def test_hub_ids_are_recognised(data: str) -> None:
-    assert prepare.resolve_data_path(data) is None
+    assert corpus.resolve_data_path(data) is None
 
 
 def test_hub_dataset_offline_is_a_clear_error() -> None:
     with pytest.raises(UserError, match=r"cannot load hub dataset 'ucirvine/sms_spam'.*local file"):
-        prepare.read_hub("ucirvine/sms_spam", "train", "label")
+        corpus.read_hub("ucirvine/sms_spam", "train", "label")
 
 
 def test_unreadable_and_wrong_kind_files(tmp_path: Path) -> None:
@@ -151,17 +151,17 @@ def test_unreadable_and_wrong_kind_files(tmp_path: Path) -> None:
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(UserError, match=r"cannot read csv file"):
-        prepare.read_file(tmp_path / "empty.csv")
+        corpus.read_file(tmp_path / "empty.csv")
     with pytest.raises(UserError, match=r"cannot read parquet file"):
-        prepare.read_file(tmp_path / "bad.parquet")
+        corpus.read_file(tmp_path / "bad.parquet")
     with pytest.raises(UserError, match=r"use a \.csv"):
-        prepare.read_file(tmp_path / "notes.txt")
+        corpus.read_file(tmp_path / "notes.txt")
     with pytest.raises(UserError, match="is a directory"):
-        prepare.read_file(tmp_path)
+        corpus.read_file(tmp_path)
 
 
 def test_split_metrics_count_rows_and_class_shares() -> None:
-    df, _ = prepare.clean(frame(300, 100), "sms", "kind")
-    metrics = prepare.split_metrics(prepare.split(df, 0.1, 0.1, seed=0))
+    df, _ = corpus.clean(frame(300, 100), "sms", "kind")
+    metrics = corpus.split_metrics(corpus.split(df, 0.1, 0.1, seed=0))
     assert metrics["rows_train"] == 320
     assert metrics["test_share_spam"] + metrics["test_share_ham"] == pytest.approx(1.0)

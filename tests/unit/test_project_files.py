@@ -101,3 +101,22 @@ def test_the_performance_table_is_the_committed_results_rendered() -> None:
     results = json.loads((PROJECT_DIR / "benchmarks" / "results.json").read_text(encoding="utf-8"))
     doc = (PROJECT_DIR / "docs" / "PERFORMANCE.md").read_text(encoding="utf-8")
     assert run_all.render(results) in doc, "the table differs from the JSON: run_all.py --render"
+
+
+def test_both_mlproject_files_are_generated_from_the_declared_settings(capsys) -> None:
+    from steps import mlproject
+
+    assert mlproject.main(["--check"]) == 0, capsys.readouterr().out
+
+
+def test_every_setting_a_steps_code_reads_is_declared_for_that_step() -> None:
+    """The cache key and the command line of a step come from the declarations: a ``cfg.<name>``
+    that a step's code reads without a declaration would be missing from both."""
+    from steps import cache, chain
+
+    for step in chain.STEPS:
+        assert cache.fields_read(cache.module_source(f"steps.{step}")) <= cache.step_fields(step), step
+    # the shared modules that read settings, for the steps that call them
+    assert cache.fields_read(cache.module_source("steps.corpus")) <= cache.step_fields("prepare")
+    for step in ("register", "persist"):
+        assert cache.fields_read(cache.module_source("steps.gate")) <= cache.step_fields(step)

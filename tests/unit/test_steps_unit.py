@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps import classical, common, evaluate, finetune, main, modeling, prepare, tokenize
+from steps import classical, common, corpus, evaluate, finetune, main, modeling, tokenize
 from steps.config import BUNDLED_BASE_MODEL, PROJECT_DIR, Config
 from steps.errors import UserError
 
@@ -30,7 +30,7 @@ def test_label_mapping_is_sorted_and_stable() -> None:
 
 def test_tokenize_truncates_and_does_not_pad(tokenizer) -> None:
     df = pd.DataFrame({"text": ["hi", "word " * 200], "label": ["ham", "spam"]})
-    out = tokenize.tokenize_frame(df, tokenizer, max_length=16, label2id={"ham": 0, "spam": 1})
+    out = modeling.tokenize_frame(df, tokenizer, max_length=16, label2id={"ham": 0, "spam": 1})
     lengths = [len(ids) for ids in out["input_ids"]]
     assert lengths[0] == 3  # [CLS] hi [SEP]: no padding here
     assert lengths[1] == 16  # truncated at max_length
@@ -280,8 +280,8 @@ def test_main_asks_the_store_whether_the_data_was_accepted_only_when_prepare_is_
 
 
 def test_classical_model_picks_c_on_validation_and_learns_real_spam() -> None:
-    bundled = prepare.read_file(PROJECT_DIR / "data" / "sms-spam-collection" / "smoke.tsv", "label,text")
-    splits = prepare.split(prepare.clean(bundled, "text", "label")[0], 0.2, 0.2, seed=0)
+    bundled = corpus.read_file(PROJECT_DIR / "data" / "sms-spam-collection" / "smoke.tsv", "label,text")
+    splits = corpus.split(corpus.clean(bundled, "text", "label")[0], 0.2, 0.2, seed=0)
     model, c = classical.fit(
         splits["train"]["text"].tolist(),
         splits["train"]["label"].tolist(),

@@ -1,0 +1,65 @@
+"""Every tag name the pipeline writes, in one place.
+
+The scheme: tags about the pipeline's own mechanics (which step, which process, the cache, what
+was resumed or reused) are prefixed ``pipeline.``; the tags that describe a model and its
+lineage to a reader of the registry (``data_digest``, ``base_model``, ``gate``, ``test_f1``, ...)
+are not: users query them by these names, and the README documents them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# every step run
+STEP_TAG: Final = "pipeline.step"
+PROFILE_TAG: Final = "pipeline.profile"
+UPSTREAM_TAG: Final = "pipeline.upstream_run_id"
+# which process holds a step's run: main marks a RUNNING run whose process is gone as KILLED
+HOST_TAG: Final = "pipeline.host"
+PID_TAG: Final = "pipeline.pid"
+PID_STARTED_TAG: Final = "pipeline.pid_started"
+# main's step cache
+KEY_TAG: Final = "pipeline.cache_key"
+INPUTS_TAG: Final = "pipeline.cache_inputs"
+REUSED_FROM_TAG: Final = "pipeline.reused_from"
+# lineage, carried down the chain and onto every registered version
+DATA_DIGEST_TAG: Final = "data_digest"
+BASE_MODEL_TAG: Final = "base_model"
+BASE_REVISION_TAG: Final = "base_model_revision"
+BASE_REVISION_SOURCE_TAG: Final = "base_model_revision_source"
+LINEAGE_TAGS = (BASE_MODEL_TAG, BASE_REVISION_TAG, BASE_REVISION_SOURCE_TAG, DATA_DIGEST_TAG)
+# finetune
+RESUMED_FROM_TAG: Final = "pipeline.resumed_from"
+LAST_CHECKPOINT_TAG: Final = "pipeline.last_checkpoint"
+PEFT_TAG: Final = "pipeline.peft"
+BEST_EPOCH_TAG: Final = "pipeline.best_epoch"
+EPOCH_CHECKPOINTS_TAG: Final = "pipeline.epoch_checkpoints"  # JSON: {"<epoch>": "<artifact path>"}
+TRAINER_STATE_TAG: Final = "pipeline.trainer_state"  # "kept" or "dropped" once the run has finished
+# evaluate
+CHECKPOINT_PATH_TAG: Final = "pipeline.checkpoint_path"  # which of finetune's models was evaluated
+# log_model
+MODEL_URI_TAG: Final = "pipeline.model_uri"
+MODEL_ID_TAG: Final = "pipeline.model_id"
+BASELINE_URI_TAG: Final = "pipeline.baseline_model_uri"
+SAVE_MODE_TAG: Final = "save_mode"
+# register, on the registered model and its versions
+TASK_TAG: Final = "task"
+PERSISTED_TAG: Final = "persisted"
+REGISTERED_MODEL_TAG: Final = "registered_model"
+VERSION_TAG: Final = "model_version"
+METRIC_TAGS = ("test_accuracy", "test_precision", "test_recall", "test_f1")
+PENDING_TAG: Final = "aliases_pending"  # the aliases this version should get; removed once it has them
+# the gate's decision and the comparison behind it, on every version
+GATE_TAG: Final = "gate"
+GATE_REASON_TAG: Final = "gate_reason"
+COMPARED_TAG: Final = "gate_compared_version"
+ROWS_TAG: Final = "gate_rows"
+EXCLUDED_TAG: Final = "gate_rows_excluded"
+CANDIDATE_F1_TAG: Final = "gate_candidate_f1"
+CHAMPION_F1_TAG: Final = "gate_champion_f1"
+LOW_TAG: Final = "gate_f1_diff_low"
+HIGH_TAG: Final = "gate_f1_diff_high"
+# persist
+VERIFIED_TAG: Final = "verified"
+# the registry lock (a registered model of its own)
+LOCK_FOR_TAG: Final = "pipeline.lock_for"
