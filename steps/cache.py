@@ -143,9 +143,9 @@ def file_digest(path: Path) -> str:
 
 def entry_point_specs() -> dict[str, str]:
     """Entry point -> its command and parameters as MLflow parsed them from ``MLproject``."""
-    from mlflow.projects import _project_spec
+    from steps import compat
 
-    project = _project_spec.load_project(str(PROJECT_DIR))
+    project = compat.load_project(str(PROJECT_DIR))
     return {
         name: json.dumps({"command": ep.command, "parameters": sorted(ep.parameters)}, sort_keys=True)
         for name, ep in project._entry_points.items()

@@ -289,32 +289,15 @@ def link_tree(src_dir: str, dst_dir: str) -> None:
     shutil.copytree(src_dir, dst_dir, copy_function=link_or_copy, dirs_exist_ok=True)
 
 
-@contextlib.contextmanager
-def uploads_linked() -> Iterator[None]:
-    """While active, folders uploaded into a local artifact store are hard-linked, not copied.
-
-    For files nobody changes in place afterwards: a step's own temporary folder, MLflow's staging
-    folder of a model save, artifacts already in the store, the hub cache's files (which the hub
-    replaces by renaming, never rewrites). A linked artifact is the same file under another name:
-    it stays whole when the other name is deleted, and costs no space or time to store. Another
-    filesystem, or any other store (S3, a tracking server), gets MLflow's normal upload.
-    """
-    from unittest import mock
-
-    from mlflow.store.artifact import local_artifact_repo
-
-    # LocalArtifactRepository.log_artifacts copies with this one function: give it one that links
-    with mock.patch.object(local_artifact_repo, "shutil_copytree_without_file_permissions", link_tree):
-        yield
-
-
 def log_artifacts_linked(local_dir: Path, artifact_path: str) -> None:
     """``mlflow.log_artifacts`` for files that are never changed in place after this (checkpoints
     the Trainer or ``save_pretrained`` just wrote): into a local artifact store they are
     hard-linked, not copied (hundreds of MB per epoch, measured: ~3 % of a CPU epoch)."""
     import mlflow
 
-    with uploads_linked():
+    from steps import compat
+
+    with compat.uploads_linked():
         mlflow.log_artifacts(str(local_dir), artifact_path)
 
 

@@ -19,11 +19,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from steps.config import BUNDLED_BASE_MODEL
 from steps.errors import UserError
@@ -107,21 +104,6 @@ def local_snapshot(repo_id: str, revision: str) -> Path:
             f"be downloaded ({type(exc).__name__}): run where the hub is reachable, or "
             "fill the cache first"
         ) from None
-
-
-@contextmanager
-def offline() -> Iterator[None]:
-    """No request to the hub in here: for work on model files that are all on this machine.
-
-    MLflow looks for a model card and a license file on the hub for a model with a hub name, even
-    when every file is in the local cache. With no network and ``HF_HUB_OFFLINE`` unset, each
-    lookup retries with back-off for minutes (docs/PERFORMANCE.md). The hub
-    client reads this flag at every request, so setting it for a while is enough.
-    """
-    import huggingface_hub.constants
-
-    with mock.patch.object(huggingface_hub.constants, "HF_HUB_OFFLINE", True):
-        yield
 
 
 def model_card(snapshot: Path) -> Any | None:

@@ -27,18 +27,13 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import sys
-import types
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pandas as pd
 
-from steps import artifacts, chain, common, hub, modeling
+from steps import artifacts, chain, common, compat, hub, modeling
 from steps.chain import ADAPTER_DIR, CHECKPOINT_DIR, EVAL_DIR, EXPECTED_FILE, TASK
 from steps.config import Config, check_save_mode
 from steps.errors import UserError
@@ -104,93 +99,6 @@ def installed_versions(adapter: bool = False) -> dict[str, str]:
     return versions
 
 
-@contextmanager
-def recorded_revision(revision: str) -> Iterator[None]:
-    """Make MLflow record ``revision`` for a reference instead of asking the hub for its latest.
-
-    MLflow 3.17 calls ``get_latest_commit_for_repo`` when ``save_pretrained=False``: offline that
-    fails, and online it may name a commit other than the one loaded. The loaded revision is the
-    truth; ``log_reference`` checks afterwards that it is what the MLmodel file says.
-    """
-    from unittest import mock
-
-    from mlflow.transformers import flavor_config
-
-    with mock.patch.object(flavor_config, "get_latest_commit_for_repo", lambda repo: revision):
-        yield
-
-
-@contextmanager
-def quick_save_checks() -> Iterator[None]:
-    """Three checks MLflow's save makes for every model, answered without their cost.
-
-    - That the model's pip requirements match this environment: ours are made from the
-      installed versions (``installed_versions``), so they match by construction; MLflow maps
-      every installed distribution to its modules to find out, for every logged model.
-    - Whether the model is a PEFT model: MLflow imports peft to ask (the largest part of
-      logging a reference). A model can only be a ``PeftModel`` if peft is already imported, so
-      the answer is read from ``sys.modules`` without importing it; the same answer otherwise.
-    - Whether the pipeline can be served as pyfunc: MLflow imports the modules of four graph,
-      time-series and reinforcement-learning model families to rule them out (28
-      modules). A text-classification pipeline, the only kind this project logs, always can.
-
-    And two lookups on the hub, while it is offline (``hub.offline``): MLflow asks the hub for the
-    model card (when none is given) and for the list of the repository's files (to find a
-    license). Offline both can only fail, and MLflow goes on as if nothing was found: the answer
-    is that at once, without the failed request and its warning.
-    """
-    import huggingface_hub.constants
-    import mlflow.transformers
-    from mlflow.transformers import flavor_config, model_io
-    from mlflow.utils import environment
-
-    def is_peft_model(model: Any) -> bool:
-        peft = sys.modules.get("peft")
-        return peft is not None and isinstance(model, peft.PeftModel)
-
-    def unless_offline(lookup: Callable[[str], Any]) -> Callable[[str], Any]:
-        return lambda repo_id: None if huggingface_hub.constants.HF_HUB_OFFLINE else lookup(repo_id)
-
-    with ExitStack() as stack:
-        stack.enter_context(
-            mock.patch.object(environment, "warn_dependency_requirement_mismatches", lambda reqs: None)
-        )
-        servable = mlflow.transformers._should_add_pyfunc_to_model
-        stack.enter_context(
-            mock.patch.object(
-                mlflow.transformers,
-                "_should_add_pyfunc_to_model",
-                lambda pipeline: getattr(pipeline, "task", None) == TASK or servable(pipeline),
-            )
-        )
-        for lookup in ("_fetch_model_card", "_extract_license_file_from_repository"):
-            original = getattr(mlflow.transformers, lookup)
-            stack.enter_context(mock.patch.object(mlflow.transformers, lookup, unless_offline(original)))
-        for module in (mlflow.transformers, flavor_config, model_io):  # each bound its own name
-            stack.enter_context(mock.patch.object(module, "is_peft_model", is_peft_model))
-        yield
-
-
-@contextmanager
-def linked_checkpoint_copy() -> Iterator[None]:
-    """Let MLflow's checkpoint save link the weights into its staging folder instead of copying.
-
-    ``mlflow.transformers.log_model(<checkpoint folder>)`` copies the folder into a temporary
-    model folder and then copies that into the artifact store: every weight byte is written
-    twice (and read twice). With links, the upload is the only copy (none at all into a local
-    store, under ``common.uploads_linked``). The staging folder is MLflow's own temporary
-    directory, deleted after the upload.
-    """
-    from mlflow.transformers import model_io
-
-    def copytree(src: Any, dst: Any, **kw: Any) -> Any:
-        return shutil.copytree(src, dst, copy_function=common.link_or_copy, **kw)
-
-    # model_io uses shutil for this one call only: give it a shutil whose copytree links
-    with mock.patch.object(model_io, "shutil", types.SimpleNamespace(copytree=copytree)):
-        yield
-
-
 def log_candidate(checkpoint: Path, save_mode: str, options: dict[str, Any]) -> Any:
     """Log the fine-tuned model from its checkpoint folder: the pipeline (``full``) or the folder.
 
@@ -201,14 +109,14 @@ def log_candidate(checkpoint: Path, save_mode: str, options: dict[str, Any]) -> 
     import mlflow
 
     # every file is local: no model-card or license lookups on the hub
-    with hub.offline(), quick_save_checks(), common.uploads_linked():
+    with compat.hub_offline(), compat.quick_save_checks(), compat.uploads_linked():
         if save_mode == "full":
             import transformers
 
             pipe = transformers.pipeline(TASK, model=str(checkpoint), tokenizer=str(checkpoint))
             return mlflow.transformers.log_model(pipe, **options)
         # checkpoint: logged by path; the model is never built in this process
-        with linked_checkpoint_copy():
+        with compat.linked_checkpoint_copy():
             return mlflow.transformers.log_model(str(checkpoint), **options)
 
 
@@ -250,18 +158,8 @@ def empty_tokenizer(ref: hub.HubReference, config: Any = None) -> Any:
     the caller has read it already, spares ``AutoTokenizer`` reading it again.
     """
     import transformers
-    from transformers import tokenization_utils_base
 
-    base = tokenization_utils_base.PreTrainedTokenizerBase
-    read = base.__dict__["_from_pretrained"].__func__  # the classmethod's function
-
-    def built_empty(cls: type, files: Any, name_or_path: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return cls(name_or_path=name_or_path)
-        except Exception:  # noqa: BLE001 - a class that needs its files: read them
-            return read(cls, files, name_or_path, *args, **kwargs)
-
-    with mock.patch.object(base, "_from_pretrained", classmethod(built_empty)):
+    with compat.tokenizers_built_empty():
         return transformers.AutoTokenizer.from_pretrained(ref.repo_id, revision=ref.revision, config=config)
 
 
@@ -304,7 +202,7 @@ def log_adapter_reference(
     import mlflow
 
     snapshot = hub.snapshot_dir(ref.repo_id, ref.revision)
-    with hub.offline(), recorded_revision(ref.revision), quick_save_checks():
+    with compat.hub_offline(), compat.recorded_revision(ref.revision), compat.quick_save_checks():
         info = mlflow.transformers.log_model(
             adapter_pipeline(ref, adapter, id2label),
             save_pretrained=False,
@@ -322,7 +220,7 @@ def log_reference(ref: hub.HubReference, name: str, num_labels: int) -> Any:
     import mlflow
 
     snapshot = hub.snapshot_dir(ref.repo_id, ref.revision)  # finetune loaded it from there
-    with hub.offline(), recorded_revision(ref.revision), quick_save_checks():
+    with compat.hub_offline(), compat.recorded_revision(ref.revision), compat.quick_save_checks():
         info = mlflow.transformers.log_model(
             reference_pipeline(ref, num_labels),
             name=name,

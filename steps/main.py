@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from steps import cache, chain, common, corpus
+from steps import cache, chain, common, compat, corpus
 from steps.chain import RESUME_PARAM
 from steps.config import PROJECT_DIR, Config, check_save_mode, load_config
 from steps.errors import UserError
@@ -106,9 +106,7 @@ def preflight(cfg: Config, data_accepted_before: Callable[[], bool]) -> None:
 # ----------------------------------------------------------------------------- MLflow
 def declared_parameters() -> dict[str, set[str]]:
     """Entry point -> the parameters ``MLproject`` declares for it (MLflow's own parser)."""
-    from mlflow.projects import _project_spec
-
-    project = _project_spec.load_project(str(PROJECT_DIR))
+    project = compat.load_project(str(PROJECT_DIR))
     return {name: set(ep.parameters) for name, ep in project._entry_points.items()}
 
 
@@ -312,18 +310,10 @@ def start_entry_point(
 ) -> Any:
     """Start the entry point's command as MLflow Projects' local backend does, and return at once.
 
-    ``mlflow.projects.run`` offers two ways, neither of which fits: ``synchronous=True`` returns
-    only when the step has ended (too late to tag its run for resuming), and ``synchronous=False``
-    starts the step through a second ``mlflow run`` process, which imports MLflow again before it
-    starts the step: seconds per step (docs/PERFORMANCE.md). The
-    helper behind both, ``mlflow.projects._run`` (MLflow's own code: the run, its project tags and
-    params, the environment, the command), started with ``synchronous=True`` returns as soon as
-    the command is started; waiting and the final status are left to ``launch``, as
-    ``mlflow.projects.run`` would do them. (MLflow is pinned below 3.18 in pyproject.toml.)
+    How, and why not ``mlflow.projects.run``: ``compat.run_project_without_waiting``. Waiting and
+    the final status are left to ``launch``, as ``mlflow.projects.run`` would do them.
     """
-    from mlflow.projects import _run as run_project_without_waiting
-
-    return run_project_without_waiting(
+    return compat.run_project_without_waiting(
         uri=str(PROJECT_DIR),
         experiment_id=experiment_id,
         entry_point=step,

@@ -64,7 +64,9 @@ def entry_point_parameters(env_manager_default: str) -> dict[str, dict[str, str 
     for step, upstream in CHAIN:
         # version_cleanup also runs alone, on no persist run: its upstream may be left out
         required = None if step != VERSION_CLEANUP else ""
-        params: dict[str, str | None] = {"profile": "local"} | ({upstream: required} if upstream else {})
+        params: dict[str, str | None] = {"profile": "local"}
+        if upstream:
+            params[upstream] = required
         params |= {
             name: str(field.default) if name in OWN_DEFAULTS else ""
             for name, field in FIELDS.items()

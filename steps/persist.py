@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steps import artifacts, chain, common, gate, hub, modeling, registry_lock
+from steps import artifacts, chain, common, compat, gate, hub, modeling, registry_lock
 from steps.chain import EXPECTED_FILE
 from steps.config import Config
 from steps.errors import UserError
@@ -136,7 +136,7 @@ def persist_in_place(
         common.link_or_copy(str((source_dir / source).resolve()), str(staged / target))
     # weights first ... (into a local store by hard link again: the hub replaces its files by
     # renaming and never writes into them, so no byte is copied; into any other store, once)
-    with common.uploads_linked():
+    with compat.uploads_linked():
         client.log_model_artifacts(model_id, str(staged))
     common.kill_point("persist.weights_uploaded")
     persisted = update_flavor_conf_to_persist_pretrained_model(flavor)

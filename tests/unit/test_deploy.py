@@ -27,9 +27,9 @@ DATABRICKS_SPEC = PROJECT_DIR / "deploy" / "databricks" / "cluster_spec.json"
 
 
 def load(directory: Path) -> Any:
-    from mlflow.projects import _project_spec
+    from steps import compat
 
-    return _project_spec.load_project(str(directory))
+    return compat.load_project(str(directory))
 
 
 def test_the_kubernetes_variant_is_a_docker_project_with_the_root_entry_points() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps import gate, hub, log_model, persist, register, version_cleanup
+from steps import compat, gate, hub, log_model, persist, register, version_cleanup
 from steps.config import check_save_mode
 from steps.errors import UserError
 
@@ -257,7 +257,7 @@ def test_no_hub_request_is_tried_inside_offline(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(time, "sleep", slept.append)  # a retry would sleep first
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    with hub.offline(), pytest.raises(LocalEntryNotFoundError):  # at once: cache only
+    with compat.hub_offline(), pytest.raises(LocalEntryNotFoundError):  # at once: cache only
         huggingface_hub.ModelCard.load("sentence-transformers/all-MiniLM-L6-v2")
     assert slept == []
     assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored afterwards
@@ -298,7 +298,7 @@ def test_the_quick_peft_check_gives_mlflows_answer_without_importing_peft(
     class PeftModel:  # what peft.PeftModel is, for isinstance
         pass
 
-    with log_model.quick_save_checks():
+    with compat.quick_save_checks():
         checks = [mlflow.transformers.is_peft_model, flavor_config.is_peft_model, model_io.is_peft_model]
         monkeypatch.setitem(sys.modules, "peft", None)  # not imported: importing it now would fail
         assert [check(object()) for check in checks] == [False] * 3
@@ -321,8 +321,8 @@ def test_mlflows_hub_lookups_answer_nothing_at_once_while_offline(monkeypatch: p
     for lookup in ("_fetch_model_card", "_extract_license_file_from_repository"):
         answer = lambda repo, name=lookup: asked.append(name) or "found"  # noqa: E731
         monkeypatch.setattr(mlflow.transformers, lookup, answer)
-    with log_model.quick_save_checks():
-        with hub.offline():
+    with compat.quick_save_checks():
+        with compat.hub_offline():
             assert mlflow.transformers._fetch_model_card("org/model") is None
             assert mlflow.transformers._extract_license_file_from_repository("org/model") is None
         assert asked == []
@@ -341,7 +341,7 @@ def test_a_text_classification_pipeline_is_servable_without_mlflows_imports(
     assert mlflow.transformers._should_add_pyfunc_to_model(pipeline) is True  # MLflow's own answer
     asked: list[Any] = []
     monkeypatch.setattr(mlflow.transformers, "_should_add_pyfunc_to_model", asked.append)
-    with log_model.quick_save_checks():
+    with compat.quick_save_checks():
         assert mlflow.transformers._should_add_pyfunc_to_model(pipeline) is True
         assert asked == []
         other = types.SimpleNamespace(task="image-segmentation")
@@ -378,7 +378,7 @@ def test_the_reference_skeleton_is_shallow_uninitialised_and_mlflow_records_the_
     whole = transformers.pipeline(
         log_model.TASK, model=model, tokenizer=shallow.tokenizer, device=torch.device("meta")
     )
-    with hub.offline(), log_model.recorded_revision(ref.revision):
+    with compat.hub_offline(), compat.recorded_revision(ref.revision):
         recorded = [build_flavor_config(p, save_pretrained=False) for p in (shallow, whole)]
     assert recorded[0] == recorded[1]
     assert recorded[0]["source_model_name"] == ref.repo_id
@@ -402,7 +402,7 @@ def test_the_reference_tokenizer_is_empty_and_mlflow_records_the_same_as_for_the
     read = transformers.pipeline(
         log_model.TASK, model=empty.model, tokenizer=whole, device=torch.device("meta")
     )
-    with hub.offline(), log_model.recorded_revision(ref.revision):
+    with compat.hub_offline(), compat.recorded_revision(ref.revision):
         recorded = [build_flavor_config(p, save_pretrained=False) for p in (empty, read)]
     assert recorded[0] == recorded[1]
     assert recorded[0]["tokenizer_type"] == type(whole).__name__

@@ -31,9 +31,9 @@ def test_mlproject_parses_with_mlflow_and_has_the_chain() -> None:
 
 
 def test_every_declared_parameter_is_a_setting_and_is_used_in_its_command() -> None:
-    from mlflow.projects import _project_spec
+    from steps import compat
 
-    project = _project_spec.load_project(str(PROJECT_DIR))
+    project = compat.load_project(str(PROJECT_DIR))
     for name, entry in project._entry_points.items():
         for param in entry.parameters:
             assert f"--{param} {{{param}}}" in entry.command, (name, param)

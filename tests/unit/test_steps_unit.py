@@ -365,3 +365,13 @@ def test_drop_trainer_state_deletes_the_tag_and_files_and_tolerates_a_run_with_n
     with mlflow.start_run() as bare:  # resumed with no step left: nothing was saved
         pass
     assert finetune.drop_trainer_state(bare.info.run_id) is True
+
+
+def test_every_library_attribute_the_project_patches_is_there_and_a_missing_one_is_one_line() -> None:
+    from steps import compat
+
+    assert compat.check() == []
+    with pytest.raises(
+        UserError, match=r"^mlflow\.transformers\.gone_in_a_new_release is gone: .* supports mlflow"
+    ):
+        compat.target("mlflow.transformers", "gone_in_a_new_release")
