@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import errno
 import gc
+import logging
 import os
 import re
 import shutil
@@ -39,6 +40,50 @@ EXIT_USER_ERROR = 2
 EXIT_NO_SPACE = 3
 # the tests' way to SIGKILL a step at a named point (README, "Failure behaviour"); never set it
 KILL_AT_ENV = "PIPELINE_TEST_KILL_AT"
+
+
+# ----------------------------------------------------------------------------- logging
+class _Console(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` (or ``sys.stderr``) is when a record comes, not when the
+    handler was made: a test's capture, or a step run inside main's process, replaces them."""
+
+    def __init__(self, error: bool) -> None:
+        super().__init__()
+        self.error = error
+        self.addFilter(lambda record: (record.levelno >= logging.WARNING) == error)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr if self.error else sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+class _StepFormat(logging.Formatter):
+    """``<step>: <message>``, and ``<step>: error: <message>`` for errors: the pipeline's one format."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        step = record.name.removeprefix(f"{LOGGER}.")
+        kind = "error: " if record.levelno >= logging.ERROR else ""
+        return f"{step}: {kind}{record.getMessage()}"
+
+
+LOGGER = "pipeline"
+_root = logging.getLogger(LOGGER)
+if not _root.handlers:
+    for _error in (False, True):
+        _handler = _Console(_error)
+        _handler.setFormatter(_StepFormat())
+        _root.addHandler(_handler)
+    _root.setLevel(logging.INFO)
+    _root.propagate = False
+
+
+def logger(step: str) -> logging.Logger:
+    """How a step reports: ``<step>: <message>`` lines on stdout; errors on stderr."""
+    return logging.getLogger(f"{LOGGER}.{step}")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -84,10 +129,9 @@ def parse_step_args(
         if foreign:
             name = foreign[0]
             readers = ", ".join(s for s in FIELDS[name].metadata["steps"]) or "no step"
-            print(
-                f"{step}: error: --{name} is not a setting of {step}, which reads "
-                f"{', '.join(fields_of(step)) or 'none'}: give it to main or to {readers}",
-                file=sys.stderr,
+            logger(step).error(
+                f"--{name} is not a setting of {step}, which reads "
+                f"{', '.join(fields_of(step)) or 'none'}: give it to main or to {readers}"
             )
             raise SystemExit(EXIT_USER_ERROR)
     return StepArgs(profile=profile, upstream_run_id=upstream_id or None, overrides=overrides)
@@ -98,22 +142,21 @@ def cli(step: str, body: Callable[[], str | None]) -> int:
     try:
         run_id = body()
     except UserError as exc:
-        print(f"{step}: error: {exc}", file=sys.stderr)
+        logger(step).error(str(exc))
         return EXIT_USER_ERROR
     except Exception as exc:
         target = no_space_target(exc)
         if target is None:
             raise
         where = f" writing {target}" if target else ""
-        print(
-            f"{step}: error: no space left on the device{where}; the step's run is marked FAILED and "
+        logger(step).error(
+            f"no space left on the device{where}; the step's run is marked FAILED and "
             "nothing half-written is registered: free disk space (or point TMPDIR / the artifact "
-            "store at a larger disk) and rerun",
-            file=sys.stderr,
+            "store at a larger disk) and rerun"
         )
         return EXIT_NO_SPACE
     if run_id:
-        print(f"{step}: finished run {run_id}")
+        logger(step).info(f"finished run {run_id}")
     return 0
 
 

@@ -260,4 +260,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from steps import common
+
+    common.exit_quickly(main())

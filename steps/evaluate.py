@@ -39,6 +39,7 @@ from steps.errors import UserError
 from steps.tags import BASE_MODEL_TAG, CHECKPOINT_PATH_TAG, UPSTREAM_TAG
 
 STEP = chain.EVALUATE
+log = common.logger(STEP)
 UPSTREAM = chain.upstream_param(STEP)
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1")
 
@@ -123,7 +124,7 @@ def load_probe(probe_data: str, labels: Sequence[str]) -> pd.DataFrame | None:
         raise UserError(f"probe_data {probe_data!r} must be a local file (or '' to skip)")
     probe, _ = corpus.clean(corpus.read_file(path, ""), "text", "label")
     if not set(probe["label"]) <= set(labels):
-        print(f"{STEP}: probe {probe_data} skipped: its labels are not the model's {list(labels)}")
+        log.info(f"probe {probe_data} skipped: its labels are not the model's {list(labels)}")
         return None
     return probe
 
@@ -226,7 +227,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         plt.close(figure)
         mlflow.log_artifacts(str(out), EVAL_DIR)
         mlflow.set_tags(common.lineage_tags(upstream))
-        print(f"{STEP}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("_f1")))
+        log.info(", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("_f1")))
         return run_id
 
 

@@ -74,6 +74,7 @@ from steps.tags import (
 )
 
 STEP = chain.FINETUNE
+log = common.logger(STEP)
 UPSTREAM = chain.upstream_param(STEP)
 SHARED_DIR_ENV = "PIPELINE_FINETUNE_SHARED_DIR"  # set by the relaunch: the ranks' common folder
 # What a Trainer checkpoint holds beyond the model: needed to resume, not to predict.
@@ -531,7 +532,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
             )
             if world.is_main:
                 mlflow.set_tag(RESUMED_FROM_TAG, resume_run_id)
-                print(f"{STEP}: resuming run {resume_run_id} from step {resumed_step}")
+                log.info(f"resuming run {resume_run_id} from step {resumed_step}")
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         try:
@@ -621,7 +622,7 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     """Start this step under torchrun with ``nproc`` processes; their exit status is ours."""
     with tempfile.TemporaryDirectory(prefix=f"{STEP}-ddp-") as shared:
         env = {**os.environ, SHARED_DIR_ENV: shared}
-        print(f"{STEP}: starting {nproc} training processes (torchrun, DDP)", flush=True)
+        log.info(f"starting {nproc} training processes (torchrun, DDP)")
         return subprocess.run(torchrun_command(nproc, argv), env=env, check=False).returncode
 
 

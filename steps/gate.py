@@ -43,6 +43,7 @@ from steps.tags import (
     ROWS_TAG,
 )
 
+log = common.logger("gate")
 RESAMPLES = 2000
 CONFIDENCE = 0.95
 SEED = 0
@@ -219,7 +220,7 @@ def judge(client: Any, name: str, evaluate_run_id: str, test_f1: float, cfg: Con
             f"champion v{number} could not be scored ({type(exc).__name__}: {first}); "
             "judged on min_test_f1 alone"
         )
-        print(f"gate: {note}")
+        log.info(note)
         return decide(test_f1, cfg.min_test_f1, None, cfg.champion_tolerance, note)
     if len(rows) == 0:
         comparison = Comparison(number, 0, excluded, float("nan"), float("nan"), float("nan"), float("nan"))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from steps.tags import (
 )
 
 STEP = chain.LOG_MODEL
+log = common.logger(STEP)
 UPSTREAM = chain.upstream_param(STEP)
 MODEL_NAME = "model"
 BASELINE_NAME = "baseline"
@@ -249,9 +249,9 @@ def discard_failed_model() -> None:
         model = mlflow.last_logged_model()
         if model is not None and str(model.status).split(".")[-1].upper() == "FAILED":
             get_artifact_repository(model.artifact_location).delete_artifacts()
-            print(f"{STEP}: deleted the files of logged model {model.model_id} (its log failed)")
+            log.info(f"deleted the files of logged model {model.model_id} (its log failed)")
     except Exception as exc:  # noqa: BLE001 - the original error is the one to report
-        print(f"{STEP}: could not delete the files of the failed model: {exc}", file=sys.stderr)
+        log.warning(f"could not delete the files of the failed model: {exc}")
 
 
 def artifact_bytes(artifact_uri: str) -> int:
@@ -348,7 +348,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
         baseline_uri = log_baseline(lineage_tags, len(predictions["label"].unique()))
         mlflow.set_tag(BASELINE_URI_TAG, baseline_uri)
-        print(f"{STEP}: logged {info.model_uri} ({cfg.save_mode}); baseline {baseline_uri}")
+        log.info(f"logged {info.model_uri} ({cfg.save_mode}); baseline {baseline_uri}")
         return run_id
 
 
@@ -360,7 +360,7 @@ def log_baseline(lineage_tags: dict[str, str], num_labels: int) -> str:
     try:
         ref = hub.reference_for(base_model, lineage_tags[BASE_REVISION_TAG])
     except UserError as exc:
-        print(f"{STEP}: baseline not logged by reference: {exc}")
+        log.info(f"baseline not logged by reference: {exc}")
         return f"skipped: {exc}"
     info = log_reference(ref, BASELINE_NAME, num_labels)
     mlflow.MlflowClient().set_logged_model_tags(

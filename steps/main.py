@@ -36,6 +36,7 @@ from steps.tags import (
 )
 
 STEP = "main"
+log = common.logger(STEP)
 CHAIN = chain.CHAIN
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
 STEP_NAMES = chain.STEPS
@@ -185,7 +186,7 @@ def mark_dead_runs(client: Any, experiment_id: str) -> list[str]:
         if common.holder_alive(run.data.tags) is False:
             client.set_terminated(run.info.run_id, "KILLED")
             step = run.data.tags.get(STEP_TAG, "?")
-            print(f"{STEP}: run {run.info.run_id} ({step}) was left RUNNING by a dead process: marked KILLED")
+            log.info(f"run {run.info.run_id} ({step}) was left RUNNING by a dead process: marked KILLED")
             marked.append(run.info.run_id)
     return marked
 
@@ -413,7 +414,7 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
                 key_tags = {KEY_TAG: key, INPUTS_TAG: json.dumps(inputs, sort_keys=True)}
                 hit = None if step in forced else find_cached(client, [experiment_id], step, key)
                 if hit is not None:
-                    print(f"{step}: reused run {hit.info.run_id} (key unchanged)", flush=True)
+                    common.logger(step).info(f"reused run {hit.info.run_id} (key unchanged)")
                     record_reuse(client, parent, step, args.profile, hit, upstream)
                     upstream = hit.info.run_id
                     reused += 1
@@ -428,9 +429,9 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
                 if resumable is not None:
                     params[RESUME_PARAM] = resumable.info.run_id
                     why = f"resuming killed run {resumable.info.run_id} from its last checkpoint"
-                print(f"{step}: running ({why})", flush=True)
+                common.logger(step).info(f"running ({why})")
             else:
-                print(f"{step}: running (changes the registry: never skipped, idempotent)", flush=True)
+                common.logger(step).info("running (changes the registry: never skipped, idempotent)")
                 if env_manager == "local":
                     step_cfg = load_config(args.profile, step_overrides(declared[step], args.overrides))
                     upstream = run_in_process(step, args.profile, step_cfg, upstream)
@@ -444,8 +445,8 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
             k: metrics[k] for k in ("test_f1", "classical_f1", "baseline_f1") if k in metrics
         }
         mlflow.log_metrics(summary | {"steps_reused": float(reused)})
-        print(
-            f"{STEP}: done; "
+        log.info(
+            "done; "
             + ", ".join(f"{k}={v:.4f}" for k, v in summary.items())
             + f"; {reused} of {len(CHAIN)} steps reused"
         )

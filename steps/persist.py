@@ -44,6 +44,7 @@ from steps.tags import (
 )
 
 STEP = chain.PERSIST
+log = common.logger(STEP)
 UPSTREAM = chain.upstream_param(STEP)
 MODEL_DIR = "model"  # MLflow's transformers flavor layout
 TOKENIZER_DIR = "components/tokenizer"
@@ -220,7 +221,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         done_before = version.tags.get(PERSISTED_TAG) == "true" and version.tags.get(VERIFIED_TAG) == "true"
         copied = False
         if done_before:  # idempotent: verified files do not change in place
-            print(f"{STEP}: {name} v{number} was persisted and verified before; not loading it again")
+            log.info(f"{name} v{number} was persisted and verified before; not loading it again")
         else:
             tokenize_run = common.upstream_chain(log_model_run)["tokenize"]
             id2label = artifacts.id2label_of(tokenize_run)
@@ -240,8 +241,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
                 "persisted_now": str(copied).lower(),
             }
         )
-        print(
-            f"{STEP}: {name} v{number} "
+        log.info(
+            f"{name} v{number} "
             + ("persisted and verified" if copied else "verified")
             + ("; now champion" if promoted else "")
         )

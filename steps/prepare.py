@@ -27,6 +27,7 @@ from steps.corpus import data_digest, prepared, split_metrics
 from steps.tags import DATA_DIGEST_TAG
 
 STEP = chain.PREPARE
+log = common.logger(STEP)
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -59,8 +60,8 @@ def run(cfg: Config, profile: str) -> str:
         }
         (out / STATS_FILE).write_text(json.dumps(summary, indent=2))
         mlflow.log_artifacts(str(out), SPLITS_DIR)
-        print(
-            f"{STEP}: {stats.rows_read} rows read, {stats.dropped_empty} empty and "
+        log.info(
+            f"{stats.rows_read} rows read, {stats.dropped_empty} empty and "
             f"{stats.dropped_duplicate} duplicate texts dropped, "
             + ", ".join(f"{n} {len(p)}" for n, p in splits.items())
         )

@@ -51,6 +51,7 @@ from steps.tags import (
 )
 
 STEP = chain.REGISTER
+log = common.logger(STEP)
 UPSTREAM = chain.upstream_param(STEP)
 
 
@@ -171,7 +172,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
                     VERSION_TAG: str(earlier.version),
                 }
             )
-            print(f"{STEP}: {name} v{earlier.version}: finished an interrupted register -> {where}")
+            log.info(f"{name} v{earlier.version}: finished an interrupted register -> {where}")
             return run_id
         if earlier is not None:
             mlflow.set_tags(
@@ -182,7 +183,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
                     "already_registered": "true",
                 }
             )
-            print(f"{STEP}: {name} v{earlier.version} already holds this model; registry unchanged")
+            log.info(f"{name} v{earlier.version} already holds this model; registry unchanged")
             return run_id
 
         evaluate_run_id = runs[chain.EVALUATE].info.run_id
@@ -222,7 +223,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         )
         mlflow.log_metric("gate_passed", float(decision.passed))
         where = "champion" if promote else "champion after persist" if decision.passed else "challenger only"
-        print(f"{STEP}: {name} v{version.version} -> {where} ({decision.reason})")
+        log.info(f"{name} v{version.version} -> {where} ({decision.reason})")
         return run_id
 
 

@@ -27,6 +27,7 @@ from steps import common
 from steps.errors import UserError
 from steps.tags import HOST_TAG, LOCK_FOR_TAG, PID_TAG
 
+log = common.logger("registry lock")
 SUFFIX = "__pipeline_lock"
 TIMEOUT_S = 600.0
 POLL_S = 0.2
@@ -87,7 +88,7 @@ def registry_lock(client: Any, name: str, timeout_s: float = TIMEOUT_S) -> Itera
             continue  # released between our attempt and the look: try again at once
         if common.holder_alive(tags) is False:  # its process died on this host
             dead = tags.get(PID_TAG)
-            print(f"registry lock: {lock!r} was left by process {dead}, now dead: breaking it")
+            log.info(f"{lock!r} was left by process {dead}, now dead: breaking it")
             if holder(client, lock) == tags:  # still that dead holder's, not a new one's
                 release(client, lock)
             continue

@@ -28,6 +28,7 @@ from steps.config import Config
 from steps.errors import UserError
 
 STEP = chain.VERSION_CLEANUP
+log = common.logger(STEP)
 UPSTREAM = chain.upstream_param(STEP)
 
 
@@ -71,7 +72,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         aliases = dict(client.get_registered_model(name).aliases)  # search leaves aliases empty
         if cfg.delete_registered_model:
             plan = sorted(versions)
-            print(f"{STEP}: deleting registered model {name!r} with versions {plan} and aliases {aliases}")
+            log.info(f"deleting registered model {name!r} with versions {plan} and aliases {aliases}")
             if not cfg.dry_run:
                 client.delete_registered_model(name)
             deleted = [] if cfg.dry_run else plan
@@ -81,14 +82,13 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             for number in plan if not cfg.dry_run else []:
                 current = client.get_model_version(name, str(number))
                 if current.aliases:  # set by hand, outside the lock, after the plan was made
-                    print(f"{STEP}: keeping v{number}: it now holds {', '.join(current.aliases)}")
+                    log.info(f"keeping v{number}: it now holds {', '.join(current.aliases)}")
                     continue
                 client.delete_model_version(name, str(number))
                 deleted.append(number)
             verb = "would delete" if cfg.dry_run else "deleted"
-            print(
-                f"{STEP}: {name}: {verb} {plan or 'nothing'}; kept the newest {cfg.keep_last} "
-                f"and aliased {aliases}"
+            log.info(
+                f"{name}: {verb} {plan or 'nothing'}; kept the newest {cfg.keep_last} and aliased {aliases}"
             )
         (tmp / PLAN_FILE).write_text(
             json.dumps(

@@ -72,7 +72,7 @@ def test_every_step_program_ends_through_exit_quickly() -> None:
     assert len(programs) >= 9
     for path in programs:
         assert (
-            path.read_text().rstrip().endswith('if __name__ == "__main__":\n    common.exit_quickly(main())')
+            path.read_text().rstrip().endswith("common.exit_quickly(main())")
         ), path.name
 
 
