@@ -46,8 +46,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from steps import corpus, modeling
-
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 VARIANTS = ("recipe", "project", "untracked")
 # the tutorial's tokenizer padding and batch size; its learning rate is the Trainer's default
@@ -64,7 +62,7 @@ TARGETS = {  # figure: (target, better)
 def load_splits(train_rows: int, seed: int, test_rows: int = 0) -> dict[str, Any]:
     """The bundled data cleaned as ``prepare`` does; half of it held out as the test set
     (``test_rows`` of it, stratified, when not 0)."""
-    from steps import config
+    from steps import config, corpus
 
     raw = corpus.read_file(PROJECT_DIR / config.BUNDLED_DATA, config.BUNDLED_DATA_COLUMNS)
     cleaned, _ = corpus.clean(raw, "text", "label")
@@ -88,7 +86,7 @@ def child(variant: str, train_rows: int, epochs: float, workdir: Path, test_rows
         set_seed,
     )
 
-    from steps import common, finetune, tokenize
+    from steps import common, finetune, modeling, tokenize
     from steps.config import BUNDLED_BASE_MODEL, load_config
 
     cfg = dataclasses.replace(load_config("local", {}), num_train_epochs=epochs, early_stopping_patience=0)

@@ -113,7 +113,7 @@ def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
     import mlflow
     import mlflow.transformers
 
-    from steps import common, finetune, log_model, persist
+    from steps import artifacts, common, finetune, log_model, persist
 
     result: dict[str, Any] = {"store_import_s": load_code(model_dir)}
     start = time.perf_counter()
@@ -122,8 +122,8 @@ def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
         # what log_model starts from: the checkpoint as a finetune run's artifacts (made once;
         # outside the workdir, so every copy of this store shares them, read only)
         client = mlflow.MlflowClient()
-        artifacts = workdir.parent / "finetune-artifacts"
-        experiment_id = client.create_experiment("finetune", artifact_location=artifacts.as_uri())
+        store_root = workdir.parent / "finetune-artifacts"
+        experiment_id = client.create_experiment("finetune", artifact_location=store_root.as_uri())
         with mlflow.start_run(experiment_id=experiment_id) as run:
             mlflow.log_artifacts(str(model_dir), finetune.CHECKPOINT_DIR)
         (workdir / FINETUNE_RUN_FILE).write_text(run.info.run_id)

@@ -36,8 +36,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from steps import corpus
-
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 TARGET = 0.9
@@ -46,7 +44,7 @@ NAME = "bench-predict"
 
 
 def messages(rows: int) -> list[str]:
-    from steps import config
+    from steps import config, corpus
 
     raw = corpus.read_file(PROJECT_DIR / config.BUNDLED_DATA, config.BUNDLED_DATA_COLUMNS)
     return [str(text) for text in raw["text"].head(rows)]

@@ -477,7 +477,9 @@ def base_model_revision(resolved: str, loaded_config: Any) -> tuple[str, str]:
 
 def load_model_error(name: str, exc: Exception) -> UserError:
     """Explain a failed ``from_pretrained`` in one line."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    from steps import hub
+
+    offline = hub.offline_by_environment()
     hint = (
         "HF_HUB_OFFLINE is set, so only the local hub cache is read: unset it, or download the model first"
         if offline

@@ -450,23 +450,106 @@ def rank_run(
         yield None, Path(tmp)
 
 
+def load_for_training(cfg: Config, base_model: str, label2id: dict[str, int]) -> tuple[Any, Any]:
+    """The base model with a new head for these labels (initialised from ``cfg.seed``), with a
+    LoRA adapter when ``peft`` asks for one, and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    id2label = {i: label for label, i in label2id.items()}
+    resolved = common.resolve_base_model(base_model)
+    set_seed(cfg.seed)  # the new classification head is initialised from this seed
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolved, num_labels=len(label2id), id2label=id2label, label2id=label2id
+        )
+    except OSError as exc:
+        raise common.load_model_error(base_model, exc) from None
+    if cfg.peft == "lora":
+        model = with_lora(model, cfg)
+    return model, AutoTokenizer.from_pretrained(resolved)
+
+
+def make_trainer(
+    cfg: Config,
+    model: Any,
+    tokenizer: Any,
+    frames: dict[str, Any],
+    labels: list[str],
+    callbacks: list[Any],
+    args: dict[str, Any],
+) -> Any:
+    """The Trainer: batches padded to their longest text, validation metrics every epoch, the
+    loss weighed by class when ``class_weight`` asks, early stopping when patience is set."""
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainingArguments
+
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        logits, label_ids = prediction
+        return validation_metrics(np.asarray(logits), np.asarray(label_ids), labels, cfg.positive_label)
+
+    weights = class_weights(frames["train"]["label_id"], len(labels), cfg.class_weight)
+    if cfg.early_stopping_patience > 0:
+        callbacks = [
+            *callbacks,
+            EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_min_delta),
+        ]
+    return Trainer(
+        model=model,
+        args=TrainingArguments(**args),
+        train_dataset=modeling.to_features(frames["train"]),
+        # sorted by length: each evaluation batch pads to similar lengths (order is irrelevant)
+        eval_dataset=modeling.to_features(by_length(frames["validation"])),
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
+        compute_metrics=compute_metrics,
+        compute_loss_func=weighted_loss(weights) if weights else None,
+        callbacks=callbacks,
+    )
+
+
+def training_metrics(
+    cfg: Config, trainer: Any, result: Any, best_epoch: int, resumed_step: int
+) -> dict[str, float]:
+    """What the run records about the training: the kept epoch's validation metrics, where it
+    stopped and why, throughput, and how much of it ran in this run (after a resume)."""
+    state = trainer.state
+    planned_epochs = cfg.num_train_epochs if cfg.max_steps <= 0 else state.num_train_epochs
+    return {
+        **kept_epoch_metrics(state.log_history, best_epoch),
+        "epochs_completed": float(state.epoch or 0.0),
+        "best_epoch": float(best_epoch),
+        "stopped_epoch": float(epoch_number(state.epoch)),  # early stopping or the plan
+        "stopped_early": float(cfg.max_steps <= 0 and (state.epoch or 0) + 1e-6 < planned_epochs),
+        "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+        "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
+        "train_rows": float(len(trainer.train_dataset)),
+        "resumed_from_step": float(resumed_step),
+        "steps_trained_here": float(state.global_step - resumed_step),
+    }
+
+
+def save_kept_model(cfg: Config, trainer: Any, tokenizer: Any, tmp: Path) -> None:
+    """Log the kept epoch's model as ``checkpoint/`` (always a whole model) and, for LoRA, the
+    adapter itself as ``adapter/``."""
+    checkpoint = tmp / CHECKPOINT_DIR
+    if cfg.peft == "lora":
+        adapter = tmp / ADAPTER_DIR
+        trainer.save_model(str(adapter))  # a PEFT model saves its adapter (and head) only
+        tokenizer.save_pretrained(str(adapter))
+        common.log_artifacts_linked(adapter, ADAPTER_DIR)
+        modeling.save_merged(trainer.model, checkpoint)  # the adapter folded into the base weights
+    else:
+        trainer.save_model(str(checkpoint))  # the kept epoch's weights (load_best_model_at_end)
+    tokenizer.save_pretrained(str(checkpoint))
+    common.log_artifacts_linked(checkpoint, CHECKPOINT_DIR)
+
+
 def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: str | None = None) -> str:
     import mlflow
     import torch
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        EarlyStoppingCallback,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
 
     world = world_from_env(os.environ)
     upstream = common.get_upstream(upstream_run_id, chain.TOKENIZE, UPSTREAM)
-    tags = upstream.data.tags
-    base_model = tags[BASE_MODEL_TAG]  # the model the tokens were made for
+    base_model = upstream.data.tags[BASE_MODEL_TAG]  # the model the tokens were made for
     cfg = dataclasses.replace(cfg, base_model=base_model)  # so the logged config says so too
     device = modeling.available_device(cfg.device)
     modeling.check_precision(cfg.precision, device)
@@ -475,55 +558,26 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
 
     with rank_run(world, profile, cfg, upstream.info.run_id) as (run_id, tmp):
         work_dir = shared_output_dir(os.environ, upstream.info.run_id) if world.size > 1 else tmp
-        output_dir = work_dir / RESUME_DIR
         frames, label2id = artifacts.read_tokenized(upstream.info.run_id, tmp / "in")
-        train = frames["train"]
         if cfg.max_train_samples:
-            train = train.sample(n=min(cfg.max_train_samples, len(train)), random_state=cfg.seed)
-        id2label = {i: label for label, i in label2id.items()}
-        resolved = common.resolve_base_model(base_model)
-        set_seed(cfg.seed)  # the new classification head is initialised from this seed
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                resolved, num_labels=len(label2id), id2label=id2label, label2id=label2id
-            )
-        except OSError as exc:
-            raise common.load_model_error(base_model, exc) from None
-        tokenizer = AutoTokenizer.from_pretrained(resolved)
-        labels = [id2label[i] for i in range(len(id2label))]
-        if cfg.peft == "lora":
-            model = with_lora(model, cfg)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+            n = min(cfg.max_train_samples, len(frames["train"]))
+            frames["train"] = frames["train"].sample(n=n, random_state=cfg.seed)
+        model, tokenizer = load_for_training(cfg, base_model, label2id)
+        labels = sorted(label2id, key=label2id.__getitem__)
+        epochs = EpochCheckpoints(log_each=cfg.epoch_checkpoints == "all")
         if run_id:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            total = sum(p.numel() for p in model.parameters())
             mlflow.log_metrics(
                 {"trainable_params": float(trainable), "trainable_fraction": trainable / total}
             )
             mlflow.set_tag(PEFT_TAG, cfg.peft)
-
-        def compute_metrics(prediction: Any) -> dict[str, float]:
-            logits, label_ids = prediction
-            return validation_metrics(np.asarray(logits), np.asarray(label_ids), labels, cfg.positive_label)
-
-        weights = class_weights(train["label_id"], len(label2id), cfg.class_weight)
-        if run_id and weights:
-            mlflow.log_param("class_weights", json.dumps([round(w, 6) for w in weights]))
-        epochs = EpochCheckpoints(log_each=cfg.epoch_checkpoints == "all")
+            weights = class_weights(frames["train"]["label_id"], len(label2id), cfg.class_weight)
+            if weights:
+                mlflow.log_param("class_weights", json.dumps([round(w, 6) for w in weights]))
         callbacks = [*_callbacks(run_id), epochs.callback()] if run_id else []
-        if cfg.early_stopping_patience > 0:
-            callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_min_delta))
-        trainer = Trainer(
-            model=model,
-            args=TrainingArguments(**training_arguments(cfg, device, str(output_dir), world)),
-            train_dataset=modeling.to_features(train),
-            # sorted by length: each evaluation batch pads to similar lengths (order is irrelevant)
-            eval_dataset=modeling.to_features(by_length(frames["validation"])),
-            processing_class=tokenizer,
-            data_collator=DataCollatorWithPadding(tokenizer),  # pad per batch, not to max_length
-            compute_metrics=compute_metrics,
-            compute_loss_func=weighted_loss(weights) if weights else None,
-            callbacks=callbacks,
-        )
+        args = training_arguments(cfg, device, str(work_dir / RESUME_DIR), world)
+        trainer = make_trainer(cfg, model, tokenizer, frames, labels, callbacks, args)
         resume_from, resumed_step = None, 0
         if resume_run_id:
             # rank 0 downloads into the shared output folder; the others into their own
@@ -544,39 +598,12 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
             return ""
         if world.size > 1 and SHARED_DIR_ENV not in os.environ:  # else the launcher removes it
             shutil.rmtree(work_dir, ignore_errors=True)
-        state = trainer.state
-        planned_epochs = cfg.num_train_epochs if cfg.max_steps <= 0 else state.num_train_epochs
-        best_epoch = epochs.best_epoch(state)
+        best_epoch = epochs.best_epoch(trainer.state)
         mlflow.log_params({"resolved_device": device, "world_size": str(world.size)})
-        mlflow.log_metrics(
-            {
-                **kept_epoch_metrics(state.log_history, best_epoch),
-                "epochs_completed": float(state.epoch or 0.0),
-                "best_epoch": float(best_epoch),
-                "stopped_epoch": float(epoch_number(state.epoch)),  # early stopping or the plan
-                "stopped_early": float(cfg.max_steps <= 0 and (state.epoch or 0) + 1e-6 < planned_epochs),
-                "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
-                "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
-                "train_rows": float(len(train)),
-                "resumed_from_step": float(resumed_step),
-                "steps_trained_here": float(state.global_step - resumed_step),
-            }
-        )
+        mlflow.log_metrics(training_metrics(cfg, trainer, result, best_epoch, resumed_step))
         if device == "cuda":
             mlflow.log_metrics(gpu_memory_metrics())
-        checkpoint = tmp / CHECKPOINT_DIR
-        if cfg.peft == "lora":
-            adapter = tmp / ADAPTER_DIR
-            trainer.save_model(str(adapter))  # a PEFT model saves its adapter (and head) only
-            tokenizer.save_pretrained(str(adapter))
-            common.log_artifacts_linked(adapter, ADAPTER_DIR)
-            # checkpoint/ is always a whole model: the adapter folded into the base weights
-            peft_model: Any = trainer.model
-            peft_model.merge_and_unload().save_pretrained(str(checkpoint))
-        else:
-            trainer.save_model(str(checkpoint))  # the best epoch's weights (load_best_model_at_end)
-        tokenizer.save_pretrained(str(checkpoint))
-        common.log_artifacts_linked(checkpoint, CHECKPOINT_DIR)
+        save_kept_model(cfg, trainer, tokenizer, tmp)
         logged = epochs.logged or {best_epoch: ADAPTER_DIR if cfg.peft == "lora" else CHECKPOINT_DIR}
         mlflow.set_tags(
             {

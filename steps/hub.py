@@ -97,7 +97,7 @@ def local_snapshot(repo_id: str, revision: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=_offline()))
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=offline_by_environment()))
     except Exception as exc:  # noqa: BLE001 - the hub client raises many types for "not there"
         raise UserError(
             f"{repo_id}@{revision[:12]} is not in the hub cache {hub_cache()} and cannot "
@@ -114,5 +114,6 @@ def model_card(snapshot: Path) -> Any | None:
     return ModelCard.load(readme) if readme.is_file() else None
 
 
-def _offline() -> bool:
+def offline_by_environment() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for no hub access (the values the hub client accepts)."""
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")

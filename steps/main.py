@@ -364,6 +364,57 @@ def child_env_manager(given: str, own_run_tags: dict[str, str]) -> str:
     return chosen
 
 
+REUSE, RESUME, IN_PROCESS, RUN = "reuse", "resume", "in process", "run"
+
+
+@dataclasses.dataclass(frozen=True)
+class Lookups:
+    """What the store says about one cacheable step in this main (all empty for the others)."""
+
+    key_tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    cached: Any = None  # a finished run with this key
+    resumable: Any = None  # an unfinished run with this key and a checkpoint to resume from
+    changed: str = ""  # what changed since the closest earlier run
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    action: str  # REUSE, RESUME, IN_PROCESS or RUN
+    says: str  # the line main prints for the step
+
+
+def decide(step: str, forced: bool, env_manager: str, found: Lookups) -> Plan:
+    """What main does with ``step``: reuse a cached run, resume a killed one, run it inside
+    main's process (a registry step, when the steps share main's environment), or run it."""
+    if step in chain.ALWAYS_RUN:
+        says = "running (changes the registry: never skipped, idempotent)"
+        return Plan(IN_PROCESS if env_manager == "local" else RUN, says)
+    if found.cached is not None and not forced:
+        return Plan(REUSE, f"reused run {found.cached.info.run_id} (key unchanged)")
+    if found.resumable is not None and not forced:
+        killed = found.resumable.info.run_id
+        return Plan(RESUME, f"running (resuming killed run {killed} from its last checkpoint)")
+    return Plan(RUN, f"running ({'forced' if forced else found.changed})")
+
+
+def look_up(
+    client: Any, experiment_id: str, step: str, inputs: dict[str, Any], forced: bool, resumable: bool
+) -> Lookups:
+    """Ask the store only what ``decide`` will need: nothing about the past when forced."""
+    key = cache.cache_key(inputs)
+    key_tags = {KEY_TAG: key, INPUTS_TAG: json.dumps(inputs, sort_keys=True)}
+    if forced:
+        return Lookups(key_tags)
+    cached = find_cached(client, [experiment_id], step, key)
+    if cached is not None:
+        return Lookups(key_tags, cached=cached)
+    return Lookups(
+        key_tags,
+        resumable=find_resumable(client, experiment_id, step, key) if resumable else None,
+        changed=what_changed_since(client, experiment_id, step, inputs),
+    )
+
+
 def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
     import mlflow
 
@@ -403,41 +454,31 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
         reused = 0
         for step, upstream_param in CHAIN:
             params = step_parameters(declared[step], args.profile, args.overrides, upstream_param, upstream)
-            key_tags: dict[str, str] = {}
+            found = Lookups()
             if step not in chain.ALWAYS_RUN:
                 inputs = (
                     prepare_inputs
                     if step == chain.PREPARE
                     else step_key_inputs(step, args, declared, specs, upstream)
                 )
-                key = cache.cache_key(inputs)
-                key_tags = {KEY_TAG: key, INPUTS_TAG: json.dumps(inputs, sort_keys=True)}
-                hit = None if step in forced else find_cached(client, [experiment_id], step, key)
-                if hit is not None:
-                    common.logger(step).info(f"reused run {hit.info.run_id} (key unchanged)")
-                    record_reuse(client, parent, step, args.profile, hit, upstream)
-                    upstream = hit.info.run_id
-                    reused += 1
-                    mlflow.set_tag(f"pipeline.{step}_run_id", upstream)
-                    continue
-                why = "forced" if step in forced else what_changed_since(client, experiment_id, step, inputs)
-                resumable = (
-                    find_resumable(client, experiment_id, step, key)
-                    if RESUME_PARAM in declared[step] and step not in forced
-                    else None
+                found = look_up(
+                    client, experiment_id, step, inputs, step in forced, RESUME_PARAM in declared[step]
                 )
-                if resumable is not None:
-                    params[RESUME_PARAM] = resumable.info.run_id
-                    why = f"resuming killed run {resumable.info.run_id} from its last checkpoint"
-                common.logger(step).info(f"running ({why})")
+            plan = decide(step, step in forced, env_manager, found)
+            common.logger(step).info(plan.says)
+            if plan.action == REUSE:
+                assert found.cached is not None
+                record_reuse(client, parent, step, args.profile, found.cached, upstream)
+                upstream = found.cached.info.run_id
+                reused += 1
+            elif plan.action == IN_PROCESS:
+                step_cfg = load_config(args.profile, step_overrides(declared[step], args.overrides))
+                upstream = run_in_process(step, args.profile, step_cfg, upstream)
             else:
-                common.logger(step).info("running (changes the registry: never skipped, idempotent)")
-                if env_manager == "local":
-                    step_cfg = load_config(args.profile, step_overrides(declared[step], args.overrides))
-                    upstream = run_in_process(step, args.profile, step_cfg, upstream)
-                    mlflow.set_tag(f"pipeline.{step}_run_id", upstream)
-                    continue
-            upstream = launch(step, params, env_manager, experiment_id, key_tags)
+                if plan.action == RESUME:
+                    assert found.resumable is not None
+                    params[RESUME_PARAM] = found.resumable.info.run_id
+                upstream = launch(step, params, env_manager, experiment_id, found.key_tags)
             mlflow.set_tag(f"pipeline.{step}_run_id", upstream)
         assert upstream is not None  # CHAIN is not empty
         metrics = client.get_run(parent_tag(upstream, chain.EVALUATE)).data.metrics

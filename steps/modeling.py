@@ -158,13 +158,19 @@ def load_classifier(
     return PeftModel.from_pretrained(base, folder)
 
 
+def save_merged(model: Any, out: Path) -> None:
+    """Save a PEFT model with its LoRA adapter folded into the base weights: an ordinary model
+    folder. The one place the project merges an adapter (finetune's checkpoint, persist, and
+    ``merge_adapter``)."""
+    model.merge_and_unload().save_pretrained(out)
+
+
 def merge_adapter(adapter: Path, base_model: str, id2label: dict[int, str], out: Path) -> Path:
     """Fold a LoRA adapter into its base model's weights: one ordinary, self-contained model
     folder (weights, config with the labels, tokenizer) that predicts what base + adapter did."""
     from transformers import AutoTokenizer
 
-    merged = load_classifier(adapter, base_model, id2label).merge_and_unload()
-    merged.save_pretrained(out)
+    save_merged(load_classifier(adapter, base_model, id2label), out)
     AutoTokenizer.from_pretrained(
         adapter if (adapter / "tokenizer_config.json").is_file() else base_model
     ).save_pretrained(out)

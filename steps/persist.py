@@ -167,7 +167,7 @@ def merge_verified(adapter: Path, base: Path, id2label: dict[int, str], texts: l
 
     model = modeling.load_classifier(adapter, str(base), id2label)
     before = probabilities(model)
-    model.merge_and_unload().save_pretrained(out)
+    modeling.save_merged(model, out)
     tokenizer.save_pretrained(out)
     del model
     after = probabilities(AutoModelForSequenceClassification.from_pretrained(out))  # as written

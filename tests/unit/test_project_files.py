@@ -71,9 +71,7 @@ def test_every_step_program_ends_through_exit_quickly() -> None:
     programs = [p for p in sorted((PROJECT_DIR / "steps").glob("*.py")) if "__main__" in p.read_text()]
     assert len(programs) >= 9
     for path in programs:
-        assert (
-            path.read_text().rstrip().endswith("common.exit_quickly(main())")
-        ), path.name
+        assert path.read_text().rstrip().endswith("common.exit_quickly(main())"), path.name
 
 
 def test_the_readme_is_a_front_door_and_no_source_carries_a_date() -> None:

@@ -375,3 +375,23 @@ def test_every_library_attribute_the_project_patches_is_there_and_a_missing_one_
         UserError, match=r"^mlflow\.transformers\.gone_in_a_new_release is gone: .* supports mlflow"
     ):
         compat.target("mlflow.transformers", "gone_in_a_new_release")
+
+
+def test_main_decides_per_step_reuse_resume_in_process_or_run() -> None:
+    from types import SimpleNamespace
+
+    from steps import main as main_step
+
+    def run(run_id: str) -> SimpleNamespace:
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id))
+
+    decide, Lookups = main_step.decide, main_step.Lookups
+    assert decide("tokenize", False, "local", Lookups(cached=run("r1"))).action == main_step.REUSE
+    assert decide("tokenize", True, "local", Lookups(cached=run("r1"))).says == "running (forced)"
+    resumed = decide("finetune", False, "local", Lookups(resumable=run("k1"), changed="seed changed"))
+    assert resumed.action == main_step.RESUME and "k1" in resumed.says
+    assert (
+        decide("finetune", False, "local", Lookups(changed="seed changed")).says == "running (seed changed)"
+    )
+    assert decide("register", False, "local", Lookups()).action == main_step.IN_PROCESS
+    assert decide("register", False, "conda", Lookups()).action == main_step.RUN
