@@ -15,8 +15,10 @@ import dataclasses
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -189,6 +191,53 @@ def mark_dead_runs(client: Any, experiment_id: str) -> list[str]:
             log.info(f"run {run.info.run_id} ({step}) was left RUNNING by a dead process: marked KILLED")
             marked.append(run.info.run_id)
     return marked
+
+
+NEVER_STARTED_AFTER_S = 24 * 3600  # a main whose environment was not ready a day later died
+
+
+def conda_available() -> bool:
+    """Whether MLflow could find conda here (its own rule: ``MLFLOW_CONDA_HOME``, or on PATH)."""
+    return bool(os.environ.get("MLFLOW_CONDA_HOME") or os.environ.get("CONDA_EXE") or shutil.which("conda"))
+
+
+def never_started(tags: dict[str, str], age_s: float, conda_here: bool) -> str | None:
+    """Why a RUNNING ``main`` run that this project's code never tagged died, or None.
+
+    ``mlflow run`` creates the run before it builds the environment: when that fails (no conda
+    on the machine, no network for virtualenv) the run stays RUNNING and ``main`` never ran, so
+    it has no ``pipeline.pid`` for ``mark_dead_runs`` to check.
+    """
+    if PID_TAG in tags or tags.get("mlflow.project.entryPoint") != STEP:
+        return None
+    here = tags.get("mlflow.source.name") == str(PROJECT_DIR)
+    if here and tags.get("mlflow.project.env") == "conda" and not conda_here:
+        return "MLflow could not build its conda environment (conda is not installed here)"
+    if age_s > NEVER_STARTED_AFTER_S:
+        return "its environment was never ready"
+    return None
+
+
+def close_never_started(client: Any, experiment_id: str, now_ms: int) -> list[str]:
+    """Mark FAILED every ``main`` run that MLflow created but whose ``main`` never started."""
+    runs = client.search_runs(
+        [experiment_id],
+        "attributes.status = 'RUNNING' and tags.`mlflow.project.entryPoint` = 'main'",
+        max_results=200,
+    )
+    closed = []
+    conda_here = conda_available()
+    for run in runs:
+        why = never_started(run.data.tags, (now_ms - run.info.start_time) / 1000, conda_here)
+        if why:
+            client.set_tag(run.info.run_id, "pipeline.closed_because", why)
+            client.set_terminated(run.info.run_id, "FAILED")
+            log.info(
+                f"run {run.info.run_id} never started ({why}): marked FAILED; where conda is "
+                "missing, run with --env-manager local"
+            )
+            closed.append(run.info.run_id)
+    return closed
 
 
 def find_resumable(client: Any, experiment_id: str, step: str, key: str) -> Any | None:
@@ -447,6 +496,7 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
             os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
         mlflow.set_tags(tags | common.process_tags())
         mark_dead_runs(client, experiment_id)
+        close_never_started(client, experiment_id, int(time.time() * 1000))
         mlflow.log_params({f"config.{k}": str(v) for k, v in dataclasses.asdict(cfg).items()})
         # tags, not params: under `mlflow run` these are entry-point parameters, logged already
         mlflow.set_tags({"pipeline.env_manager": env_manager, "pipeline.force": force or "none"})

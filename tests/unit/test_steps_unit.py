@@ -395,3 +395,32 @@ def test_main_decides_per_step_reuse_resume_in_process_or_run() -> None:
     )
     assert decide("register", False, "local", Lookups()).action == main_step.IN_PROCESS
     assert decide("register", False, "conda", Lookups()).action == main_step.RUN
+
+
+def test_a_main_run_that_mlflow_created_but_never_started_is_closed_by_the_next(monkeypatch) -> None:
+    """`mlflow run .` without conda: MLflow creates the main run, fails to build the environment,
+    and leaves the run RUNNING with none of the pipeline's tags. The next main closes it."""
+    import mlflow
+
+    from steps import main as main_step
+    from steps.config import PROJECT_DIR
+
+    made_by_mlflow = {
+        "mlflow.project.entryPoint": "main",
+        "mlflow.project.env": "conda",
+        "mlflow.source.name": str(PROJECT_DIR),
+    }
+    assert main_step.never_started(made_by_mlflow, 60, conda_here=False)
+    assert main_step.never_started(made_by_mlflow, 60, conda_here=True) is None  # may be building it
+    assert main_step.never_started(made_by_mlflow, 2 * 24 * 3600, conda_here=True)
+    started = made_by_mlflow | {"pipeline.pid": "123"}
+    assert main_step.never_started(started, 2 * 24 * 3600, conda_here=False) is None  # mark_dead_runs' job
+    client = mlflow.MlflowClient()
+    orphan = client.create_run("0", tags=made_by_mlflow)
+    live = client.create_run("0", tags=started)
+    monkeypatch.setattr(main_step, "conda_available", lambda: False)
+    closed = main_step.close_never_started(client, "0", orphan.info.start_time + 1000)
+    assert closed == [orphan.info.run_id]
+    assert client.get_run(orphan.info.run_id).info.status == "FAILED"
+    assert "conda" in client.get_run(orphan.info.run_id).data.tags["pipeline.closed_because"]
+    assert client.get_run(live.info.run_id).info.status == "RUNNING"
