@@ -27,9 +27,9 @@ target <= 1.0), ``tracking_overhead_pct`` (target <= 2.0): the time the training
 project's MLflow callbacks (metrics, checkpoint logging), each event clocked, over the rest of the
 training wall time. ``tracked_over_untracked_wall_pct`` (no target) asks the same by comparing
 the two processes' wall times (``--ab``: not in the default run, whose 15-minute budget it
-does not fit); on this 2-core VM one training's wall time varies by about 10 %
-from run to run (measured: 15.6 to 18.4 s for the same 1-epoch run), so that comparison cannot
-resolve 2 % without dozens of repeats. The clocked figure can.
+does not fit); on a small machine one training's wall time varies by several per cent from
+run to run (docs/PERFORMANCE.md), so that comparison cannot resolve 2 % without dozens of
+repeats. The clocked figure can.
 """
 
 from __future__ import annotations

@@ -245,9 +245,9 @@ def settle(*folders: Path) -> None:
     it finds them in memory, and every earlier write flushed, so that it flushes only its own.
 
     Whether a 1.3 GB read comes from the disk or the page cache otherwise depends on what ran
-    before and on the system reclaiming memory: the ``full`` log call (which reads the weights)
-    took 2.0 s right after ``echo 3 > /proc/sys/vm/drop_caches`` and 1.2 to 1.3 s on the next run,
-    on the development VM. Every operation, and the copies they are compared with, start warm.
+    before and on the system reclaiming memory: the ``full`` log call (which reads the weights) is
+    markedly slower right after ``echo 3 > /proc/sys/vm/drop_caches`` than on the next run. Every
+    operation, and the copies they are compared with, start warm.
     """
     for folder in folders:
         for path in sorted(folder.rglob("*")):

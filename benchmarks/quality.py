@@ -8,7 +8,7 @@ data order. On each split, ``evaluate`` scores the fine-tuned model and the clas
 rows. One test split of 516 rows (64 spam) moves F1 by about a point per two messages, hence
 three seeds: the medians are the figures; the ranges are printed beside them.
 
-    python benchmarks/quality.py                           # local, seeds 42 1 2 (about 25 min)
+    python benchmarks/quality.py                           # local, seeds 42 1 2 (three whole mains)
     python benchmarks/quality.py --profile smoke --seeds 42  # seconds; what the test suite runs
 
 Figures: ``finetune_test_f1_median`` (target >= 0.96), ``finetune_minus_classical_points_median``
