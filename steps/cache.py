@@ -2,7 +2,7 @@
 
 A step's cache key is the sha256 of:
 - its entry point;
-- the settings it actually reads (found in its source: every ``cfg.<name>``), with their types
+- the settings it reads, as ``Config`` declares them (``config.fields_of``), with their types
   normalised, as the step itself would merge them (profile, then the parameters main passes it);
 - a hash of its code: the step's module and every ``steps`` module it imports, transitively,
   and its entry point in ``MLproject``;

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from steps.config import BUNDLED_BASE_MODEL, FIELDS, Config, as_params, fields_of, load_config
+from steps.config import BUNDLED_BASE_MODEL, EVERYWHERE, FIELDS, Config, as_params, fields_of, load_config
 from steps.errors import UserError
 from steps.tags import (
     HOST_TAG,
@@ -128,10 +128,11 @@ def parse_step_args(
         foreign = [name for name in overrides if name not in fields_of(step)]
         if foreign:
             name = foreign[0]
-            readers = ", ".join(s for s in FIELDS[name].metadata["steps"]) or "no step"
+            readers = ", ".join(FIELDS[name].metadata["steps"]) or "no step"
+            where = "main or " if FIELDS[name].metadata["param"] == EVERYWHERE else "a profile or "
             logger(step).error(
                 f"--{name} is not a setting of {step}, which reads "
-                f"{', '.join(fields_of(step)) or 'none'}: give it to main or to {readers}"
+                f"{', '.join(fields_of(step)) or 'none'}: give it to {where}{readers}"
             )
             raise SystemExit(EXIT_USER_ERROR)
     return StepArgs(profile=profile, upstream_run_id=upstream_id or None, overrides=overrides)

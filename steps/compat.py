@@ -38,10 +38,10 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 from unittest import mock
 
+from steps.chain import TASK
 from steps.errors import UserError
 
 SUPPORTED = "mlflow >=3.17,<3.18, transformers <=5.17.0, huggingface_hub 1.x (pyproject.toml)"
-TASK = "text-classification"
 # (module, attribute) of every patch and private call below
 TARGETS = (
     ("mlflow.store.artifact.local_artifact_repo", "shutil_copytree_without_file_permissions"),

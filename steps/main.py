@@ -85,8 +85,8 @@ def parent_tag(run_id: str, step: str) -> str:
     """The run ID of ``step`` above ``run_id`` in the chain."""
     import mlflow
 
-    chain = common.upstream_chain(mlflow.MlflowClient().get_run(run_id))
-    return str(chain[step].info.run_id)
+    runs = common.upstream_chain(mlflow.MlflowClient().get_run(run_id))
+    return str(runs[step].info.run_id)
 
 
 def preflight(cfg: Config, data_accepted_before: Callable[[], bool]) -> None:
@@ -210,8 +210,9 @@ def never_started(tags: dict[str, str], age_s: float, conda_here: bool) -> str |
     """
     if PID_TAG in tags or tags.get("mlflow.project.entryPoint") != STEP:
         return None
-    here = tags.get("mlflow.source.name") == str(PROJECT_DIR)
-    if here and tags.get("mlflow.project.env") == "conda" and not conda_here:
+    if tags.get("mlflow.source.name") != str(PROJECT_DIR):
+        return None  # another project's main, or this one's from another checkout
+    if tags.get("mlflow.project.env") == "conda" and not conda_here:
         return "MLflow could not build its conda environment (conda is not installed here)"
     if age_s > NEVER_STARTED_AFTER_S:
         return "its environment was never ready"
