@@ -15,7 +15,7 @@ from unittest import mock
 import mlflow
 import pytest
 
-from steps import cache, corpus, prepare
+from steps import cache, corpus
 from steps import main as main_step
 from steps.config import BUNDLED_DATA, BUNDLED_DATA_COLUMNS
 from steps.tags import REUSED_FROM_TAG
@@ -83,7 +83,7 @@ def registry() -> dict:
 def test_nothing_changed_reuses_every_cacheable_step(first: str, store: Path, capsys) -> None:
     before = registry()
     # prepare accepted these bytes before: main's preflight does not read and split them again
-    with mock.patch.object(prepare, "prepared", side_effect=AssertionError("data read again")):
+    with mock.patch.object(corpus, "prepared", side_effect=AssertionError("data read again")):
         second, decisions = run_main(capsys, "--data", str(store / "sms.csv"))
     assert decisions == {step: "reused" for step in CACHEABLE} | {
         step: "changes the registry: never skipped, idempotent" for step in REGISTRY
@@ -129,7 +129,7 @@ def test_force_reruns_the_named_step_and_those_after(first: str, store: Path, ca
 def test_changing_the_data_reruns_everything(first: str, store: Path, capsys) -> None:
     with (store / "sms.csv").open("a", encoding="utf-8") as f:
         f.write("a brand new message about the school run,ham\n")
-    with mock.patch.object(prepare, "prepared", wraps=corpus.prepared) as checked:
+    with mock.patch.object(corpus, "prepared", wraps=corpus.prepared) as checked:
         _, decisions = run_main(capsys, "--data", str(store / "sms.csv"))
     assert checked.call_count == 1  # main's preflight checked the new data (prepare ran in its process)
     assert decisions["prepare"] == "data changed"
