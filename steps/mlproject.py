@@ -51,14 +51,17 @@ docker_env:
 OWN_DEFAULTS = {"registered_model"}
 
 
+def default_of(name: str) -> str:
+    """A setting's parameter default: "" (the profile's), or its own for ``OWN_DEFAULTS``."""
+    return str(FIELDS[name].default) if name in OWN_DEFAULTS else ""
+
+
 def entry_point_parameters(env_manager_default: str) -> dict[str, dict[str, str | None]]:
     """Entry point -> its parameters and their defaults, in order (None: required)."""
     entry_points: dict[str, dict[str, str | None]] = {}
     main: dict[str, str | None] = {"profile": "local"}
     main |= {
-        name: str(field.default) if name in OWN_DEFAULTS else ""
-        for name, field in FIELDS.items()
-        if field.metadata["param"] == EVERYWHERE
+        name: default_of(name) for name, field in FIELDS.items() if field.metadata["param"] == EVERYWHERE
     }
     entry_points["main"] = main | {"env_manager": env_manager_default, "force": ""}
     for step, upstream in CHAIN:
@@ -68,7 +71,7 @@ def entry_point_parameters(env_manager_default: str) -> dict[str, dict[str, str 
         if upstream:
             params[upstream] = required
         params |= {
-            name: str(field.default) if name in OWN_DEFAULTS else ""
+            name: default_of(name)
             for name, field in FIELDS.items()
             if step in field.metadata["steps"] and field.metadata["param"] in (STEP_PARAM, EVERYWHERE)
         }
