@@ -475,6 +475,7 @@ def make_trainer(
     tokenizer: Any,
     frames: dict[str, Any],
     labels: list[str],
+    weights: list[float] | None,
     callbacks: list[Any],
     args: dict[str, Any],
 ) -> Any:
@@ -486,7 +487,6 @@ def make_trainer(
         logits, label_ids = prediction
         return validation_metrics(np.asarray(logits), np.asarray(label_ids), labels, cfg.positive_label)
 
-    weights = class_weights(frames["train"]["label_id"], len(labels), cfg.class_weight)
     if cfg.early_stopping_patience > 0:
         callbacks = [
             *callbacks,
@@ -565,6 +565,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
         model, tokenizer = load_for_training(cfg, base_model, label2id)
         labels = sorted(label2id, key=label2id.__getitem__)
         epochs = EpochCheckpoints(log_each=cfg.epoch_checkpoints == "all")
+        weights = class_weights(frames["train"]["label_id"], len(label2id), cfg.class_weight)
         if run_id:
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             total = sum(p.numel() for p in model.parameters())
@@ -572,12 +573,11 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
                 {"trainable_params": float(trainable), "trainable_fraction": trainable / total}
             )
             mlflow.set_tag(PEFT_TAG, cfg.peft)
-            weights = class_weights(frames["train"]["label_id"], len(label2id), cfg.class_weight)
             if weights:
                 mlflow.log_param("class_weights", json.dumps([round(w, 6) for w in weights]))
         callbacks = [*_callbacks(run_id), epochs.callback()] if run_id else []
         args = training_arguments(cfg, device, str(work_dir / RESUME_DIR), world)
-        trainer = make_trainer(cfg, model, tokenizer, frames, labels, callbacks, args)
+        trainer = make_trainer(cfg, model, tokenizer, frames, labels, weights, callbacks, args)
         resume_from, resumed_step = None, 0
         if resume_run_id:
             # rank 0 downloads into the shared output folder; the others into their own
