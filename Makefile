@@ -9,6 +9,8 @@ PROFILE ?= local
 # multi-GB CUDA build on a CPU machine. On a CUDA box: make setup TORCH_SPEC=torch TORCH_PIP_ARGS=
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
+# pytest-xdist workers; each test file runs whole in one worker (its module fixtures are made once)
+TEST_WORKERS ?= 2
 BIN := $(CURDIR)/$(VENV)/bin
 # `mlflow run --env-manager local` starts `python -m steps.<name>` from PATH: make it this venv's.
 export PATH := $(BIN):$(PATH)
@@ -33,10 +35,10 @@ run: setup ## run the whole pipeline offline on the embedded default (PROFILE=lo
 	$(BIN)/mlflow run . --env-manager local -P profile=$(PROFILE)
 
 test: setup lint ## lint, type-check and run every test that trains nothing (tests/unit)
-	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests/unit
 
 test-all: setup lint ## lint, type-check and run every test, whole pipelines included (what CI runs)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: setup ## ruff and mypy
 	$(BIN)/ruff check steps tests data benchmarks deploy

@@ -3,6 +3,7 @@
     python benchmarks/run_all.py              # the full sizes (see each script's docstring)
     python benchmarks/run_all.py --quick      # tiny sizes: checks the scripts run, not the targets
     python benchmarks/run_all.py --render     # measure nothing: rewrite the docs' table from the JSON
+    python benchmarks/run_all.py --only batch_score.py   # one script; its figures replace its old ones
 
 Each script prints a table and then one JSON line per figure; this collects the JSON lines, prints
 them again together with met / missed, and exits 1 if a target was missed. A full run writes every
@@ -33,6 +34,7 @@ BENCHMARKS = {  # script: (arguments for the full run, arguments for --quick)
     "finetune_speed.py": ([], ["--train-rows", "64", "--epochs", "1", "--test-rows", "200", "--ab"]),
     "predict_speed.py": ([], ["--rows", "128", "--repeat", "1"]),
     "quality.py": ([], ["--profile", "smoke", "--seeds", "42"]),
+    "batch_score.py": ([], ["--rows", "64", "--repeat", "1", "--scales", "0.02,0.2"]),
 }
 NOT_MEASURED: tuple[str, ...] = ()  # figures the issue asks for that no script measures yet
 
@@ -73,6 +75,11 @@ def render(results: dict[str, Any]) -> str:
         f"`python benchmarks/run_all.py` at commit `{results['commit']}`, {results['wall_s'] / 60:.0f} "
         f"minutes; {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, mlflow {m['mlflow']}, "
         f"transformers {m['transformers']}.",
+        *(
+            f"`{name}` was measured alone (`--only {name}.py`) at commit `{run['commit']}`, "
+            f"{run['wall_s'] / 60:.0f} minutes."
+            for name, run in results.get("separately", {}).items()
+        ),
         "",
         "| benchmark | figure | value | unit | target | |",
         "|---|---|---:|---|---:|---|",
@@ -99,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the scripts run")
     parser.add_argument("--render", action="store_true", help="rewrite the docs' table from the JSON")
+    parser.add_argument(
+        "--only",
+        choices=sorted(BENCHMARKS),
+        help="run this script alone and put its figures in place of its old ones (marked as measured "
+        "at another commit than the rest)",
+    )
     args = parser.parse_args(argv)
     if args.render:
         write_doc(json.loads(RESULTS.read_text(encoding="utf-8")))
@@ -110,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         script: [sys.executable, str(HERE / script), *(quick if args.quick else full)]
         for script, (full, quick) in BENCHMARKS.items()
+        if args.only in (None, script)
     }
     started = {
         script: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -143,7 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in lines:
         print(json.dumps(line))
-    if not args.quick:
+    if args.only and not args.quick:
+        results = json.loads(RESULTS.read_text(encoding="utf-8"))
+        name = args.only.removesuffix(".py")
+        kept = [line for line in results["figures"] if line["benchmark"] != name]
+        results["figures"] = kept + lines
+        results.setdefault("separately", {})[name] = {"commit": commit(), "wall_s": round(wall)}
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        write_doc(results)
+        print(f"put {name}'s figures in {RESULTS.relative_to(HERE.parent)} and the table")
+    elif not args.quick:
         results = {"commit": commit(), "wall_s": round(wall), "machine": machine(), "figures": lines}
         RESULTS.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
         write_doc(results)

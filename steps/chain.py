@@ -30,6 +30,8 @@ CHAIN: tuple[tuple[str, str | None], ...] = (
     (VERSION_CLEANUP, "persist_run_id"),
 )
 STEPS = tuple(step for step, _ in CHAIN)
+# batch scoring with a registered model: an entry point of its own, after the chain, not in it
+PREDICT: Final = "predict"
 
 
 def upstream_param(step: str) -> str:

@@ -253,6 +253,16 @@ def upstream_chain(run: Any) -> dict[str, Any]:
     return chain
 
 
+REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+def parse_registry_uri(uri: str) -> tuple[str, str | None, str | None] | None:
+    """(name, alias, version) of ``models:/<name>@<alias>`` or ``models:/<name>/<version>``;
+    None for any other URI."""
+    match = REGISTRY_URI.match(uri)
+    return (match["name"], match["alias"], match["version"]) if match else None
+
+
 def lineage_tags(run: Any) -> dict[str, str]:
     """The data and base-model tags a step carries down from its upstream run."""
     return {key: run.data.tags.get(key, "") for key in LINEAGE_TAGS}

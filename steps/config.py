@@ -17,7 +17,17 @@ from typing import Any
 
 import yaml
 
-from steps.chain import EVALUATE, FINETUNE, LOG_MODEL, PERSIST, PREPARE, REGISTER, TOKENIZE, VERSION_CLEANUP
+from steps.chain import (
+    EVALUATE,
+    FINETUNE,
+    LOG_MODEL,
+    PERSIST,
+    PREDICT,
+    PREPARE,
+    REGISTER,
+    TOKENIZE,
+    VERSION_CLEANUP,
+)
 from steps.errors import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -35,6 +45,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 # validation metric that picks the epoch finetune keeps ("last": the final epoch's weights)
 BEST_MODEL_METRICS = ("loss", "f1", "average_precision", "last")
 EPOCH_CHECKPOINTS = ("best", "all")
+ENGINES = ("local", "spark")
 
 
 # Where a setting is an MLproject parameter (it can always be set in a profile):
@@ -58,17 +69,20 @@ class Config:
 
     # data
     data: str = setting(
-        BUNDLED_DATA, "csv/tsv/json/jsonl/parquet file, or a hub dataset id", (PREPARE,), EVERYWHERE
+        BUNDLED_DATA,
+        "csv/tsv/json/jsonl/parquet file, or a hub dataset id (predict: a file or a folder of parquet)",
+        (PREPARE, PREDICT),
+        EVERYWHERE,
     )
     data_columns: str = setting(
         BUNDLED_DATA_COLUMNS,
         "a csv/tsv file without a header row: its columns' names, comma-separated ('' = the first "
         "row names them); it describes the file `data` names, so a `data` given later without it "
         "clears it",
-        (PREPARE,),
+        (PREPARE, PREDICT),
         EVERYWHERE,
     )
-    text_column: str = setting("text", "the column that holds the texts", (PREPARE,), EVERYWHERE)
+    text_column: str = setting("text", "the column that holds the texts", (PREPARE, PREDICT), EVERYWHERE)
     label_column: str = setting("label", "the column that holds the labels", (PREPARE,), EVERYWHERE)
     hub_split: str = setting("train", "the split of a hub dataset to read", (PREPARE,))
     validation_fraction: float = setting(0.1, "share of the rows for validation", (PREPARE,))
@@ -146,7 +160,7 @@ class Config:
     positive_label: str = setting(
         "spam",
         "the class whose precision, recall and F1 are reported",
-        (FINETUNE, EVALUATE, *GATED),
+        (FINETUNE, EVALUATE, *GATED, PREDICT),
         EVERYWHERE,
     )
     checkpoint_epoch: int = setting(
@@ -161,7 +175,7 @@ class Config:
     # lifecycle
     save_mode: str = setting("full", "full, checkpoint or reference", (LOG_MODEL,), EVERYWHERE)
     registered_model: str = setting(
-        "sms-spam-classifier", "the registered model's name", (REGISTER, VERSION_CLEANUP), EVERYWHERE
+        "sms-spam-classifier", "the registered model's name", (REGISTER, VERSION_CLEANUP, PREDICT), EVERYWHERE
     )
     min_test_f1: float = setting(0.9, "the gate: a champion needs at least this test F1", GATED, EVERYWHERE)
     champion_tolerance: float = setting(
@@ -182,6 +196,30 @@ class Config:
     )
     delete_registered_model: bool = setting(
         False, "version_cleanup: delete the whole registered model", (VERSION_CLEANUP,), STEP_PARAM
+    )
+    # batch scoring (predict)
+    model_uri: str = setting(
+        "",
+        "predict: the model to score with ('': models:/<registered_model>@champion)",
+        (PREDICT,),
+        STEP_PARAM,
+    )
+    output: str = setting(
+        "",
+        "predict: the parquet file (engine local) or folder (engine spark) to write",
+        (PREDICT,),
+        STEP_PARAM,
+    )
+    overwrite: bool = setting(False, "predict: replace an output that exists", (PREDICT,), STEP_PARAM)
+    engine: str = setting(
+        "local", "predict: local (in this process, streamed) or spark", (PREDICT,), STEP_PARAM
+    )
+    batch_size: int = setting(64, "predict: texts per forward pass of the model", (PREDICT,), STEP_PARAM)
+    chunk_rows: int = setting(
+        10_000, "predict, engine local: rows read, scored and written at a time", (PREDICT,), STEP_PARAM
+    )
+    spark_master: str = setting(
+        "local[*]", "predict, engine spark: the master of a session this step starts", (PREDICT,), STEP_PARAM
     )
 
     def __post_init__(self) -> None:
@@ -227,7 +265,16 @@ class Config:
             value = getattr(self, name)
             if not 0 < value < 0.5:
                 raise UserError(f"{name}={value} must be between 0 and 0.5 (exclusive)")
-        positive_ints = ("max_length", "train_batch_size", "eval_batch_size", "nproc_per_node")
+        if self.engine not in ENGINES:
+            raise UserError(f"unknown engine {self.engine!r}: use one of {', '.join(ENGINES)}")
+        positive_ints = (
+            "max_length",
+            "train_batch_size",
+            "eval_batch_size",
+            "nproc_per_node",
+            "batch_size",
+            "chunk_rows",
+        )
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be at least 1")

@@ -6,6 +6,7 @@ The ``prepare`` step logs what this produces; ``evaluate`` reads its probe set w
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import errno
@@ -13,7 +14,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -215,7 +218,9 @@ def column_names(data_columns: str) -> list[str] | None:
     return names or None
 
 
-def read_file(path: Path, data_columns: str = "") -> pd.DataFrame:
+def file_kind(path: Path, data_columns: str) -> tuple[str, list[str] | None]:
+    """The reader a file needs (csv, tsv, json, jsonl or parquet) and its columns' names if
+    ``data_columns`` gives them; a ``UserError`` for a file no reader takes."""
     kind = FILE_READERS.get(path.suffix.lower())
     if path.is_dir():
         raise UserError(f"data {str(path)!r} is a directory: pass a file")
@@ -227,30 +232,105 @@ def read_file(path: Path, data_columns: str = "") -> pd.DataFrame:
             f"data_columns {data_columns!r} is for csv/tsv files without a header row; "
             f"a {kind} file names its columns itself: set --data_columns ''"
         )
-    try:
+    return kind, names
+
+
+def csv_options(kind: str, names: list[str] | None) -> dict[str, Any]:
+    """``pandas.read_csv`` arguments for a csv or tsv file: every value a string, "" missing."""
+    return {
+        "sep": "," if kind == "csv" else "\t",
+        "quoting": csv.QUOTE_MINIMAL if kind == "csv" else csv.QUOTE_NONE,
+        "header": None if names else "infer",
+        "names": names,
+        "encoding": "utf-8-sig",
+        "dtype": str,
+        "keep_default_na": False,
+        "na_values": [""],
+    }
+
+
+def check_no_header(frame: pd.DataFrame, names: list[str] | None, path: Path) -> None:
+    """With ``data_columns`` set, a first row that repeats the names is a header read as data."""
+    if names and [str(v).strip().lower() for v in frame.iloc[:1].to_numpy().ravel()] == [
+        n.lower() for n in names
+    ]:
+        raise UserError(
+            f"{path.name}'s first row is {', '.join(names)}: a header row, read as data "
+            f"because --data_columns is set; set --data_columns '' to use it as the header"
+        )
+
+
+def read_file(path: Path, data_columns: str = "") -> pd.DataFrame:
+    kind, names = file_kind(path, data_columns)
+    with read_errors(path, kind, names, data_columns):
         if kind in ("csv", "tsv"):
-            frame = pd.read_csv(
-                path,
-                sep="," if kind == "csv" else "\t",
-                quoting=csv.QUOTE_MINIMAL if kind == "csv" else csv.QUOTE_NONE,
-                header=None if names else "infer",
-                names=names,
-                encoding="utf-8-sig",
-                dtype=str,
-                keep_default_na=False,
-                na_values=[""],
-            )
-            if names and [str(v).strip().lower() for v in frame.iloc[:1].to_numpy().ravel()] == [
-                n.lower() for n in names
-            ]:
-                raise UserError(
-                    f"{path.name}'s first row is {', '.join(names)}: a header row, read as data "
-                    f"because --data_columns is set; set --data_columns '' to use it as the header"
-                )
+            frame = pd.read_csv(path, **csv_options(kind, names))
+            check_no_header(frame, names, path)
             return frame
         if kind in ("json", "jsonl"):  # dtype=False: a text "0123" stays a string
             return pd.read_json(path, lines=kind == "jsonl" or _looks_like_jsonl(path), dtype=False)
         return pd.read_parquet(path)
+
+
+def read_chunks(path: Path, data_columns: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The rows of a file, or of a folder of parquet files (in name order), ``chunk_rows`` at a
+    time: memory stays flat whatever the file's size, except for a JSON array, read whole."""
+    if path.is_dir():
+        parts = parquet_parts(path)
+        if not parts:
+            raise UserError(
+                f"data folder {str(path)!r} holds no .parquet files: pass a file or such a folder"
+            )
+        for part in parts:
+            yield from read_chunks(part, "", chunk_rows)
+        return
+    kind, names = file_kind(path, data_columns)
+    with read_errors(path, kind, names, data_columns):
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+                yield batch.to_pandas()
+            return
+        if kind == "json" and not _looks_like_jsonl(path):
+            whole = pd.read_json(path, dtype=False)
+            for start in range(0, len(whole), chunk_rows):
+                yield whole.iloc[start : start + chunk_rows].reset_index(drop=True)
+            return
+        if kind in ("json", "jsonl"):
+            with pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows) as reader:
+                yield from reader
+            return
+        with pd.read_csv(path, chunksize=chunk_rows, **csv_options(kind, names)) as reader:
+            for number, chunk in enumerate(reader):
+                if number == 0:
+                    check_no_header(chunk, names, path)
+                yield chunk
+
+
+def parquet_parts(folder: Path) -> list[Path]:
+    """The parquet files of a folder and its subfolders (as Spark writes them), in name order."""
+    return sorted(p for p in folder.rglob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, or of a folder's parquet files (each file's name and bytes)."""
+    digest = hashlib.sha256()
+    files = parquet_parts(path) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def read_errors(path: Path, kind: str, names: list[str] | None, data_columns: str) -> Iterator[None]:
+    """A reader's failure as one ``UserError`` line that says what to fix."""
+    try:
+        yield
     except UserError:
         raise
     except UnicodeDecodeError as exc:

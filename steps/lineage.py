@@ -3,6 +3,7 @@
     python -m steps.lineage models:/sms-spam-classifier@champion
     python -m steps.lineage models:/sms-spam-classifier/3
     python -m steps.lineage <main run ID>
+    python -m steps.lineage <predict run ID>      # the version it scored with, and its chain
 
 One block per step: its run ID and status, the settings it read, data digest, base model and
 revision, code version (git commit and the cache's code hash), and for a main run whether the step
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from typing import Any
 
@@ -25,12 +25,13 @@ from steps.tags import (
     BASE_REVISION_TAG,
     DATA_DIGEST_TAG,
     INPUTS_TAG,
+    MODEL_URI_TAG,
+    MODEL_VERSION_TAG,
     PROFILE_TAG,
     REUSED_FROM_TAG,
     STEP_TAG,
 )
 
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 HEADLINE_METRICS = (
     "rows_clean",
     "best_val_f1",
@@ -45,12 +46,10 @@ HEADLINE_METRICS = (
 # ----------------------------------------------------------------------------- pure functions
 def parse_target(target: str) -> tuple[str, str | None, str | None] | None:
     """(name, alias, version) for a ``models:/`` URI; None for anything else (a run ID)."""
-    match = MODEL_URI.match(target)
-    if match is None:
-        if target.startswith("models:/"):
-            raise UserError(f"{target!r} is not models:/<name>@<alias> or models:/<name>/<version>")
-        return None
-    return match["name"], match["alias"], match["version"]
+    parsed = common.parse_registry_uri(target)
+    if parsed is None and target.startswith("models:/"):
+        raise UserError(f"{target!r} is not models:/<name>@<alias> or models:/<name>/<version>")
+    return parsed
 
 
 def describe(step: str, run: Any, reused_by: str | None = None) -> list[str]:
@@ -127,10 +126,12 @@ def chain_of_main(client: Any, run_id: str) -> tuple[str, dict]:
         main_run = client.get_run(run_id)
     except MlflowException:
         raise UserError(f"{run_id!r} is neither a models:/ URI nor a run ID in {_uri()}") from None
+    if main_run.data.tags.get(STEP_TAG) == chain.PREDICT:
+        return chain_of_prediction(client, main_run)
     if main_run.data.tags.get(STEP_TAG) != "main":
         raise UserError(
             f"run {run_id} is a {main_run.data.tags.get(STEP_TAG, 'non-pipeline')} "
-            "run, not a main run: pass a main run ID or a models:/ URI"
+            "run, not a main or predict run: pass one of those run IDs or a models:/ URI"
         )
     children = client.search_runs(
         [main_run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'", max_results=100
@@ -147,6 +148,23 @@ def chain_of_main(client: Any, run_id: str) -> tuple[str, dict]:
     return header, runs
 
 
+def chain_of_prediction(client: Any, run: Any) -> tuple[str, dict]:
+    """A predict run: what it scored, with which version, and that version's training chain."""
+    tags, metrics = run.data.tags, run.data.metrics
+    given = tags.get(MODEL_URI_TAG, "?")
+    parsed = common.parse_registry_uri(given)
+    version = tags.get(MODEL_VERSION_TAG)
+    rows = int(metrics.get("rows_scored", 0))
+    header = (
+        f"predict {run.info.run_id}: {run.info.status}, {rows} rows of "
+        f"{run.data.params.get('config.data', '?')} scored with {given}"
+    )
+    if parsed is None or not version:
+        return header + " (not a registered version: no training chain to follow)", {}
+    version_header, runs = chain_of_version(client, parsed[0], None, version)
+    return f"{header}\n{version_header}", runs
+
+
 def _uri() -> str:
     import mlflow
 
@@ -159,7 +177,7 @@ def lineage(target: str) -> list[str]:
     client = mlflow.MlflowClient()
     parsed = parse_target(target)
     header, runs = chain_of_version(client, *parsed) if parsed else chain_of_main(client, target)
-    lines = [header]
+    lines = header.splitlines()
     for step in chain.STEPS:
         if step in runs:
             run, reused_by = runs[step]
@@ -169,7 +187,9 @@ def lineage(target: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("target", help="models:/<name>@<alias>, models:/<name>/<version>, or a main run ID")
+    parser.add_argument(
+        "target", help="models:/<name>@<alias>, models:/<name>/<version>, or a main or predict run ID"
+    )
     args = parser.parse_args(argv)
     try:
         print("\n".join(lineage(args.target)))

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from steps import common
-from steps.chain import CHAIN, FINETUNE, RESUME_PARAM, VERSION_CLEANUP
+from steps.chain import CHAIN, FINETUNE, PREDICT, RESUME_PARAM, VERSION_CLEANUP
 from steps.config import EVERYWHERE, FIELDS, PROJECT_DIR, STEP_PARAM
 
 ROOT_HEADER = """\
@@ -23,6 +23,7 @@ ROOT_HEADER = """\
 #   prepare ─► tokenize ─► finetune ─► evaluate ─► log_model ─► register ─► persist ─► version_cleanup
 #
 # `main` runs the chain; each step also runs alone from the run ID of the step before it.
+# `predict` scores a file with a registered model (the champion by default); it is not in the chain.
 # Every parameter defaults to "" which means "take it from profiles/<profile>.yaml".
 # Generated from steps/config.py by `make mlproject`: edit the declarations there, not this file.
 name: hf-finetune-pipeline
@@ -78,6 +79,12 @@ def entry_point_parameters(env_manager_default: str) -> dict[str, dict[str, str 
         if step == FINETUNE:
             params[RESUME_PARAM] = ""  # a killed run to resume from (main finds it itself)
         entry_points[step] = params
+    # batch scoring: after the chain, not in it
+    entry_points[PREDICT] = {"profile": "local"} | {
+        name: default_of(name)
+        for name, field in FIELDS.items()
+        if PREDICT in field.metadata["steps"] and field.metadata["param"] in (STEP_PARAM, EVERYWHERE)
+    }
     return entry_points
 
 

@@ -61,5 +61,7 @@ LOW_TAG: Final = "gate_f1_diff_low"
 HIGH_TAG: Final = "gate_f1_diff_high"
 # persist
 VERIFIED_TAG: Final = "verified"
+# predict: the model a scoring job used, as given and as the registered version it resolved to
+MODEL_VERSION_TAG: Final = "pipeline.model_version"  # with MODEL_URI_TAG
 # the registry lock (a registered model of its own)
 LOCK_FOR_TAG: Final = "pipeline.lock_for"

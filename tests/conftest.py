@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,13 @@ from typing import Any
 import pytest
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+# pytest-xdist's workers run under a __main__ module with neither __spec__ nor __file__, which
+# pyspark.sql.connect takes for a doctest run and answers with sys.exit(0) at import; MLflow
+# imports it whenever pyspark is installed (mlflow.types.utils._is_spark_df). Name the module.
+_main = sys.modules["__main__"]
+if getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = "<pytest-xdist worker>"
 
 
 def isolated_env(root: Path) -> dict[str, str]:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -111,3 +112,48 @@ class Echo(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input):  # type: ignore[no-untyped-def]
         return model_input
+
+
+def register_tiny_classifier(name: str, folder: Path, texts: list[str]) -> str:
+    """A random-init two-layer BERT ham/spam classifier with the bundled tokenizer, logged as the
+    log_model step logs a model (save mode full) and registered as ``name``'s champion: a model
+    to score with in milliseconds. Its version."""
+    import pandas as pd
+    import torch
+    from mlflow.models import infer_signature
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from steps import common, config, log_model
+
+    torch.manual_seed(0)
+    labels = {0: "ham", 1: "spam"}
+    tiny = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
+    BertForSequenceClassification(tiny).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(common.resolve_base_model(config.BUNDLED_BASE_MODEL)).save_pretrained(
+        folder
+    )
+    signature = infer_signature(
+        texts[:2],
+        pd.DataFrame({"label": ["ham", "spam"], "score": [0.5, 0.5]}),
+        params=log_model.INFERENCE_PARAMS,
+    )
+    options = {
+        "name": log_model.MODEL_NAME,
+        "task": log_model.TASK,
+        "signature": signature,
+        "input_example": texts[:2],
+        "model_config": log_model.model_config(32),
+        "pip_requirements": log_model.pip_requirements(log_model.installed_versions()),
+    }
+    with mlflow.start_run():
+        info = log_model.log_candidate(folder, "full", options)
+    version = mlflow.register_model(info.model_uri, name)
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", version.version)
+    return str(version.version)

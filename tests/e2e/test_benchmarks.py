@@ -47,6 +47,8 @@ def test_run_all_quick_runs_every_benchmark_and_prints_json_lines() -> None:
         "predict_speed",
         "pyfunc_over_sorted",
     ) in figures
+    for figure in ("local_over_direct", "peak_rss_mb", "rss_large_over_flat_limit"):
+        assert ("batch_score", figure) in figures
     for line in lines:
         assert set(line) == KEYS and line["better"] in ("lower", "higher")
         assert isinstance(line["value"], (int, float))
