@@ -80,7 +80,8 @@ def entry_point_parameters(env_manager_default: str) -> dict[str, dict[str, str 
             params[RESUME_PARAM] = ""  # a killed run to resume from (main finds it itself)
         entry_points[step] = params
     # batch scoring: after the chain, not in it
-    entry_points[PREDICT] = {"profile": "local"} | {
+    predict: dict[str, str | None] = {"profile": "local"}
+    entry_points[PREDICT] = predict | {
         name: default_of(name)
         for name, field in FIELDS.items()
         if PREDICT in field.metadata["steps"] and field.metadata["param"] in (STEP_PARAM, EVERYWHERE)
