@@ -22,7 +22,9 @@ every step, the light ones too.
   (reference ÷ full log);
 - ``load_project``, ``run_project_without_waiting``: private MLflow Projects calls (parsing
   ``MLproject`` as ``mlflow run`` does; starting a step without a second ``mlflow run``
-  process, seconds per step).
+  process, seconds per step);
+- ``hadoop_filesystem``: PySpark's private handle to the JVM, for the file systems Spark writes
+  (``predict`` with engine spark: checks, renames, digests on HDFS/S3/DBFS as on local disk).
 
 None was dropped: each either keeps a benchmark target met or keeps the default path offline.
 """
@@ -250,6 +252,26 @@ def run_project_without_waiting(**kwargs: Any) -> Any:
     ``synchronous=True`` returns as soon as the command is started.
     """
     return target("mlflow.projects", "_run")._run(**kwargs)
+
+
+# ----------------------------------------------------------------------------- Spark
+def hadoop_filesystem(spark: Any, uri: str) -> tuple[Any, Any]:
+    """Hadoop's ``FileSystem`` for ``uri`` and the ``Path`` it names, from the session's JVM.
+
+    PySpark has no public file-system API; ``SparkSession._jvm`` and ``._jsc`` are its private
+    handles to the JVM, through which ``predict`` checks, renames and deletes paths on the file
+    systems Spark itself reads and writes (HDFS, S3, DBFS, local), with the cluster's own
+    configuration. A Spark Connect session has no JVM: there it is a one-line error.
+    """
+    jvm = getattr(spark, "_jvm", None)
+    jsc = getattr(spark, "_jsc", None)
+    if jvm is None or jsc is None:
+        raise UserError(
+            "this Spark session has no JVM (Spark Connect): run predict on a classic session "
+            "(a cluster's driver, spark-submit, or the default local one)"
+        )
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(jsc.hadoopConfiguration()), path
 
 
 def main() -> int:

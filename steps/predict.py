@@ -15,21 +15,26 @@ The output appears only when it is complete: it is written under a temporary nam
 renamed at the end, so a failed job leaves no half-written file.
 Run: tags ``pipeline.model_uri`` (as given) and ``pipeline.model_version`` (the registered version
 it resolved to when the job started, so a later alias move cannot change what the run says),
-``pipeline.input_sha256``; the input with ``mlflow.log_input`` (digest of its bytes); param
-``output``; metrics ``rows_scored``, ``rows_per_second``, ``model_load_s`` and ``rows_<label>``
-per predicted class. ``python -m steps.lineage <run ID>`` prints the training chain behind it.
+``pipeline.input_digest`` (sha256 of a local input's bytes; of a remote input's file names, sizes
+and modification times, said by ``pipeline.input_digest_of``); the input with ``mlflow.log_input``;
+param ``output``; metrics ``rows_scored``, ``rows_per_second``, ``model_load_s`` and
+``rows_<label>`` per predicted class. ``python -m steps.lineage <run ID>`` prints the training
+chain behind it.
 
 ``local`` streams: it reads, scores and writes ``chunk_rows`` rows at a time, so its memory does
 not grow with the file (a JSON array is the exception: it is read whole; use jsonl). Within a
 chunk it scores texts in order of length, so that each batch pads little, and puts the results
 back in the input's order. ``spark`` reads with Spark and scores with ``mlflow.pyfunc.spark_udf``
-on the resolved version; it needs ``pip install -e '.[spark]'`` and Java 17. Under
+on the resolved version; it needs ``pip install -e '.[spark]'`` and Java 17. It also takes
+``data`` and ``output`` as URIs of the file systems Spark reads (``hdfs://``, ``s3a://``,
+``dbfs:/``), checked, renamed and deleted through Hadoop's file systems as local paths are. Under
 ``spark-submit`` or on Databricks the session that exists is used and ``spark_master`` is ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import logging
 import os
@@ -54,7 +59,9 @@ from steps.tags import MODEL_URI_TAG, MODEL_VERSION_TAG
 STEP = chain.PREDICT
 log = common.logger(STEP)
 OUTPUT_COLUMNS = ("label", "score")
-INPUT_SHA_TAG = "pipeline.input_sha256"
+INPUT_DIGEST_TAG = "pipeline.input_digest"
+INPUT_DIGEST_OF_TAG = "pipeline.input_digest_of"  # "bytes" of a local input; a listing of a remote one
+URI = re.compile(r"^[A-Za-z][\w+.-]+:/")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,50 +110,160 @@ def in_order_of_length(texts: list[str]) -> list[int]:
     return sorted(range(len(texts)), key=lambda i: len(texts[i]))
 
 
+# ----------------------------------------------------------------------------- where files are
+def is_uri(text: str) -> bool:
+    """``hdfs://…``, ``s3a://…``, ``dbfs:/…``, ``file:/…``: a place only Spark reads and writes."""
+    return bool(URI.match(text))
+
+
+class LocalFiles:
+    """Paths on this machine."""
+
+    def exists(self, loc: str) -> bool:
+        return Path(loc).exists() or Path(loc).is_symlink()
+
+    def is_dir(self, loc: str) -> bool:
+        return Path(loc).is_dir() and not Path(loc).is_symlink()
+
+    def names(self, loc: str) -> list[str]:
+        """The files under a folder, recursively, relative to it."""
+        return sorted(str(p.relative_to(loc)) for p in Path(loc).rglob("*") if p.is_file())
+
+    def parent_exists(self, loc: str) -> bool:
+        return Path(loc).parent.is_dir()
+
+    def digest(self, loc: str) -> str:
+        return corpus.file_digest(Path(loc))
+
+    def first_byte(self, loc: str) -> bytes:
+        with open(loc, "rb") as f:
+            return f.read(1)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def delete(self, loc: str) -> None:
+        if self.is_dir(loc):
+            shutil.rmtree(loc, ignore_errors=True)
+        elif self.exists(loc):
+            Path(loc).unlink()
+
+    def for_spark(self, loc: str) -> str:
+        return Path(loc).as_uri()
+
+
+class HadoopFiles:
+    """Places Spark reads and writes (HDFS, S3, DBFS, ...), through Hadoop's file systems in the
+    session's JVM, with the cluster's own configuration."""
+
+    def __init__(self, spark: Any) -> None:
+        self.spark = spark
+
+    def _at(self, loc: str) -> tuple[Any, Any]:
+        from steps import compat
+
+        return compat.hadoop_filesystem(self.spark, loc)
+
+    def exists(self, loc: str) -> bool:
+        fs, path = self._at(loc)
+        return bool(fs.exists(path))
+
+    def is_dir(self, loc: str) -> bool:
+        fs, path = self._at(loc)
+        return bool(fs.exists(path) and fs.getFileStatus(path).isDirectory())
+
+    def _files(self, loc: str) -> list[tuple[str, int, int]]:
+        fs, path = self._at(loc)
+        root = str(fs.makeQualified(path).toString()).rstrip("/")
+        found, listing = [], fs.listFiles(path, True)
+        while listing.hasNext():
+            status = listing.next()
+            name = str(status.getPath().toString())[len(root) :].lstrip("/")
+            found.append((name, int(status.getLen()), int(status.getModificationTime())))
+        return sorted(found)
+
+    def names(self, loc: str) -> list[str]:
+        return [name for name, _, _ in self._files(loc)]
+
+    def parent_exists(self, loc: str) -> bool:
+        return True  # object stores have no folders to make first; Spark makes what it needs
+
+    def digest(self, loc: str) -> str:
+        """sha256 of every file's name, size and modification time (not its bytes: the input is
+        read once, by Spark)."""
+        listing = "\n".join(f"{name}\t{size}\t{mtime}" for name, size, mtime in self._files(loc))
+        return hashlib.sha256(listing.encode()).hexdigest()
+
+    def first_byte(self, loc: str) -> bytes:
+        fs, path = self._at(loc)
+        stream = fs.open(path)
+        try:
+            return bytes([stream.read()]) if fs.getFileStatus(path).getLen() else b""
+        finally:
+            stream.close()
+
+    def rename(self, src: str, dst: str) -> None:
+        fs, path = self._at(src)
+        if not fs.rename(path, self._at(dst)[1]):
+            raise OSError(f"could not rename {src} to {dst}")
+
+    def delete(self, loc: str) -> None:
+        fs, path = self._at(loc)
+        if fs.exists(path):
+            fs.delete(path, True)
+
+    def for_spark(self, loc: str) -> str:
+        return loc
+
+
+Files = LocalFiles | HadoopFiles
+DIGEST_OF = {LocalFiles: "bytes", HadoopFiles: "names, sizes and modification times of its files"}
+
+
 # ----------------------------------------------------------------------------- checks
-def output_path(cfg: Config) -> Path:
+def locations(cfg: Config, files: Files) -> tuple[str, str]:
+    """The input and the output, checked: (data, output) as ``files`` names them."""
     if not cfg.output:
         raise UserError("output is not set: pass -P output=<file.parquet> (engine spark: a folder)")
-    path = Path(cfg.output).expanduser().absolute()
-    if path.exists() or path.is_symlink():
-        if not cfg.overwrite:
-            raise UserError(
-                f"output {str(path)!r} exists: pass another path, or -P overwrite=true to replace it"
-            )
-        if path.is_dir() and not path.is_symlink() and not only_scores_in(path):
-            raise UserError(
-                f"output {str(path)!r} is a folder with files other than a scoring job's parquet "
-                "in it: it is not replaced even with overwrite=true; pass another path"
-            )
-    if not path.parent.is_dir():
-        raise UserError(f"output's folder {str(path.parent)!r} does not exist: create it first")
-    return path
-
-
-def only_scores_in(folder: Path) -> bool:
-    """Does ``folder`` hold nothing but what a job writes (parquet parts, Spark's markers)?"""
-    return all(
-        p.is_dir() or p.suffix in (".parquet", ".crc") or p.name.startswith("_") for p in folder.rglob("*")
-    )
-
-
-def input_path(cfg: Config) -> Path:
-    path = Path(cfg.data).expanduser()
-    if not path.is_absolute() and not path.exists() and (PROJECT_DIR / path).exists():
-        path = PROJECT_DIR / path  # the bundled data, from anywhere
-    if not path.exists():
+    data = cfg.data
+    if isinstance(files, LocalFiles):
+        candidate = Path(data).expanduser()
+        if not candidate.is_absolute() and not candidate.exists() and (PROJECT_DIR / candidate).exists():
+            candidate = PROJECT_DIR / candidate  # the bundled data, from anywhere
+        data = str(candidate.absolute())
+    output = str(Path(cfg.output).expanduser().absolute()) if isinstance(files, LocalFiles) else cfg.output
+    if not files.exists(data):
         raise UserError(
             f"data {cfg.data!r} does not exist: pass -P data=<a csv, tsv, json, jsonl or parquet "
             "file, or a folder of parquet files>"
         )
-    return path.absolute()
+    if files.exists(output):
+        if not cfg.overwrite:
+            raise UserError(
+                f"output {output!r} exists: pass another path, or -P overwrite=true to replace it"
+            )
+        if files.is_dir(output) and not only_scores(files.names(output)):
+            raise UserError(
+                f"output {output!r} is a folder with files other than a scoring job's parquet "
+                "in it: it is not replaced even with overwrite=true; pass another path"
+            )
+    if not files.parent_exists(output):
+        raise UserError(f"output's folder {str(Path(output).parent)!r} does not exist: create it first")
+    if output.rstrip("/") == data.rstrip("/") or output.startswith(data.rstrip("/") + "/"):
+        raise UserError(f"output {output!r} would overwrite the input: pass another path")
+    return data, output
 
 
-def check_text_column(columns: Iterable[str], cfg: Config, path: Path) -> None:
+def only_scores(names: Iterable[str]) -> bool:
+    """Are these a scoring job's files only (parquet parts, Spark's checksums and markers)?"""
+    return all(Path(n).suffix in (".parquet", ".crc") or Path(n).name.startswith("_") for n in names)
+
+
+def check_text_column(columns: Iterable[str], cfg: Config, data: str) -> None:
     columns = list(columns)
     if cfg.text_column not in columns:
         raise UserError(
-            f"{path.name} has no column {cfg.text_column!r}; its columns are "
+            f"{Path(data).name} has no column {cfg.text_column!r}; its columns are "
             f"{', '.join(map(str, columns)) or 'none'}: pass -P text_column=<one of them>"
         )
 
@@ -301,17 +418,18 @@ def spark_session(cfg: Config) -> Any:
         ) from None
 
 
-def spark_frame(spark: Any, cfg: Config, path: Path) -> Any:
-    if path.is_dir():
-        return spark.read.parquet(str(path))
-    kind, names = corpus.file_kind(path, cfg.data_columns)
+def spark_frame(spark: Any, cfg: Config, data: str, files: Files) -> Any:
+    where = files.for_spark(data)
+    if files.is_dir(data):
+        return spark.read.parquet(where)
+    kind, names = corpus.file_kind(Path(data.split("://", 1)[-1]), cfg.data_columns)
     if kind == "parquet":
-        return spark.read.parquet(str(path))
+        return spark.read.parquet(where)
     if kind in ("json", "jsonl"):
-        multiline = kind == "json" and first_byte(path) == b"["
-        return spark.read.option("multiLine", multiline).json(str(path))
+        multiline = kind == "json" and files.first_byte(data) == b"["
+        return spark.read.option("multiLine", multiline).json(where)
     frame = spark.read.csv(
-        str(path),
+        where,
         sep="," if kind == "csv" else "\t",
         header=names is None,
         quote='"' if kind == "csv" else "\u0000",
@@ -322,21 +440,12 @@ def spark_frame(spark: Any, cfg: Config, path: Path) -> Any:
     return frame.toDF(*names) if names else frame
 
 
-def first_byte(path: Path) -> bytes:
-    with path.open("rb") as f:
-        return f.read(1)
-
-
-def score_spark(
-    spark: Any, cfg: Config, path: Path, model: Model, positive: str | None, dst: Path
-) -> Counter[str]:
+def score_spark(frame: Any, cfg: Config, model: Model, positive: str | None, dst: str) -> Counter[str]:
     import mlflow
     from pyspark.sql import functions as F
 
-    frame = spark_frame(spark, cfg, path)
-    check_text_column(frame.columns, cfg, path)
     udf = mlflow.pyfunc.spark_udf(
-        spark, model.load_uri, env_manager="local", params={"batch_size": cfg.batch_size}
+        frame.sparkSession, model.load_uri, env_manager="local", params={"batch_size": cfg.batch_size}
     )
     predicted = udf(F.coalesce(F.col(f"`{cfg.text_column}`").cast("string"), F.lit("")))
     label, score = predicted.getField("label"), predicted.getField("score").cast("double")
@@ -344,34 +453,36 @@ def score_spark(
         score = F.when(label == positive, score).otherwise(1.0 - score)
     renames = renamed_inputs(frame.columns)
     inputs = [F.col(f"`{c}`").alias(renames.get(c, c)) for c in frame.columns]
-    frame.select(*inputs, label.alias("label"), score.alias("score")).write.parquet(str(dst))
-    rows = spark.read.parquet(str(dst)).groupBy("label").count().collect()
+    frame.select(*inputs, label.alias("label"), score.alias("score")).write.parquet(dst)
+    rows = frame.sparkSession.read.parquet(dst).groupBy("label").count().collect()
     return Counter({str(r["label"]): int(r["count"]) for r in rows})
 
 
 # ----------------------------------------------------------------------------- the job
-def publish(tmp: Path, dst: Path) -> None:
+def publish(files: Files, tmp: str, dst: str) -> None:
     """Put the finished output in place, replacing what was there (overwrite)."""
-    if dst.is_dir() and not dst.is_symlink():
-        old = dst.with_name(f"{dst.name}.old-{uuid.uuid4().hex[:8]}")
-        dst.rename(old)
-        tmp.rename(dst)
-        shutil.rmtree(old, ignore_errors=True)
+    if files.is_dir(dst):
+        old = f"{dst.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
+        files.rename(dst, old)
+        files.rename(tmp, dst)
+        files.delete(old)
     else:
-        os.replace(tmp, dst)
+        files.delete(dst)
+        files.rename(tmp, dst)
 
 
-def log_input(path: Path, sha256: str) -> None:
-    """The scored file as the run's input: where it is and the digest of its bytes (not its rows:
-    a file of millions of rows is never held in memory to log it)."""
+def log_input(data: str, digest: str) -> None:
+    """The scored input as the run's input: where it is and its digest (not its rows: a file of
+    millions of rows is never held in memory to log it)."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local one
         warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(str(path))
-    dataset = MetaDataset(source, name=path.name, digest=sha256[:32])  # type: ignore[abstract]
+        source = resolve_dataset_source(data)
+    name = Path(data.rstrip("/")).name
+    dataset = MetaDataset(source, name=name, digest=digest[:32])  # type: ignore[abstract]
     common.retry_lost_insert_race(lambda: mlflow.log_input(dataset, context="scoring"))
 
 
@@ -382,42 +493,50 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
     del upstream_run_id  # predict has no upstream step
     logging.getLogger("mlflow.transformers").addFilter(QuietParams())
-    dst = output_path(cfg)
-    path = input_path(cfg)
-    if dst == path or path in dst.parents:
-        raise UserError(f"output {str(dst)!r} would overwrite the input: pass another path")
+    remote = [text for text in (cfg.data, cfg.output) if is_uri(text)]
+    if remote and cfg.engine == "local":
+        raise UserError(
+            f"{remote[0]!r} is a URI: engine local reads and writes local files; use -P engine=spark"
+        )
     spark = spark_session(cfg) if cfg.engine == "spark" else None
-    columns = first_chunk_columns(cfg, path) if spark is None else spark_frame(spark, cfg, path).columns
-    check_text_column(columns, cfg, path)
+    files: Files = HadoopFiles(spark) if remote else LocalFiles()
+    data, dst = locations(cfg, files)
+    frame = spark_frame(spark, cfg, data, files) if spark is not None else None
+    columns = list(frame.columns) if frame is not None else first_chunk_columns(cfg, Path(data))
+    check_text_column(columns, cfg, data)
     model = resolve_model(cfg)
     started = time.perf_counter()
     loaded, labels = load_model(model)
     load_s = time.perf_counter() - started
     positive = two_class_positive(labels, cfg.positive_label)
-    sha256 = corpus.file_digest(path)
+    digest = files.digest(data)
 
     with common.step_run(STEP, profile, cfg) as (run_id, _):
-        mlflow.set_tags({MODEL_URI_TAG: model.given, MODEL_VERSION_TAG: model.version, INPUT_SHA_TAG: sha256})
+        mlflow.set_tags(
+            {
+                MODEL_URI_TAG: model.given,
+                MODEL_VERSION_TAG: model.version,
+                INPUT_DIGEST_TAG: digest,
+                INPUT_DIGEST_OF_TAG: DIGEST_OF[type(files)],
+            }
+        )
         mlflow.log_param("output", cfg.output)
-        log_input(path, sha256)
+        log_input(data, digest)
         version = f" ({model.name} v{model.version})" if model.version else ""
-        log.info(f"scoring {path} with {model.given}{version}, engine {cfg.engine}")
+        log.info(f"scoring {data} with {model.given}{version}, engine {cfg.engine}")
         if renamed_inputs(columns):
             log.info(f"input columns kept as {', '.join(renamed_inputs(columns).values())}")
-        tmp = dst.with_name(f"{dst.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp = f"{dst.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
         try:
             started = time.perf_counter()
-            if spark is None:
-                counts = score_local(cfg, path, loaded, positive, tmp)
+            if frame is None:
+                counts = score_local(cfg, Path(data), loaded, positive, Path(tmp))
             else:
-                counts = score_spark(spark, cfg, path, model, positive, tmp)
+                counts = score_spark(frame, cfg, model, positive, files.for_spark(tmp))
             seconds = time.perf_counter() - started
-            publish(tmp, dst)
+            publish(files, tmp, dst)
         finally:
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
-            elif tmp.exists():
-                tmp.unlink()
+            files.delete(tmp)
         rows = sum(counts.values())
         mlflow.log_metrics(
             {

@@ -102,3 +102,15 @@ def test_engine_spark_gives_the_labels_of_engine_local_on_a_real_spark_session(
     spark = spark.set_index("id").loc[local.index]  # Spark keeps no row order across its files
     assert spark["label"].tolist() == local["label"].tolist()
     assert (spark["score"] - local["score"]).abs().max() < 1e-4  # padding differs, the model does not
+
+    # the same through URIs, as on a cluster (hdfs://, s3a://, dbfs:/): Hadoop's file systems
+    uri = (tmp_path / "by-uri").as_uri()
+    by_uri = [*common[:2], "--data", data.as_uri(), "--output", uri, "--engine", "spark"]
+    assert predict.main(by_uri) == 0
+    assert predict.main(by_uri) == 2  # it exists now
+    assert predict.main([*by_uri, "--overwrite", "true"]) == 0
+    again = pd.read_parquet(tmp_path / "by-uri").set_index("id").loc[local.index]
+    assert again["label"].tolist() == local["label"].tolist()
+    tags = predict_run().data.tags
+    assert tags[predict.INPUT_DIGEST_OF_TAG] == "names, sizes and modification times of its files"
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]

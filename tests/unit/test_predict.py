@@ -110,7 +110,9 @@ def test_the_run_records_model_version_input_output_and_counts(
     (dataset,) = run.inputs.dataset_inputs
     import hashlib
 
-    assert dataset.dataset.digest == hashlib.sha256((tmp_path / "in.csv").read_bytes()).hexdigest()[:32]
+    sha256 = hashlib.sha256((tmp_path / "in.csv").read_bytes()).hexdigest()
+    assert tags[predict.INPUT_DIGEST_TAG] == sha256 and tags[predict.INPUT_DIGEST_OF_TAG] == "bytes"
+    assert dataset.dataset.digest == sha256[:32]
     # MLflow keeps one dataset per name and digest: the same bytes elsewhere show the first path
     assert json.loads(dataset.dataset.source)["uri"].endswith("/in.csv")
     # lineage from the run: the version it scored with
@@ -238,6 +240,10 @@ def test_a_job_that_fails_midway_leaves_no_output_and_no_temporary_file(
             "model 'runs:/0123456789abcdef/model' could not be loaded",
         ),
         (["--engine", "dask"], "unknown engine 'dask': use one of local, spark"),
+        (
+            ["--output", "s3a://bucket/out"],
+            "'s3a://bucket/out' is a URI: engine local reads and writes local files",
+        ),
         (["--output", ""], "output is not set: pass -P output="),
         (["--output", "no/such/folder/out.parquet"], "output's folder"),
         (["--chunk_rows", "0"], "chunk_rows=0 must be at least 1"),
