@@ -365,9 +365,9 @@ def step_run(
 ) -> Iterator[tuple[str, Path]]:
     """Start (or, under ``mlflow run``, resume) this step's run; yield its ID and a scratch dir.
 
-    Tags the run with the step, profile and upstream run, and logs the merged config as
-    ``config.*`` params (the raw entry-point parameters keep their own names) and as a YAML
-    artifact. An exception inside marks the run FAILED. With ``system_metrics_interval_s``, MLflow
+    Names the run after the step; tags it with the step, profile and upstream run; logs the
+    merged config as ``config.*`` params (the raw entry-point parameters keep their own names) and
+    as a YAML artifact. An exception inside marks the run FAILED. With ``system_metrics_interval_s``, MLflow
     samples CPU, memory, disk, network (and GPU where ``nvidia-ml-py`` finds one) every so many
     seconds into ``system/*`` metrics of the run while it is open.
     """
@@ -385,6 +385,7 @@ def step_run(
         mlflow.set_system_metrics_samples_before_logging(1)  # each sample as soon as it is taken
     with mlflow.start_run(
         run_id=run_id,
+        run_name=step,  # under `mlflow run` too: MLflow made the run with a random name
         tags=tags,
         nested=mlflow.active_run() is not None,
         # None: MLflow's own switch (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING) still applies

@@ -487,7 +487,10 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
     preflight(cfg, data_accepted_before)
 
     tags = {STEP_TAG: STEP, PROFILE_TAG: args.profile}
-    with mlflow.start_run(run_id=os.environ.pop("MLFLOW_RUN_ID", None), tags=tags) as parent:
+    run_name = f"{STEP} {args.profile}"
+    with mlflow.start_run(
+        run_id=os.environ.pop("MLFLOW_RUN_ID", None), run_name=run_name, tags=tags
+    ) as parent:
         experiment_id = parent.info.experiment_id
         env_manager = child_env_manager(env_manager, client.get_run(parent.info.run_id).data.tags)
         if env_manager == "local":

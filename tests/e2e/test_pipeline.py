@@ -21,13 +21,13 @@ STEPS = ["prepare", "tokenize", "finetune", "evaluate", "log_model", "register",
 
 def test_main_has_one_finished_child_per_step_chained_by_run_id(pipeline: str) -> None:
     parent = mlflow.MlflowClient().get_run(pipeline)
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "main smoke"
     assert parent.data.tags["pipeline.profile"] == "smoke"
     children = child_runs(pipeline)
     assert sorted(children) == sorted(STEPS)
     for i, step in enumerate(STEPS):
         run = children[step]
-        assert run.info.status == "FINISHED"
+        assert run.info.status == "FINISHED" and run.info.run_name == step
         assert run.data.tags["pipeline.profile"] == "smoke"
         assert run.data.tags["mlflow.project.entryPoint"] == step
         assert parent.data.tags[f"pipeline.{step}_run_id"] == run.info.run_id
@@ -184,6 +184,9 @@ def test_mlflow_run_cli_runs_the_whole_chain(tmp_path: Path) -> None:
     children = child_runs(mains[0].info.run_id)
     assert sorted(children) == sorted(STEPS)
     assert all(r.info.status == "FINISHED" for r in children.values())
+    # MLflow made every run with a random name; each is renamed for what it is
+    assert mains[0].info.run_name == "main smoke"
+    assert {step: run.info.run_name for step, run in children.items()} == {step: step for step in STEPS}
     m = children["prepare"].data.metrics
     assert m["rows_train"] + m["rows_validation"] + m["rows_test"] == 200  # -P reached the step
     # MLflow makes a storage folder for every run it starts and never deletes it: main removes

@@ -104,6 +104,7 @@ def test_the_run_records_model_version_input_output_and_counts(
     run = predict_runs()[0]
     tags, metrics = run.data.tags, run.data.metrics
     assert tags[MODEL_URI_TAG] == f"models:/{NAME}@champion" and tags[MODEL_VERSION_TAG] == "1"
+    assert run.info.run_name == "predict"
     assert run.data.params["output"] == str(tmp_path / "out.parquet")
     assert metrics["rows_scored"] == len(TEXTS) and metrics["rows_per_second"] > 0
     assert metrics.get("rows_ham", 0) + metrics.get("rows_spam", 0) == len(TEXTS)
