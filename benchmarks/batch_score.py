@@ -13,7 +13,7 @@ On this machine's CPU:
   alternating; the median of the paired ratios, with the lowest and highest beside it.
 - ``peak_rss_mb[10x]``, ``peak_rss_mb[100x]``: the peak resident memory of a predict process
   (``python -m steps.predict``, its own ``ru_maxrss``) scoring 10 and 100 times the bundled
-  corpus's 5,574 rows; ``rss_100x_over_flat_limit`` (target <= 1.0) is the larger over
+  corpus's 5,574 rows; ``rss_large_over_flat_limit`` (target <= 1.0) is the larger over
   ``1.2 x smaller + 100 MB``. These use a two-layer, 32-wide BERT with the bundled tokenizer, so
   that 557,400 rows take minutes: the model's memory does not depend on the input's size; what
   this measures is whether reading, scoring in chunks and writing grow with it.

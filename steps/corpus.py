@@ -290,7 +290,7 @@ def read_chunks(path: Path, data_columns: str, chunk_rows: int) -> Iterator[pd.D
             import pyarrow.parquet as pq
 
             for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-                yield batch.to_pandas()
+                yield batch.to_pandas(types_mapper=pd.ArrowDtype)  # nullable ints stay ints
             return
         if kind == "json" and not _looks_like_jsonl(path):
             whole = pd.read_json(path, dtype=False)

@@ -161,7 +161,14 @@ def chain_of_prediction(client: Any, run: Any) -> tuple[str, dict]:
     )
     if parsed is None or not version:
         return header + " (not a registered version: no training chain to follow)", {}
-    version_header, runs = chain_of_version(client, parsed[0], None, version)
+    try:
+        version_header, runs = chain_of_version(client, parsed[0], None, version)
+    except UserError:  # deleted since (version_cleanup): follow the run that logged its model
+        logged_in = tags.get("pipeline.model_run_id")
+        if not logged_in:
+            raise
+        runs = {step: (r, None) for step, r in common.upstream_chain(client.get_run(logged_in)).items()}
+        version_header = f"{parsed[0]} v{version} (deleted since; its model was logged by run {logged_in})"
     return f"{header}\n{version_header}", runs
 
 

@@ -13,13 +13,14 @@ of ``positive_label``; otherwise the predicted class's). An input column already
 or ``score`` is kept as ``input_label`` / ``input_score``. ``local`` keeps the input's row order.
 The output appears only when it is complete: it is written under a temporary name beside it and
 renamed at the end, so a failed job leaves no half-written file.
-Run: tags ``pipeline.model_uri`` (as given) and ``pipeline.model_version`` (the registered version
-it resolved to when the job started, so a later alias move cannot change what the run says),
-``pipeline.input_digest`` (sha256 of a local input's bytes; of a remote input's file names, sizes
-and modification times, said by ``pipeline.input_digest_of``); the input with ``mlflow.log_input``;
-param ``output``; metrics ``rows_scored``, ``rows_per_second``, ``model_load_s`` and
-``rows_<label>`` per predicted class. ``python -m steps.lineage <run ID>`` prints the training
-chain behind it.
+Run: tags ``pipeline.model_uri`` (as given), ``pipeline.model_version`` (the registered version
+it resolved to when the job started, so a later alias move cannot change what the run says) and
+``pipeline.model_run_id`` (the run that logged that version's model); ``pipeline.input_digest``
+(sha256 of a local input's bytes; of a remote input's file names, sizes and modification times,
+as ``pipeline.input_digest_of`` says); the input with ``mlflow.log_input``; param ``output`` and
+tag ``pipeline.output``; metrics ``rows_scored``, ``rows_per_second``, ``model_load_s`` and
+``rows_labelled_<label>`` per predicted class. ``python -m steps.lineage <run ID>`` prints the
+training chain behind it.
 
 ``local`` streams: it reads, scores and writes ``chunk_rows`` rows at a time, so its memory does
 not grow with the file (a JSON array is the exception: it is read whole; use jsonl). Within a
@@ -61,6 +62,8 @@ log = common.logger(STEP)
 OUTPUT_COLUMNS = ("label", "score")
 INPUT_DIGEST_TAG = "pipeline.input_digest"
 INPUT_DIGEST_OF_TAG = "pipeline.input_digest_of"  # "bytes" of a local input; a listing of a remote one
+MODEL_RUN_TAG = "pipeline.model_run_id"  # the run that logged the registered version's model
+OUTPUT_TAG = "pipeline.output"  # where the predictions went, as an absolute path or a URI
 URI = re.compile(r"^[A-Za-z][\w+.-]+:/")
 
 
@@ -72,6 +75,7 @@ class Model:
     load_uri: str
     name: str = ""
     version: str = ""
+    logged_in: str = ""  # the run that logged the version's model (its lineage, should it be deleted)
 
 
 class QuietParams(logging.Filter):
@@ -83,6 +87,11 @@ class QuietParams(logging.Filter):
 
 
 # ----------------------------------------------------------------------------- pure functions
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (a JVM's can be a page long)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
 def renamed_inputs(columns: Iterable[str]) -> dict[str, str]:
     """Input columns whose names the output's own columns take, and the names they keep."""
     return {c: f"input_{c}" for c in columns if c in OUTPUT_COLUMNS}
@@ -102,8 +111,8 @@ def two_class_positive(labels: list[str] | None, positive_label: str) -> str | N
 
 
 def metric_name(label: str) -> str:
-    """``rows_<label>``, with what MLflow does not allow in a metric name replaced by ``_``."""
-    return "rows_" + re.sub(r"[^\w\-. /]", "_", label)
+    """``rows_labelled_<label>``, with what MLflow does not allow in a metric name replaced by ``_``."""
+    return "rows_labelled_" + re.sub(r"[^\w\-. /]", "_", label)
 
 
 def in_order_of_length(texts: list[str]) -> list[int]:
@@ -151,6 +160,9 @@ class LocalFiles:
     def for_spark(self, loc: str) -> str:
         return Path(loc).as_uri()
 
+    def canonical(self, loc: str) -> str:
+        return str(Path(loc).resolve())
+
 
 class HadoopFiles:
     """Places Spark reads and writes (HDFS, S3, DBFS, ...), through Hadoop's file systems in the
@@ -162,7 +174,14 @@ class HadoopFiles:
     def _at(self, loc: str) -> tuple[Any, Any]:
         from steps import compat
 
-        return compat.hadoop_filesystem(self.spark, loc)
+        try:
+            return compat.hadoop_filesystem(self.spark, loc)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Py4J wraps every JVM error: an unknown scheme, no access
+            raise UserError(
+                f"Spark cannot reach {loc!r} ({first_line(exc)}): check the URI and access"
+            ) from None
 
     def exists(self, loc: str) -> bool:
         fs, path = self._at(loc)
@@ -215,6 +234,10 @@ class HadoopFiles:
     def for_spark(self, loc: str) -> str:
         return loc
 
+    def canonical(self, loc: str) -> str:
+        fs, path = self._at(loc)
+        return str(fs.makeQualified(path).toString())
+
 
 Files = LocalFiles | HadoopFiles
 DIGEST_OF = {LocalFiles: "bytes", HadoopFiles: "names, sizes and modification times of its files"}
@@ -249,9 +272,15 @@ def locations(cfg: Config, files: Files) -> tuple[str, str]:
             )
     if not files.parent_exists(output):
         raise UserError(f"output's folder {str(Path(output).parent)!r} does not exist: create it first")
-    if output.rstrip("/") == data.rstrip("/") or output.startswith(data.rstrip("/") + "/"):
-        raise UserError(f"output {output!r} would overwrite the input: pass another path")
+    if overlapping(files.canonical(data), files.canonical(output)):
+        raise UserError(f"output {output!r} and data {data!r} overlap: the output would replace the input")
     return data, output
+
+
+def overlapping(a: str, b: str) -> bool:
+    """Is one of two canonical paths the other, or inside it?"""
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 def only_scores(names: Iterable[str]) -> bool:
@@ -298,13 +327,14 @@ def resolve_model(cfg: Config) -> Model:
             )
         version = str(registered.aliases[alias])
     try:
-        client.get_model_version(name, str(version))
+        found = client.get_model_version(name, str(version))
     except MlflowException:
         raise UserError(
             f"registered model {name!r} has no version {version}: see its versions with "
             f"`python -m steps.lineage models:/{name}@{chain.CHAMPION}` or the MLflow UI"
         ) from None
-    return Model(given=given, load_uri=f"models:/{name}/{version}", name=name, version=str(version))
+    logged_in = found.tags.get(f"run.{chain.LOG_MODEL}") or found.run_id or ""
+    return Model(given, f"models:/{name}/{version}", name, str(version), logged_in)
 
 
 def load_model(model: Model) -> tuple[Any, list[str] | None]:
@@ -337,7 +367,17 @@ def predict_chunk(model: Any, texts: list[str], batch_size: int) -> pd.DataFrame
 def scored_chunks(
     chunks: Iterable[pd.DataFrame], model: Any, cfg: Config, positive: str | None
 ) -> Iterator[pd.DataFrame]:
-    for chunk in chunks:
+    first_columns = None
+    for number, chunk in enumerate(chunks):
+        if chunk.empty:  # a csv with a header and no rows reads as one empty chunk
+            continue
+        columns = [str(c) for c in chunk.columns]
+        first_columns = first_columns or columns
+        if columns != first_columns:
+            raise UserError(
+                f"rows {number * cfg.chunk_rows + 1}- of the input have the columns {', '.join(columns)}, "
+                f"not the first rows' {', '.join(first_columns)}: give every record the same fields"
+            )
         texts = ["" if pd.isna(t) else str(t) for t in chunk[cfg.text_column]]
         predicted = predict_chunk(model, texts, cfg.batch_size)
         out = chunk.rename(columns=renamed_inputs(chunk.columns)).reset_index(drop=True)
@@ -346,7 +386,7 @@ def scored_chunks(
         yield out
 
 
-def write_parquet(frames: Iterable[pd.DataFrame], dst: Path, progress: Any) -> Counter[str]:
+def write_parquet(frames: Iterable[pd.DataFrame], dst: Path, progress: Any, chunk_rows: int) -> Counter[str]:
     """Write ``frames`` to one parquet file; the predicted labels' counts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -354,7 +394,7 @@ def write_parquet(frames: Iterable[pd.DataFrame], dst: Path, progress: Any) -> C
     counts: Counter[str] = Counter()
     writer = None
     try:
-        for frame in frames:
+        for number, frame in enumerate(frames):
             if writer is None:
                 table = pa.Table.from_pandas(frame, preserve_index=False)
                 # a column empty in the first chunk has no type yet: strings, as the readers give
@@ -362,14 +402,22 @@ def write_parquet(frames: Iterable[pd.DataFrame], dst: Path, progress: Any) -> C
                     [f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in table.schema]
                 )
                 writer = pq.ParquetWriter(dst, schema)
-            writer.write_table(pa.Table.from_pandas(frame, schema=writer.schema, preserve_index=False))
+            try:
+                table = pa.Table.from_pandas(frame, schema=writer.schema, preserve_index=False)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise UserError(
+                    f"rows {number * chunk_rows + 1}- of the input have values of another type than "
+                    f"the first rows' ({first_line(exc)}): make each column one type, or read it as "
+                    "csv (every value a string)"
+                ) from None
+            writer.write_table(table)
             counts.update(frame["label"])
             progress.update(len(frame))
     finally:
         if writer is not None:
             writer.close()
     if writer is None:
-        raise UserError(f"{dst.name.split('.tmp-')[0]}: the input has no rows to score")
+        raise UserError("the input has no rows to score")
     return counts
 
 
@@ -382,13 +430,16 @@ def score_local(cfg: Config, path: Path, model: Any, positive: str | None, dst: 
         raise UserError(f"{path.name} has no rows to score")
     with tqdm(unit=" rows", desc=STEP, disable=not sys.stderr.isatty()) as progress:
         return write_parquet(
-            scored_chunks(itertools.chain([first], chunks), model, cfg, positive), dst, progress
+            scored_chunks(itertools.chain([first], chunks), model, cfg, positive),
+            dst,
+            progress,
+            cfg.chunk_rows,
         )
 
 
 def first_chunk_columns(cfg: Config, path: Path) -> list[str]:
     first = next(corpus.read_chunks(path, cfg.data_columns, 1), None)
-    if first is None:
+    if first is None or first.empty:
         raise UserError(f"{path.name} has no rows to score")
     return [str(c) for c in first.columns]
 
@@ -436,7 +487,13 @@ def spark_frame(spark: Any, cfg: Config, data: str, files: Files) -> Any:
         escape='"',
         multiLine=kind == "csv",
         encoding="UTF-8",
+        mode="FAILFAST",  # a malformed line is an error, as in engine local, not a row of nulls
     )
+    if names and len(names) != len(frame.columns):
+        raise UserError(
+            f"data_columns names {len(names)} columns but {Path(data).name} has {len(frame.columns)}: "
+            "name every column"
+        )
     return frame.toDF(*names) if names else frame
 
 
@@ -447,13 +504,16 @@ def score_spark(frame: Any, cfg: Config, model: Model, positive: str | None, dst
     udf = mlflow.pyfunc.spark_udf(
         frame.sparkSession, model.load_uri, env_manager="local", params={"batch_size": cfg.batch_size}
     )
-    predicted = udf(F.coalesce(F.col(f"`{cfg.text_column}`").cast("string"), F.lit("")))
-    label, score = predicted.getField("label"), predicted.getField("score").cast("double")
+    column = f"__prediction_{uuid.uuid4().hex[:8]}"  # the model runs once per row, read twice
+    frame_scored = frame.withColumn(
+        column, udf(F.coalesce(F.col(f"`{cfg.text_column}`").cast("string"), F.lit("")))
+    )
+    label, score = F.col(f"{column}.label"), F.col(f"{column}.score").cast("double")
     if positive is not None:
         score = F.when(label == positive, score).otherwise(1.0 - score)
     renames = renamed_inputs(frame.columns)
     inputs = [F.col(f"`{c}`").alias(renames.get(c, c)) for c in frame.columns]
-    frame.select(*inputs, label.alias("label"), score.alias("score")).write.parquet(dst)
+    frame_scored.select(*inputs, label.alias("label"), score.alias("score")).write.parquet(dst)
     rows = frame.sparkSession.read.parquet(dst).groupBy("label").count().collect()
     return Counter({str(r["label"]): int(r["count"]) for r in rows})
 
@@ -464,23 +524,31 @@ def publish(files: Files, tmp: str, dst: str) -> None:
     if files.is_dir(dst):
         old = f"{dst.rstrip('/')}.old-{uuid.uuid4().hex[:8]}"
         files.rename(dst, old)
-        files.rename(tmp, dst)
+        try:
+            files.rename(tmp, dst)
+        except BaseException:
+            files.rename(old, dst)  # the previous output, back in place
+            raise
         files.delete(old)
     else:
         files.delete(dst)
         files.rename(tmp, dst)
 
 
-def log_input(data: str, digest: str) -> None:
+def log_input(data: str, digest: str, remote: bool) -> None:
     """The scored input as the run's input: where it is and its digest (not its rows: a file of
     millions of rows is never held in memory to log it)."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.spark_dataset_source import SparkDatasetSource
 
-    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local one
-        warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(data)
+    if remote:  # MLflow resolves no source for s3a:// or dbfs:/; this one records any path Spark read
+        source: Any = SparkDatasetSource(path=data)
+    else:
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local one
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(data)
     name = Path(data.rstrip("/")).name
     dataset = MetaDataset(source, name=name, digest=digest[:32])  # type: ignore[abstract]
     common.retry_lost_insert_race(lambda: mlflow.log_input(dataset, context="scoring"))
@@ -499,6 +567,11 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             f"{remote[0]!r} is a URI: engine local reads and writes local files; use -P engine=spark"
         )
     spark = spark_session(cfg) if cfg.engine == "spark" else None
+    if spark is not None and not remote and not str(spark.sparkContext.master).startswith("local"):
+        raise UserError(
+            f"Spark's master is {spark.sparkContext.master}: its executors cannot see this machine's "
+            "paths; pass data and output as URIs they can reach (hdfs://, s3a://, dbfs:/)"
+        )
     files: Files = HadoopFiles(spark) if remote else LocalFiles()
     data, dst = locations(cfg, files)
     frame = spark_frame(spark, cfg, data, files) if spark is not None else None
@@ -516,12 +589,15 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             {
                 MODEL_URI_TAG: model.given,
                 MODEL_VERSION_TAG: model.version,
+                MODEL_RUN_TAG: model.logged_in,
                 INPUT_DIGEST_TAG: digest,
                 INPUT_DIGEST_OF_TAG: DIGEST_OF[type(files)],
             }
         )
-        mlflow.log_param("output", cfg.output)
-        log_input(data, digest)
+        if "output" not in mlflow.get_run(run_id).data.params:  # `mlflow run` logs its own parameters
+            mlflow.log_param("output", cfg.output)
+        mlflow.set_tag(OUTPUT_TAG, dst)
+        log_input(data, digest, bool(remote))
         version = f" ({model.name} v{model.version})" if model.version else ""
         log.info(f"scoring {data} with {model.given}{version}, engine {cfg.engine}")
         if renamed_inputs(columns):

@@ -107,7 +107,7 @@ def test_the_run_records_model_version_input_output_and_counts(
     assert run.info.run_name == "predict"
     assert run.data.params["output"] == str(tmp_path / "out.parquet")
     assert metrics["rows_scored"] == len(TEXTS) and metrics["rows_per_second"] > 0
-    assert metrics.get("rows_ham", 0) + metrics.get("rows_spam", 0) == len(TEXTS)
+    assert metrics.get("rows_labelled_ham", 0) + metrics.get("rows_labelled_spam", 0) == len(TEXTS)
     (dataset,) = run.inputs.dataset_inputs
     import hashlib
 
@@ -122,23 +122,39 @@ def test_the_run_records_model_version_input_output_and_counts(
     assert lines[1].startswith(f"{NAME} v1")
 
 
-def test_the_version_is_the_one_the_alias_named_when_the_job_ran(
-    messages: pd.DataFrame, tmp_path: Path
+def test_the_version_is_the_one_the_alias_named_when_the_job_started_and_stays_traceable(
+    messages: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = mlflow.MlflowClient()
     messages.to_csv(tmp_path / "in.csv", index=False)
     first = client.get_model_version(NAME, "1")
-    second = mlflow.register_model(f"models:/{first.source.removeprefix('models:/')}", NAME)
-    assert score(tmp_path, tmp_path / "in.csv", "--model_uri", f"models:/{NAME}/{second.version}") == 0
-    assert predict_runs()[0].data.tags[MODEL_VERSION_TAG] == str(second.version)
-    assert score(tmp_path, tmp_path / "in.csv", "--overwrite", "true") == 0
-    scored_with_champion = predict_runs()[0]
-    client.set_registered_model_alias(NAME, "champion", second.version)  # the alias moves later
+    second = str(mlflow.register_model(first.source, NAME).version)
+    loaded_from = []
+    real = predict.load_model
+
+    def alias_moves_meanwhile(model: predict.Model) -> tuple:
+        client.set_registered_model_alias(NAME, "champion", second)  # after the job resolved it
+        loaded_from.append(model.load_uri)
+        return real(model)
+
+    monkeypatch.setattr(predict, "load_model", alias_moves_meanwhile)
     try:
-        assert client.get_run(scored_with_champion.info.run_id).data.tags[MODEL_VERSION_TAG] == "1"
+        assert score(tmp_path, tmp_path / "in.csv") == 0
     finally:
         client.set_registered_model_alias(NAME, "champion", "1")
-        client.delete_model_version(NAME, second.version)
+    assert loaded_from == [f"models:/{NAME}/1"]  # scored with the version resolved at the start
+    assert predict_runs()[0].data.tags[MODEL_VERSION_TAG] == "1"
+
+    # a version deleted since (version_cleanup) still leads back to where its model was logged
+    monkeypatch.setattr(predict, "load_model", real)
+    assert (
+        score(tmp_path, tmp_path / "in.csv", "--overwrite", "true", "--model_uri", f"models:/{NAME}/{second}")
+        == 0
+    )
+    scored_with_second = predict_runs()[0]
+    client.delete_model_version(NAME, second)
+    lines = lineage.lineage(scored_with_second.info.run_id)
+    assert lines[1] == f"{NAME} v{second} (deleted since; its model was logged by run {first.run_id})"
 
 
 @pytest.mark.parametrize("kind", ["csv", "tsv-no-header", "jsonl", "json", "parquet", "parquet-folder"])
@@ -198,8 +214,54 @@ def test_overwrite_never_replaces_a_folder_of_other_files_or_the_input(
     assert "it is not replaced even with overwrite=true" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert score(tmp_path, tmp_path / "in.csv", "--overwrite", "true", output="in.csv") == 2
-    assert "would overwrite the input" in capsys.readouterr().err
+    assert "overlap: the output would replace the input" in capsys.readouterr().err
     assert (tmp_path / "in.csv").read_text() == messages.to_csv(index=False)
+
+
+def test_input_and_output_that_overlap_are_refused_however_the_paths_are_written(
+    messages: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "scored").mkdir()
+    messages.to_parquet(tmp_path / "scored" / "part-0.parquet")  # the input inside the output
+    data = tmp_path / "scored" / "part-0.parquet"
+    assert score(tmp_path, data, "--overwrite", "true", output="scored") == 2
+    assert "overlap: the output would replace the input" in capsys.readouterr().err
+    (tmp_path / "sub").mkdir()
+    assert score(tmp_path, data, "--overwrite", "true", output="sub/../scored/part-0.parquet") == 2
+    assert "overlap" in capsys.readouterr().err
+    assert pd.read_parquet(data).equals(messages)
+
+
+def test_rows_that_change_shape_midway_and_a_file_with_no_rows_are_one_line(
+    messages: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = messages.to_dict("records")
+    records[5]["channel"] = "sms"  # a field the first rows do not have
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert score(tmp_path, tmp_path / "in.jsonl", "--chunk_rows", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading bar
+    assert err == (
+        "predict: error: rows 5- of the input have the columns id, text, label, channel, not the "
+        "first rows' id, text, label: give every record the same fields"
+    )
+    assert written(tmp_path) == ["in.jsonl"]
+    (tmp_path / "empty.csv").write_text("id,text\n")
+    assert score(tmp_path, tmp_path / "empty.csv") == 2
+    assert capsys.readouterr().err.strip() == "predict: error: empty.csv has no rows to score"
+
+
+def test_a_nullable_integer_column_stays_integers_across_chunks(
+    messages: pd.DataFrame, tmp_path: Path
+) -> None:
+    frame = messages.assign(id=pd.array([None, 1, 2, 3, None, 5, 6], dtype="Int64"))
+    frame.to_parquet(tmp_path / "in.parquet")
+    assert score(tmp_path, tmp_path / "in.parquet", "--chunk_rows", "2") == 0
+    import pyarrow.parquet as pq
+
+    assert str(pq.read_schema(tmp_path / "out.parquet").field("id").type) == "int64"
+    ids = pd.read_parquet(tmp_path / "out.parquet")["id"]
+    assert ids.isna().tolist() == frame["id"].isna().tolist()
+    assert ids.dropna().astype(int).tolist() == [1, 2, 3, 5, 6]
 
 
 def test_a_job_that_fails_midway_leaves_no_output_and_no_temporary_file(
@@ -294,5 +356,5 @@ def test_pure_helpers() -> None:
     assert predict.two_class_positive(["ham", "spam"], "spam") == "spam"
     assert predict.two_class_positive(["a", "b", "spam"], "spam") is None  # three classes
     assert predict.two_class_positive(None, "spam") is None
-    assert predict.metric_name("not spam!") == "rows_not spam_"
+    assert predict.metric_name("not spam!") == "rows_labelled_not spam_"
     assert predict.in_order_of_length(["ccc", "a", "bb"]) == [1, 2, 0]
