@@ -86,7 +86,7 @@ def test_mlflow_run_e_predict_scores_a_file_with_the_champion_and_leads_to_its_c
 
 
 def test_engine_spark_gives_the_labels_of_engine_local_on_a_real_spark_session(
-    pipeline: str, tmp_path: Path
+    pipeline: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if not java_17_or_newer() and not os.environ.get("PIPELINE_REQUIRE_SPARK"):
         pytest.skip("engine spark needs Java 17 or newer (apt-get install openjdk-17-jre-headless)")
@@ -107,7 +107,12 @@ def test_engine_spark_gives_the_labels_of_engine_local_on_a_real_spark_session(
     uri = (tmp_path / "by-uri").as_uri()
     by_uri = [*common[:2], "--data", data.as_uri(), "--output", uri, "--engine", "spark"]
     assert predict.main(by_uri) == 0
+    capsys.readouterr()
     assert predict.main(by_uri) == 2  # it exists now
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        err == f"predict: error: output {uri!r} exists: pass another path, or -P overwrite=true to replace it"
+    )
     assert predict.main([*by_uri, "--overwrite", "true"]) == 0
     again = pd.read_parquet(tmp_path / "by-uri").set_index("id").loc[local.index]
     assert again["label"].tolist() == local["label"].tolist()
