@@ -59,9 +59,30 @@ def point_hub_cache(root: Path, mp: pytest.MonkeyPatch) -> None:
     mp.setattr(hub_constants, "HUGGINGFACE_HUB_CACHE", str(root / "hf" / "hub"))
 
 
+# The longest test files, longest first: they start first, so that with two xdist workers (each
+# takes whole files in order) no long file is left to run alone at the end.
+LONGEST_FIRST = (
+    "e2e/test_lora.py",
+    "e2e/test_benchmarks.py",
+    "e2e/test_driver.py",
+    "e2e/test_server_pipelines.py",
+    "e2e/test_lifecycle.py",
+    "unit/test_server.py",
+    "unit/test_concurrency.py",
+    "unit/test_predict.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip ``cuda`` / ``mps`` tests where torch sees no such device (CI has neither)."""
+    """Longest files first (see ``LONGEST_FIRST``); skip ``cuda`` / ``mps`` tests where torch
+    sees no such device (CI has neither)."""
     import torch
+
+    def rank(item: pytest.Item) -> int:
+        path = item.path.as_posix()
+        return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith(name)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
     present = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     for item in items:
