@@ -9,7 +9,9 @@ PROFILE ?= local
 # multi-GB CUDA build on a CPU machine. On a CUDA box: make setup TORCH_SPEC=torch TORCH_PIP_ARGS=
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
-# pytest-xdist workers; each test file runs whole in one worker (its module fixtures are made once)
+# pytest-xdist workers for tests/unit, each test file whole in one worker. tests/e2e runs in one
+# process: its tests train on both cores already, and a second worker would build the session's
+# smoke pipeline twice.
 TEST_WORKERS ?= 2
 BIN := $(CURDIR)/$(VENV)/bin
 # `mlflow run --env-manager local` starts `python -m steps.<name>` from PATH: make it this venv's.
@@ -38,7 +40,8 @@ test: setup lint ## lint, type-check and run every test that trains nothing (tes
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests/unit
 
 test-all: setup lint ## lint, type-check and run every test, whole pipelines included (what CI runs)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests/unit
+	$(BIN)/python -m pytest tests/e2e
 
 lint: setup ## ruff and mypy
 	$(BIN)/ruff check steps tests data benchmarks deploy

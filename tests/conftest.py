@@ -60,7 +60,7 @@ def point_hub_cache(root: Path, mp: pytest.MonkeyPatch) -> None:
 
 
 # The longest test files, longest first: they start first, so that with two xdist workers (each
-# takes whole files in order) no long file is left to run alone at the end.
+# takes whole files in order) no long file is left to run alone at the end of tests/unit.
 LONGEST_FIRST = (
     "e2e/test_lora.py",
     "e2e/test_benchmarks.py",
