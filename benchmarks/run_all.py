@@ -76,8 +76,8 @@ def render(results: dict[str, Any]) -> str:
         f"minutes; {m['cpus']} CPUs, Python {m['python']}, torch {m['torch']}, mlflow {m['mlflow']}, "
         f"transformers {m['transformers']}.",
         *(
-            f"`{name}` was measured alone (`--only {name}.py`) at commit `{run['commit']}`, "
-            f"{run['wall_s'] / 60:.0f} minutes."
+            f"`{name}`'s figures come from `run_all.py --only {name}.py` at commit `{run['commit']}`, "
+            f"{run['wall_s'] / 60:.0f} minutes" + (f"; {run['note']}" if run.get("note") else "") + "."
             for name, run in results.get("separately", {}).items()
         ),
         "",
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run this script alone and put its figures in place of its old ones (marked as measured "
         "at another commit than the rest)",
     )
+    parser.add_argument("--note", default="", help="with --only: what a reader should know about the run")
     args = parser.parse_args(argv)
     if args.render:
         write_doc(json.loads(RESULTS.read_text(encoding="utf-8")))
@@ -162,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         name = args.only.removesuffix(".py")
         kept = [line for line in results["figures"] if line["benchmark"] != name]
         results["figures"] = kept + lines
-        results.setdefault("separately", {})[name] = {"commit": commit(), "wall_s": round(wall)}
+        results.setdefault("separately", {})[name] = {
+            "commit": commit(),
+            "wall_s": round(wall),
+            "note": args.note,
+        }
         RESULTS.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
         write_doc(results)
         print(f"put {name}'s figures in {RESULTS.relative_to(HERE.parent)} and the table")
