@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import logging
 import os
 import re
@@ -345,8 +344,9 @@ def load_model(model: Model) -> tuple[Any, list[str] | None]:
     try:
         loaded = mlflow.pyfunc.load_model(model.load_uri)
     except (MlflowException, OSError, ValueError, ImportError) as exc:  # name the URI, keep one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"model {model.given!r} could not be loaded ({first}): check -P model_uri") from None
+        raise UserError(
+            f"model {model.given!r} could not be loaded ({first_line(exc)}): check -P model_uri"
+        ) from None
     try:
         labels = [str(v) for v in loaded.get_raw_model().model.config.id2label.values()]
     except (AttributeError, NotImplementedError):
@@ -424,17 +424,9 @@ def write_parquet(frames: Iterable[pd.DataFrame], dst: Path, progress: Any, chun
 def score_local(cfg: Config, path: Path, model: Any, positive: str | None, dst: Path) -> Counter[str]:
     from tqdm.auto import tqdm
 
-    chunks = corpus.read_chunks(path, cfg.data_columns, cfg.chunk_rows)
-    first = next(chunks, None)
-    if first is None:
-        raise UserError(f"{path.name} has no rows to score")
+    chunks = corpus.read_chunks(path, cfg.data_columns, cfg.chunk_rows)  # rows: checked by run()
     with tqdm(unit=" rows", desc=STEP, disable=not sys.stderr.isatty()) as progress:
-        return write_parquet(
-            scored_chunks(itertools.chain([first], chunks), model, cfg, positive),
-            dst,
-            progress,
-            cfg.chunk_rows,
-        )
+        return write_parquet(scored_chunks(chunks, model, cfg, positive), dst, progress, cfg.chunk_rows)
 
 
 def first_chunk_columns(cfg: Config, path: Path) -> list[str]:
@@ -462,10 +454,9 @@ def spark_session(cfg: Config) -> Any:
     try:
         return builder.getOrCreate()
     except (RuntimeError, OSError, ValueError) as exc:  # no Java, an old one, a master out of reach
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(
-            f"Spark could not start with master {cfg.spark_master!r} ({first}): Spark needs Java 17 "
-            "(apt-get install openjdk-17-jre-headless, or set JAVA_HOME), or use -P engine=local"
+            f"Spark could not start with master {cfg.spark_master!r} ({first_line(exc)}): Spark needs "
+            "Java 17 (apt-get install openjdk-17-jre-headless, or set JAVA_HOME), or use -P engine=local"
         ) from None
 
 
