@@ -23,7 +23,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from steps.config import BUNDLED_BASE_MODEL, EVERYWHERE, FIELDS, Config, as_params, fields_of, load_config
+from steps.config import (
+    BUNDLED_BASE_MODEL,
+    EVERYWHERE,
+    FIELDS,
+    FROM_PROFILE,
+    NO_RUN,
+    Config,
+    as_params,
+    fields_of,
+    load_config,
+)
 from steps.errors import UserError
 from steps.tags import (
     HOST_TAG,
@@ -104,7 +114,9 @@ def step_parser(
     if upstream:
         parser.add_argument(f"--{upstream}", required=True, help="run ID of the upstream step")
     read = set(fields_of(step)) if step else set(FIELDS)
-    settings = parser.add_argument_group("settings (override the profile; empty means 'from profile')")
+    settings = parser.add_argument_group(
+        "settings (override the profile; from-profile or empty: the profile's value)"
+    )
     for name, field in FIELDS.items():
         help_text = (
             f"{field.metadata['help']} (default {field.default!r})" if name in read else argparse.SUPPRESS
@@ -123,7 +135,7 @@ def parse_step_args(
     step = ns.pop("_step")
     upstream_id = ns.pop(upstream, None) if upstream else None
     profile = ns.pop("profile") or "local"
-    overrides = {k: v for k, v in ns.items() if k in FIELDS and v not in (None, "")}
+    overrides = {k: v for k, v in ns.items() if k in FIELDS and v not in (None, "", FROM_PROFILE)}
     if step:
         foreign = [name for name in overrides if name not in fields_of(step)]
         if foreign:
@@ -135,7 +147,12 @@ def parse_step_args(
                 f"{', '.join(fields_of(step)) or 'none'}: give it to {where}{readers}"
             )
             raise SystemExit(EXIT_USER_ERROR)
-    return StepArgs(profile=profile, upstream_run_id=upstream_id or None, overrides=overrides)
+    return StepArgs(profile=profile, upstream_run_id=run_id_given(upstream_id), overrides=overrides)
+
+
+def run_id_given(value: str | None) -> str | None:
+    """An optional run-ID parameter: None when left at its default (``none``) or empty."""
+    return None if value in (None, "", NO_RUN) else value
 
 
 def cli(step: str, body: Callable[[], str | None]) -> int:

@@ -51,6 +51,12 @@ ENGINES = ("local", "spark")
 # Where a setting is an MLproject parameter (it can always be set in a profile):
 STEP_PARAM = "step"  # a parameter of the entry points of the steps that read it
 EVERYWHERE = "all"  # ... and of main, which hands it to those steps
+# What an entry-point parameter left alone holds, and what MLflow records for it: a setting
+# "from the profile", an optional run ID "none", main's env_manager "auto". (An empty default
+# would be recorded shell-quoted, as a literal '' on the run's page.) The empty string still
+# means the same, for ``-P data=`` and for the CLI.
+FROM_PROFILE = "from-profile"
+NO_RUN = "none"
 
 
 def setting(default: Any, help: str, steps: tuple[str, ...], param: str = "") -> Any:

@@ -673,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             if status:
                 raise SystemExit(status)
             return None  # rank 0 said which run it finished
-        return run(args.upstream_run_id, cfg, args.profile, getattr(ns, RESUME_PARAM) or None)
+        return run(args.upstream_run_id, cfg, args.profile, common.run_id_given(getattr(ns, RESUME_PARAM)))
 
     return common.cli(STEP, body)
 

@@ -64,7 +64,7 @@ def step_parameters(
 def forced_steps(force: str) -> set[str]:
     """``all``, or named steps: those and every step after them."""
     names = [name.strip() for name in force.split(",") if name.strip()]
-    if not names:
+    if not names or names == ["none"]:
         return set()
     if names == ["all"]:
         return set(STEP_NAMES)
@@ -408,7 +408,7 @@ def child_env_manager(given: str, own_run_tags: dict[str, str]) -> str:
     MLflow records a conda, virtualenv or uv environment as the tag ``mlflow.project.env`` on the
     run it starts; nested ``mlflow.projects.run`` calls do not inherit it by themselves.
     """
-    chosen = given or own_run_tags.get("mlflow.project.env", "local")
+    chosen = (given if given != "auto" else "") or own_run_tags.get("mlflow.project.env", "local")
     if chosen not in ENV_MANAGERS:
         raise UserError(f"unknown env_manager {chosen!r}: use one of {', '.join(ENV_MANAGERS)}")
     return chosen
@@ -558,10 +558,12 @@ def main(argv: list[str] | None = None) -> int:
         "--env_manager",
         default="",
         help="how MLflow runs each step: local (this environment), virtualenv, uv or conda; "
-        "default: the one `mlflow run` used for main, else local",
+        "auto (the default): the one `mlflow run` used for main, else local",
     )
     parser.add_argument(
-        "--force", default="", help="rerun these steps and all after them (comma-separated), or all"
+        "--force",
+        default="",
+        help="rerun these steps and all after them (comma-separated), or all; none (the default)",
     )
     ns, _ = parser.parse_known_args(argv)
     args = common.parse_step_args(parser, argv)

@@ -5,7 +5,9 @@
 
 Each entry point takes ``profile``, the run ID of the step before it, and every setting that the
 step reads and that is declared a parameter; ``main`` takes the settings declared for everywhere
-and hands each to the steps that read it. Every setting's default is ``""``: "from the profile".
+and hands each to the steps that read it. Every setting's default is ``from-profile``, an
+optional run ID's ``none``, main's ``env_manager`` ``auto`` and its ``force`` ``none``: words a
+reader of the run's parameters understands (MLflow records an empty default as ``''``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from steps import common
 from steps.chain import CHAIN, FINETUNE, PREDICT, RESUME_PARAM, VERSION_CLEANUP
-from steps.config import EVERYWHERE, FIELDS, PROJECT_DIR, STEP_PARAM
+from steps.config import EVERYWHERE, FIELDS, FROM_PROFILE, NO_RUN, PROJECT_DIR, STEP_PARAM
 
 ROOT_HEADER = """\
 # hf-finetune-pipeline: fine-tune a Hugging Face text classifier, one MLflow run per step.
@@ -24,7 +26,7 @@ ROOT_HEADER = """\
 #
 # `main` runs the chain; each step also runs alone from the run ID of the step before it.
 # `predict` scores a file with a registered model (the champion by default); it is not in the chain.
-# Every parameter defaults to "" which means "take it from profiles/<profile>.yaml".
+# A setting's default, from-profile, means "take it from profiles/<profile>.yaml".
 # Generated from steps/config.py by `make mlproject`: edit the declarations there, not this file.
 name: hf-finetune-pipeline
 
@@ -48,13 +50,13 @@ name: hf-finetune-pipeline
 docker_env:
   image: hf-finetune-pipeline-base:0.1.0
 """
-# settings whose parameter has a default of its own rather than "" (the profile's)
+# settings whose parameter has a default of its own rather than the profile's
 OWN_DEFAULTS = {"registered_model"}
 
 
 def default_of(name: str) -> str:
-    """A setting's parameter default: "" (the profile's), or its own for ``OWN_DEFAULTS``."""
-    return str(FIELDS[name].default) if name in OWN_DEFAULTS else ""
+    """A setting's parameter default: the profile's, or its own for ``OWN_DEFAULTS``."""
+    return str(FIELDS[name].default) if name in OWN_DEFAULTS else FROM_PROFILE
 
 
 def entry_point_parameters(env_manager_default: str) -> dict[str, dict[str, str | None]]:
@@ -64,10 +66,10 @@ def entry_point_parameters(env_manager_default: str) -> dict[str, dict[str, str 
     main |= {
         name: default_of(name) for name, field in FIELDS.items() if field.metadata["param"] == EVERYWHERE
     }
-    entry_points["main"] = main | {"env_manager": env_manager_default, "force": ""}
+    entry_points["main"] = main | {"env_manager": env_manager_default, "force": "none"}
     for step, upstream in CHAIN:
         # version_cleanup also runs alone, on no persist run: its upstream may be left out
-        required = None if step != VERSION_CLEANUP else ""
+        required = None if step != VERSION_CLEANUP else NO_RUN
         params: dict[str, str | None] = {"profile": "local"}
         if upstream:
             params[upstream] = required
@@ -77,7 +79,7 @@ def entry_point_parameters(env_manager_default: str) -> dict[str, dict[str, str 
             if step in field.metadata["steps"] and field.metadata["param"] in (STEP_PARAM, EVERYWHERE)
         }
         if step == FINETUNE:
-            params[RESUME_PARAM] = ""  # a killed run to resume from (main finds it itself)
+            params[RESUME_PARAM] = NO_RUN  # a killed run to resume from (main finds it itself)
         entry_points[step] = params
     # batch scoring: after the chain, not in it
     predict: dict[str, str | None] = {"profile": "local"}
@@ -112,7 +114,7 @@ def render(header: str, env_manager_default: str) -> str:
 
 def files() -> dict[Path, str]:
     return {
-        PROJECT_DIR / "MLproject": render(ROOT_HEADER, ""),
+        PROJECT_DIR / "MLproject": render(ROOT_HEADER, "auto"),
         PROJECT_DIR / "deploy" / "kubernetes" / "MLproject": render(KUBERNETES_HEADER, "local"),
     }
 

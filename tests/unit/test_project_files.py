@@ -42,6 +42,29 @@ def test_every_declared_parameter_is_a_setting_and_is_used_in_its_command() -> N
             )
 
 
+def test_a_parameter_left_alone_is_recorded_as_a_word_a_reader_understands() -> None:
+    """MLflow records each entry-point parameter shell-quoted: an empty default would show as a
+    literal '' on the run's page. Left alone, every parameter of every entry point reads as
+    what it means, and the steps take that word as "not given"."""
+    from steps import common, compat
+
+    project = compat.load_project(str(PROJECT_DIR))
+    for name, entry in project._entry_points.items():
+        required = {param: "abc123" for param, spec in entry.parameters.items() if spec.default is None}
+        recorded, _ = entry.compute_parameters(required, None)
+        for param, value in recorded.items():
+            assert value and "'" not in value, (name, param, value)
+    parser = common.step_parser("finetune", "tokenize_run_id", "finetune")
+    args = common.parse_step_args(
+        parser,
+        ["--tokenize_run_id", "none", "--data", "from-profile", "--seed", "from-profile"],
+        "tokenize_run_id",
+    )
+    assert args.upstream_run_id is None and args.overrides == {}
+    assert main_step.forced_steps("none") == set()
+    assert main_step.child_env_manager("auto", {"mlflow.project.env": "uv"}) == "uv"
+
+
 def test_every_main_setting_reaches_some_step() -> None:
     declared = main_step.declared_parameters()
     steps = set().union(*(declared[step] for step, _ in main_step.CHAIN))
