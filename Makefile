@@ -5,6 +5,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PROFILE ?= local
+EXPERIMENT ?= hf-finetune-pipeline
+UI_PORT ?= 5000
 # torch goes in first, so the project's `torch>=2.4` is already met and pip never pulls a
 # multi-GB CUDA build on a CPU machine. On a CUDA box: make setup TORCH_SPEC=torch TORCH_PIP_ARGS=
 TORCH_SPEC ?= torch==2.13.0
@@ -34,7 +36,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup ## run the whole pipeline offline on the embedded default (PROFILE=local)
-	$(BIN)/mlflow run . --env-manager local -P profile=$(PROFILE)
+	$(BIN)/mlflow run . --env-manager local --experiment-name $(EXPERIMENT) -P profile=$(PROFILE)
 
 test: setup lint ## lint, type-check and run every test that trains nothing (tests/unit)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests/unit
@@ -55,8 +57,9 @@ format: setup ## rewrite the code in the project's format
 mlproject: setup ## write MLproject and deploy/kubernetes/MLproject from the settings in steps/config.py
 	$(BIN)/python -m steps.mlproject
 
-ui: setup ## browse the local tracking store at http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db
+ui: setup ## browse the local tracking store: prints where the runs, the report and the champion are
+	@MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/python -m steps.ui --port $(UI_PORT) --experiment $(EXPERIMENT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(UI_PORT)
 
 server: setup ## a shared tracking server with basic-auth on :5000 (see docs/deploy.md)
 	$(BIN)/python -m deploy.server init

@@ -280,6 +280,17 @@ def parse_registry_uri(uri: str) -> tuple[str, str | None, str | None] | None:
     return (match["name"], match["alias"], match["version"]) if match else None
 
 
+URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+SECRET_QUERY = re.compile(r"([?&][^=&\s]*(?:token|sig|signature|password|secret|key)[^=&\s]*=)[^&\s]+", re.I)
+
+
+def redact(text: str) -> str:
+    """``text`` with what a URI may carry of a secret masked: its user and password
+    (``https://user:pass@host``) and token-like query values (``?sig=...``). For what the
+    pipeline writes where people read it: tags, the report, the model card."""
+    return SECRET_QUERY.sub(r"\1***", URI_USERINFO.sub("***@", text))
+
+
 def lineage_tags(run: Any) -> dict[str, str]:
     """The data and base-model tags a step carries down from its upstream run."""
     return {key: run.data.tags.get(key, "") for key in LINEAGE_TAGS}

@@ -185,6 +185,25 @@ def split_metrics(splits: dict[str, pd.DataFrame]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- reading
+DATASET_CARD_FILE = "dataset.yaml"  # beside a data file: what the model card says of its corpus
+DATASET_CARD_KEYS = ("name", "source", "license", "citation", "period", "limits")
+
+
+def dataset_card(data: str) -> dict[str, Any]:
+    """What ``dataset.yaml`` beside a local data file says of its corpus (name, source, licence,
+    citation, period, known limits); empty for a hub dataset or a file without one."""
+    import yaml
+
+    path = resolve_data_path(data)
+    card_file = path.parent / DATASET_CARD_FILE if path is not None and path.is_file() else None
+    if card_file is None or not card_file.is_file():
+        return {}
+    loaded = yaml.safe_load(card_file.read_text(encoding="utf-8")) or {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{card_file} is not a mapping of {', '.join(DATASET_CARD_KEYS)}: fix or remove it")
+    return {key: loaded[key] for key in DATASET_CARD_KEYS if loaded.get(key)}
+
+
 def resolve_data_path(data: str) -> Path | None:
     """The file ``data`` names (relative to cwd, then to the project), or None for a hub id."""
     path = Path(data).expanduser()

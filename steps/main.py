@@ -6,7 +6,11 @@ step whose entry point in ``MLproject`` declares them; ``MLproject`` is the one 
 step takes what.
 
 Writes on the parent run: tags ``pipeline.step=main``, ``pipeline.profile`` and
-``pipeline.<step>_run_id`` for each step; the merged config as ``config.*`` params.
+``pipeline.<step>_run_id`` for each step; the merged config as ``config.*`` params; metrics
+``test_f1``, ``classical_f1``, ``baseline_f1``, ``probe_f1``, ``steps_reused``; a description of
+what the run did (``mlflow.note.content``); prepare's datasets and log_model's logged model,
+linked to it; the pipeline report ``report/pipeline.html`` (``steps/report.py``). On the
+experiment, where it has none of its own: its kind and description (``steps/ui.py``).
 """
 
 from __future__ import annotations
@@ -22,19 +26,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from steps import cache, chain, common, compat, corpus
+from steps import cache, chain, common, compat, corpus, report, ui
 from steps.chain import RESUME_PARAM
 from steps.config import PROJECT_DIR, Config, check_save_mode, load_config
 from steps.errors import UserError
 from steps.tags import (
+    GATE_REASON_TAG,
+    GATE_TAG,
     INPUTS_TAG,
     KEY_TAG,
     LAST_CHECKPOINT_TAG,
+    MODEL_ID_TAG,
     PID_TAG,
     PROFILE_TAG,
+    REGISTERED_MODEL_TAG,
     REUSED_FROM_TAG,
     STEP_TAG,
     UPSTREAM_TAG,
+    VERSION_TAG,
 )
 
 STEP = "main"
@@ -499,6 +508,7 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
             bin_dir = os.path.dirname(sys.executable)
             os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
         mlflow.set_tags(tags | common.process_tags())
+        ui.mark_experiment(client, experiment_id)
         mark_dead_runs(client, experiment_id)
         close_never_started(client, experiment_id, int(time.time() * 1000))
         mlflow.log_params({f"config.{k}": str(v) for k, v in dataclasses.asdict(cfg).items()})
@@ -536,16 +546,96 @@ def run(args: common.StepArgs, env_manager: str, force: str = "") -> str:
             mlflow.set_tag(f"pipeline.{step}_run_id", upstream)
         assert upstream is not None  # CHAIN is not empty
         metrics = client.get_run(parent_tag(upstream, chain.EVALUATE)).data.metrics
-        summary: dict[str, float] = {
-            k: metrics[k] for k in ("test_f1", "classical_f1", "baseline_f1") if k in metrics
-        }
+        summary: dict[str, float] = {k: metrics[k] for k in ui.HEADLINE_METRICS if k in metrics}
         mlflow.log_metrics(summary | {"steps_reused": float(reused)})
+        finish_parent(client, parent.info.run_id, args.profile, cfg)
         log.info(
             "done; "
             + ", ".join(f"{k}={v:.4f}" for k, v in summary.items())
             + f"; {reused} of {len(CHAIN)} steps reused"
         )
         return parent.info.run_id
+
+
+def describe(
+    profile: str, cfg: Config, actions: dict[str, str], metrics: dict[str, float], registered: dict[str, str]
+) -> str:
+    """The parent run's description: what this run did, in a few sentences (Markdown)."""
+    ran = [step for step, action in actions.items() if action != "reused"]
+    reused = [step for step, action in actions.items() if action == "reused"]
+    lines = [
+        f"Profile `{profile}`{f' on `{common.redact(cfg.data)}`' if cfg.data else ''}, base model "
+        f"`{cfg.base_model}`: ran {', '.join(ran) or 'no step'}"
+        + (
+            f"; reused {', '.join(reused)} from earlier runs (nothing they depend on changed)."
+            if reused
+            else "."
+        )
+    ]
+    if "test_f1" in metrics:
+        baselines = [
+            f"{label} {metrics[key]:.3f}"
+            for key, label in (
+                ("classical_f1", "TF-IDF + linear SVM"),
+                ("baseline_f1", "untrained base model"),
+            )
+            if key in metrics
+        ]
+        lines.append(
+            f"Test F1 **{metrics['test_f1']:.3f}**"
+            + (f" (same rows: {', '.join(baselines)})." if baselines else ".")
+        )
+    if registered:
+        aliases = registered.get("aliases") or "no alias"
+        lines.append(
+            f"Registered `{registered['name']}` version {registered['version']} ({aliases}); "
+            f"gate {registered.get('gate', '?')}: {registered.get('reason', '')}."
+        )
+    lines.append(
+        f"The whole story, with curves and the gate's comparison: `{report.REPORT_PATH}` among the artifacts."
+    )
+    return "\n\n".join(lines)
+
+
+def finish_parent(client: Any, run_id: str, profile: str, cfg: Config) -> None:
+    """What a reader of the parent run sees: its description, the datasets and the logged model
+    its children produced, linked to it, and the pipeline report."""
+    from mlflow.entities import LoggedModelOutput
+
+    parent = client.get_run(run_id)
+    runs = {step: client.get_run(parent.data.tags[f"pipeline.{step}_run_id"]) for step in STEP_NAMES}
+    actions = {}
+    for step, run in runs.items():
+        is_child = run.data.tags.get("mlflow.parentRunId") == run_id
+        actions[step] = "ran" if is_child else "reused"
+    evaluated = runs[chain.EVALUATE].data.metrics
+    register_tags = runs[chain.REGISTER].data.tags
+    registered: dict[str, str] = {}
+    if VERSION_TAG in register_tags:
+        name, number = register_tags[REGISTERED_MODEL_TAG], register_tags[VERSION_TAG]
+        try:
+            aliases = ", ".join(sorted(client.get_model_version(name, number).aliases))
+        except Exception:  # noqa: BLE001 - deleted since: the description says what was registered
+            aliases = "deleted since"
+        registered = {
+            "name": name,
+            "version": number,
+            "aliases": aliases,
+            "gate": register_tags.get(GATE_TAG, ""),
+            "reason": register_tags.get(GATE_REASON_TAG, ""),
+        }
+    client.set_tag(run_id, "mlflow.note.content", describe(profile, cfg, actions, evaluated, registered))
+    datasets = list(runs[chain.PREPARE].inputs.dataset_inputs or [])
+    if datasets:
+        common.retry_lost_insert_race(lambda: client.log_inputs(run_id, datasets=datasets))
+    model_id = runs[chain.LOG_MODEL].data.tags.get(MODEL_ID_TAG)
+    if model_id:
+        client.log_outputs(run_id, [LoggedModelOutput(model_id, 0)])
+    try:
+        report.write(client, run_id)
+    except Exception as exc:  # noqa: BLE001 - the model is registered; a report that failed says why
+        client.set_tag(run_id, "pipeline.report_error", str(exc)[:500])
+        log.warning(f"the pipeline report was not written: {exc}")
 
 
 def what_changed_since(client: Any, experiment_id: str, step: str, inputs: dict[str, Any]) -> str:

@@ -20,6 +20,8 @@ Writes:
 - version tags ``persisted=true``, ``verified=true``; alias ``champion`` if the gate passed and,
   judged again against the champion of now (``steps/gate.py``), still passes; the ``gate_*``
   comparison tags are updated to that judgement;
+- the version's model card (``steps/card.py``) rewritten to say so, and the previous champion's
+  if the alias moved;
 - run tags ``registered_model``, ``model_version``, ``persisted_now`` (``true`` if files were copied).
 """
 
@@ -29,8 +31,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steps import artifacts, chain, common, compat, gate, hub, modeling, registry_lock
-from steps.chain import EXPECTED_FILE
+from steps import artifacts, card, chain, common, compat, gate, hub, modeling, registry_lock
+from steps.chain import CHAMPION, EXPECTED_FILE
 from steps.config import Config
 from steps.errors import UserError
 from steps.tags import (
@@ -229,11 +231,15 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             verify(name, number, expected["texts"], expected["labels"], tmp)
         client.set_model_version_tag(name, number, PERSISTED_TAG, "true")
         client.set_model_version_tag(name, number, VERIFIED_TAG, "true")
-        promoted = False
+        promoted, previous = False, None
         if version.tags.get(GATE_TAG) == "passed":
             with registry_lock.registry_lock(client, name):  # the champion read and move: one step
                 decision = gate.judge_version(client, name, version, cfg, tmp / "gate")
+                previous = client.get_registered_model(name).aliases.get(CHAMPION)
                 promoted = decision.passed and gate.move_champion(client, name, number)
+        card.refresh(client, name, number)  # it holds its weights now, and may be champion
+        if promoted:
+            card.refresh_others(client, name, [previous], number)
         mlflow.set_tags(
             {
                 REGISTERED_MODEL_TAG: name,

@@ -9,7 +9,10 @@ Writes:
   strings) and ``splits/stats.json``;
 - one ``mlflow.log_input`` per split (context = split name, with MLflow's dataset digest);
 - metrics: rows read and dropped (empty, duplicate, missing label), rows per split, class share
-  per split; tag ``data_digest`` (sha256 of the cleaned rows, independent of the file format).
+  per split; tag ``data_digest`` (sha256 of the cleaned rows, independent of the file format),
+  ``data_source`` (``data`` as given, any password in a URI masked) and, where the data file has a
+  ``dataset.yaml`` beside it, ``pipeline.data_card`` (its name, source, licence, period, limits:
+  the model card shows them).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from pathlib import Path
 from steps import chain, common
 from steps.chain import SPLITS_DIR, STATS_FILE
 from steps.config import Config
-from steps.corpus import data_digest, prepared, split_metrics
-from steps.tags import DATA_DIGEST_TAG
+from steps.corpus import data_digest, dataset_card, prepared, split_metrics
+from steps.tags import DATA_CARD_TAG, DATA_DIGEST_TAG, DATA_SOURCE_TAG
 
 STEP = chain.PREPARE
 log = common.logger(STEP)
@@ -39,7 +42,10 @@ def run(cfg: Config, profile: str) -> str:
 
     with common.step_run(STEP, profile, cfg) as (run_id, tmp):
         mlflow.set_tag(DATA_DIGEST_TAG, digest)
-        mlflow.set_tag("data_source", cfg.data)
+        mlflow.set_tag(DATA_SOURCE_TAG, common.redact(cfg.data))
+        described = dataset_card(cfg.data)
+        if described:
+            mlflow.set_tag(DATA_CARD_TAG, json.dumps(described))
         mlflow.log_metrics({k: float(v) for k, v in dataclasses.asdict(stats).items()})
         mlflow.log_metrics(split_metrics(splits))
         out = tmp / SPLITS_DIR

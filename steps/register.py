@@ -9,7 +9,9 @@ version tags ``save_mode``, ``persisted``, ``base_model``, ``base_model_revision
 (``gate``, ``gate_reason``, ``gate_compared_version``, ``gate_rows``, ``gate_rows_excluded``,
 ``gate_candidate_f1``, ``gate_champion_f1``, ``gate_f1_diff_low``, ``gate_f1_diff_high``: see
 ``steps/gate.py``: the candidate against the champion on the candidate's own test rows, paired),
-and ``aliases_pending`` until the aliases are set. Alias ``challenger`` always moves to the new
+and ``aliases_pending`` until the aliases are set; the version's description is its model card
+(``steps/card.py``, also ``model_card.md`` with the logged model), and the cards of the versions
+the aliases left are rewritten. Alias ``challenger`` always moves to the new
 version; ``champion`` moves only if the gate passes **and** the weights are in the artifact store
 (a reference-only version waits for persist). Stages are not used (deprecated in MLflow 3):
 aliases only.
@@ -32,7 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from steps import chain, common, gate, registry_lock
+from steps import card, chain, common, gate, registry_lock
 from steps.chain import CHALLENGER, CHAMPION, TASK
 from steps.config import Config
 from steps.errors import UserError
@@ -86,6 +88,7 @@ def finish_interrupted(client: Any, name: str, version: Any, cfg: Config, work: 
     ``champion`` only if the gate, judged again against the champion of now, still passes.
     """
     wanted = version.tags[PENDING_TAG].split(",")
+    before = dict(client.get_registered_model(name).aliases)
     newest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     done = []
     if CHALLENGER in wanted and int(version.version) == newest:
@@ -97,6 +100,8 @@ def finish_interrupted(client: Any, name: str, version: Any, cfg: Config, work: 
             gate.move_champion(client, name, version.version)
             done.append(CHAMPION)
     client.delete_model_version_tag(name, version.version, PENDING_TAG)
+    card.refresh(client, name, version.version)
+    card.refresh_others(client, name, [before.get(alias) for alias in done], version.version)
     return ", ".join(done) or "no alias (newer versions came first)"
 
 
@@ -197,6 +202,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             decision,
         )
         tags[PENDING_TAG] = ",".join([CHALLENGER, CHAMPION] if promote else [CHALLENGER])
+        before = dict(client.get_registered_model(name).aliases) if exists else {}
         version = None
         try:
             if not exists:
@@ -206,6 +212,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             client.set_registered_model_alias(name, CHALLENGER, version.version)
             if promote:
                 gate.move_champion(client, name, version.version)
+            card.refresh(client, name, version.version)
             client.delete_model_version_tag(name, version.version, PENDING_TAG)
         except BaseException:  # leave the registry as it was, then fail
             if version is not None:
@@ -213,6 +220,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             if not exists:
                 client.delete_registered_model(name)
             raise
+        moved = [CHALLENGER, CHAMPION] if promote else [CHALLENGER]
+        card.refresh_others(client, name, [before.get(alias) for alias in moved], version.version)
         mlflow.set_tags(
             {
                 GATE_TAG: tags[GATE_TAG],

@@ -28,6 +28,8 @@ BASE_MODEL_TAG: Final = "base_model"
 BASE_REVISION_TAG: Final = "base_model_revision"
 BASE_REVISION_SOURCE_TAG: Final = "base_model_revision_source"
 LINEAGE_TAGS = (BASE_MODEL_TAG, BASE_REVISION_TAG, BASE_REVISION_SOURCE_TAG, DATA_DIGEST_TAG)
+DATA_SOURCE_TAG: Final = "data_source"  # prepare's: the data as given
+DATA_CARD_TAG: Final = "pipeline.data_card"  # prepare's: JSON of the corpus's dataset.yaml, if any
 # finetune
 RESUMED_FROM_TAG: Final = "pipeline.resumed_from"
 LAST_CHECKPOINT_TAG: Final = "pipeline.last_checkpoint"

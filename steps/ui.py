@@ -1,0 +1,96 @@
+"""Where to look in MLflow's UI: the pipeline's runs, the newest report, the champion's card.
+
+    python -m steps.ui [--port 5000] [--experiment NAME] [--registered_model NAME]   # `make ui` prints it
+
+The pipeline's runs go to the experiment ``hf-finetune-pipeline`` (``make run`` names it; any
+other experiment works the same). ``main`` marks the experiment it runs in as model training
+(``mlflow.experimentKind``: MLflow 3's UI otherwise opens on its GenAI pages) and gives it a
+description naming the few metrics to look at first, unless the experiment has its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from steps import common
+from steps.chain import CHAMPION
+from steps.config import FIELDS
+from steps.tags import STEP_TAG
+
+EXPERIMENT = "hf-finetune-pipeline"
+KIND_TAG = "mlflow.experimentKind"
+KIND = "finetuning"  # one of MLflow 3's model-training kinds: the UI opens on runs, not traces
+DESCRIPTION_TAG = "mlflow.note.content"
+# What a person should see first among the dozens of metrics the steps log: main's summary.
+HEADLINE_METRICS = ("test_f1", "classical_f1", "baseline_f1", "probe_f1", "steps_reused")
+DESCRIPTION = (
+    "Runs of hf-finetune-pipeline. Each `main <profile>` run holds one child run per step "
+    "(`prepare` ... `version_cleanup`). Start with the metrics of the `main` runs: "
+    + ", ".join(f"`{m}`" for m in HEADLINE_METRICS)
+    + " (the fine-tuned model's test F1 beside the classical and untrained baselines on the same rows). "
+    "MLflow keeps chart choices per browser: pin those in the chart view. A main run's artifacts "
+    "hold `report/pipeline.html`; each registered version's description is its model card."
+)
+
+
+def mark_experiment(client: Any, experiment_id: str) -> None:
+    """Make the experiment open on its runs, and describe it, where it does not say otherwise."""
+    tags = client.get_experiment(experiment_id).tags
+    if KIND_TAG not in tags:
+        client.set_experiment_tag(experiment_id, KIND_TAG, KIND)
+    if not tags.get(DESCRIPTION_TAG):
+        client.set_experiment_tag(experiment_id, DESCRIPTION_TAG, DESCRIPTION)
+
+
+def runs_page(root: str, experiment_id: str) -> str:
+    return f"{root}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def addresses(client: Any, root: str, experiment_name: str, registered_model: str) -> list[str]:
+    """Lines saying where the runs, the newest report and the champion's card are."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    lines = []
+    if experiment is None:
+        return [f"no experiment {experiment_name!r} in this store yet: make run first"]
+    lines.append(f"runs:     {runs_page(root, experiment.experiment_id)}")
+    newest = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{STEP_TAG}` = 'main' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if newest:
+        run_id = newest[0].info.run_id
+        lines.append(
+            f"report:   {root}/#/experiments/{experiment.experiment_id}/runs/{run_id}/artifacts"
+            " (report/pipeline.html)"
+        )
+    try:
+        champion = client.get_model_version_by_alias(registered_model, CHAMPION)
+    except Exception:  # noqa: BLE001 - no such model or alias yet
+        champion = None
+    if champion is not None:
+        lines.append(
+            f"champion: {root}/#/models/{registered_model}/versions/{champion.version} (its model card)"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    import mlflow
+
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", default="5000")
+    parser.add_argument("--experiment", default=EXPERIMENT)
+    parser.add_argument("--registered_model", default=str(FIELDS["registered_model"].default))
+    args = parser.parse_args(argv)
+    root = f"http://{args.host}:{args.port}"
+    for line in addresses(mlflow.MlflowClient(), root, args.experiment, args.registered_model):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    common.exit_quickly(main())

@@ -1,0 +1,157 @@
+"""What a person sees after a pipeline: run names, the parent run's description, datasets and
+model, the pipeline report and the model card, in a real browser and in MLflow's own UI."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import requests
+
+from steps import card, report, ui
+from tests.browser import browser, open_page
+from tests.helpers import child_runs
+from tests.server import free_port
+
+pytestmark = pytest.mark.slow
+STEPS = ["prepare", "tokenize", "finetune", "evaluate", "log_model", "register", "persist", "version_cleanup"]
+MODEL = "sms-spam-classifier"
+
+
+@contextlib.contextmanager
+def mlflow_ui(tmp: Path) -> Iterator[str]:
+    """A real ``mlflow ui`` on this test's store, on a free loopback port; its address."""
+    port = free_port()
+    log = tmp / "ui.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"]]
+            + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=tmp,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    address = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{address}/health", timeout=5).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield address
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_the_parent_run_says_what_it_did_and_links_what_its_children_made(pipeline: str) -> None:
+    client = mlflow.MlflowClient()
+    parent = client.get_run(pipeline)
+    children = child_runs(pipeline)
+    evaluate = children["evaluate"].data.metrics
+    description = parent.data.tags["mlflow.note.content"]
+    assert "Profile `smoke`" in description and "ran prepare, tokenize, finetune" in description
+    assert f"Test F1 **{evaluate['test_f1']:.3f}**" in description
+    assert f"TF-IDF + linear SVM {evaluate['classical_f1']:.3f}" in description
+    version = children["register"].data.tags["model_version"]
+    assert f"`{MODEL}` version {version}" in description and "report/pipeline.html" in description
+    # prepare's three splits and log_model's model, linked to the parent
+    assert {d.dataset.digest for d in parent.inputs.dataset_inputs} == {
+        d.dataset.digest for d in children["prepare"].inputs.dataset_inputs
+    }
+    assert len(parent.inputs.dataset_inputs) == 3
+    model_id = children["log_model"].data.tags["pipeline.model_id"]
+    assert [m.model_id for m in parent.outputs.model_outputs] == [model_id]
+    for name in ("test_f1", "classical_f1", "baseline_f1", "probe_f1"):
+        assert parent.data.metrics[name] == evaluate[name]
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags[ui.KIND_TAG] == ui.KIND and "test_f1" in experiment.tags[ui.DESCRIPTION_TAG]
+    assert "pipeline.report_error" not in parent.data.tags
+
+
+def test_the_version_description_is_its_model_card_and_so_is_model_card_md(
+    pipeline: str, tmp_path: Path
+) -> None:
+    client = mlflow.MlflowClient()
+    register = child_runs(pipeline)["register"]
+    number = register.data.tags["model_version"]
+    version = client.get_model_version(MODEL, number)
+    expected = card.render(card.gather(client, MODEL, number))
+    assert version.description == expected
+    evaluate = child_runs(pipeline)["evaluate"].data.metrics
+    assert "| this model |" in expected and f"{evaluate['test_f1']:.3f} |" in expected
+    assert "CC BY 4.0" in expected and "2010-2012" in expected  # from the corpus's dataset.yaml
+    assert f"Aliases now: {', '.join(sorted(version.aliases))}." in expected
+    model_id = client.get_run(register.data.tags["pipeline.upstream_run_id"]).data.tags["pipeline.model_id"]
+    location = client.get_logged_model(model_id).artifact_location  # this test's store is local
+    assert (Path(location.removeprefix("file://")) / card.CARD_FILE).read_text(encoding="utf-8") == expected
+
+
+def test_the_report_loads_whole_in_chromium_and_shows_the_chain_and_the_result(
+    pipeline: str, tmp_path: Path
+) -> None:
+    page = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=pipeline, artifact_path=report.REPORT_PATH, dst_path=str(tmp_path)
+        )
+    )
+    html = page.read_text(encoding="utf-8")
+    assert "<script" not in html and "<link" not in html
+    test_f1 = child_runs(pipeline)["evaluate"].data.metrics["test_f1"]
+    with browser() as chromium:
+        seen = open_page(chromium, page.as_uri(), "e2e-report.png")
+    assert seen.console_errors == [] and seen.failed_requests == []
+    assert all(url.startswith(("file:", "data:")) for url in seen.requests), seen.requests
+    for step in STEPS:
+        assert step in seen.text, step
+    assert f"{test_f1:.3f}" in seen.text and "Champion gate" in seen.text
+
+
+def expand_the_parent_run(page: Any) -> None:
+    """Click the parent run's expander, as a person would, and wait for its children."""
+    page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
+    page.get_by_text("version_cleanup", exact=True).first.wait_for(timeout=60_000)
+    page.wait_for_timeout(500)
+
+
+def test_mlflow_ui_shows_the_step_names_and_the_model_card(pipeline: str, tmp_path: Path) -> None:
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(pipeline).info.experiment_id
+    number = child_runs(pipeline)["register"].data.tags["model_version"]
+    with mlflow_ui(tmp_path) as address, browser() as chromium:
+        runs = open_page(
+            chromium,
+            ui.runs_page(address, experiment_id),
+            "e2e-ui-runs.png",
+            wait_for_text="main smoke",
+            then=expand_the_parent_run,
+        )
+        version = open_page(
+            chromium,
+            f"{address}/#/models/{MODEL}/versions/{number}",
+            "e2e-ui-model-card.png",
+            wait_for_text="Quality on the test split",
+        )
+    assert "Model training" in runs.text  # the experiment opens on its runs, not on GenAI pages
+    for step in STEPS:
+        assert step in runs.text, step
+    assert "main smoke" in runs.text
+    assert "Training data" in version.text and "How to use" in version.text
