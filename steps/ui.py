@@ -16,6 +16,7 @@ from typing import Any
 from steps import common
 from steps.chain import CHAMPION
 from steps.config import FIELDS
+from steps.report import REPORT_PATH
 from steps.tags import STEP_TAG
 
 EXPERIMENT = "hf-finetune-pipeline"
@@ -47,6 +48,11 @@ def runs_page(root: str, experiment_id: str) -> str:
     return f"{root}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+def report_page(root: str, experiment_id: str, run_id: str) -> str:
+    """A main run's report, in the UI's artifact view."""
+    return f"{root}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{REPORT_PATH}"
+
+
 def addresses(client: Any, root: str, experiment_name: str, registered_model: str) -> list[str]:
     """Lines saying where the runs, the newest report and the champion's card are."""
     experiment = client.get_experiment_by_name(experiment_name)
@@ -62,10 +68,7 @@ def addresses(client: Any, root: str, experiment_name: str, registered_model: st
     )
     if newest:
         run_id = newest[0].info.run_id
-        lines.append(
-            f"report:   {root}/#/experiments/{experiment.experiment_id}/runs/{run_id}/artifacts"
-            " (report/pipeline.html)"
-        )
+        lines.append(f"report:   {report_page(root, experiment.experiment_id, run_id)}")
     try:
         champion = client.get_model_version_by_alias(registered_model, CHAMPION)
     except Exception:  # noqa: BLE001 - no such model or alias yet

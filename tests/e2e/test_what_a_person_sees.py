@@ -150,8 +150,16 @@ def test_mlflow_ui_shows_the_step_names_and_the_model_card(pipeline: str, tmp_pa
             "e2e-ui-model-card.png",
             wait_for_text="Quality on the test split",
         )
+        in_ui = open_page(
+            chromium,
+            ui.report_page(address, experiment_id, pipeline),
+            "e2e-ui-report.png",
+            wait_for_text="pipeline.html",
+            then=lambda page: page.frame_locator("iframe").first.get_by_text("Champion gate").wait_for(),
+        )
     assert "Model training" in runs.text  # the experiment opens on its runs, not on GenAI pages
     for step in STEPS:
         assert step in runs.text, step
     assert "main smoke" in runs.text
     assert "Training data" in version.text and "How to use" in version.text
+    assert "report/pipeline.html" in in_ui.text or "pipeline.html" in in_ui.text
