@@ -69,11 +69,6 @@ def grouped_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
     return groups
 
 
-def labels_from_shares(metrics: dict[str, float]) -> list[str]:
-    """The labels, from prepare's ``train_share_<label>`` metrics."""
-    return sorted(k[len("train_share_") :] for k in metrics if k.startswith("train_share_"))
-
-
 def data_facts(prepare_tags: dict[str, str], prepare_metrics: dict[str, float]) -> dict[str, Any]:
     splits = {
         name: {
@@ -129,50 +124,66 @@ def description(card: str) -> str:
 
 
 # ----------------------------------------------------------------------------- MLflow
+MAIN_RUN_TAG = "run.main"  # on a version: the main run whose register made it
+
+
 def gather(client: Any, name: str, number: str) -> Facts:
+    from steps import artifacts
+
     version = client.get_model_version(name, number)
     tags = dict(version.tags)
     runs = {step: tags[f"run.{step}"] for step in chain.STEPS if f"run.{step}" in tags}
-    prepare = client.get_run(runs[chain.PREPARE]) if chain.PREPARE in runs else None
-    evaluate = client.get_run(runs[chain.EVALUATE]) if chain.EVALUATE in runs else None
+    got = {step: client.get_run(run_id) for step, run_id in runs.items()}
+    prepare, tokenize, evaluate = (got.get(s) for s in (chain.PREPARE, chain.TOKENIZE, chain.EVALUATE))
     prepare_metrics = dict(prepare.data.metrics) if prepare else {}
     eval_data = evaluate.data if evaluate else None
+    main_run_id = tags.get(MAIN_RUN_TAG, "")
+    main_run = client.get_run(main_run_id) if main_run_id else None
     return Facts(
         name=name,
         version=str(number),
         aliases=sorted(version.aliases),
         tags=tags,
-        labels=labels_from_shares(prepare_metrics),
+        labels=sorted(artifacts.id2label_of(tokenize).values()) if tokenize else [],
         positive_label=eval_data.params.get("config.positive_label", "") if eval_data else "",
         data=data_facts(dict(prepare.data.tags) if prepare else {}, prepare_metrics),
         metrics=grouped_metrics(dict(eval_data.metrics) if eval_data else {}),
         runs=runs,
-        main_run_id=eval_data.tags.get("mlflow.parentRunId", "") if eval_data else "",
-        code_version=eval_data.tags.get("mlflow.source.git.commit", "") if eval_data else "",
+        main_run_id=main_run_id,
+        code_version=main_run.data.tags.get("mlflow.source.git.commit", "") if main_run else "",
     )
 
 
-def refresh_others(client: Any, name: str, numbers: list[str | None], done: str) -> None:
-    """Rewrite the cards of other versions whose standing just changed (the alias left them):
-    a card that cannot be rewritten (its runs deleted since) is reported, never fatal."""
-    for number in dict.fromkeys(n for n in numbers if n and str(n) != str(done)):
-        try:
-            refresh(client, name, str(number))
-        except Exception as exc:  # noqa: BLE001 - a stale card of another version must not fail this one
-            log.warning(f"the model card of {name} v{number} was not rewritten: {exc}")
+def ours(version: Any) -> bool:
+    """Whether the pipeline registered this version (a card is written only for those: a version
+    registered by hand keeps the description it was given)."""
+    return f"run.{chain.LOG_MODEL}" in version.tags and f"run.{chain.PREPARE}" in version.tags
 
 
-def refresh(client: Any, name: str, number: str) -> str:
+def refresh(client: Any, name: str, number: str) -> bool:
     """Write the card of version ``number`` of ``name`` (its description and ``model_card.md``
-    with its logged model) from what the store says now; return it."""
-    text = render(gather(client, name, number))
-    client.update_model_version(name, number, description=description(text))
-    model_id = client.get_run(
-        client.get_model_version(name, number).tags[f"run.{chain.LOG_MODEL}"]
-    ).data.tags.get(MODEL_ID_TAG)
-    if model_id:
-        with tempfile.TemporaryDirectory(prefix="card-") as tmp:
-            path = Path(tmp) / CARD_FILE
-            path.write_text(text, encoding="utf-8")
-            client.log_model_artifact(model_id, str(path))
-    return text
+    with its logged model) from what the store says now. The card describes the model; it is not
+    part of the registry's state: a card that cannot be written is reported and left as it was,
+    never a reason to fail the step that changed the version. Returns whether it was written."""
+    try:
+        version = client.get_model_version(name, number)
+        if not ours(version):
+            return False
+        text = render(gather(client, name, number))
+        model_id = client.get_run(version.tags[f"run.{chain.LOG_MODEL}"]).data.tags.get(MODEL_ID_TAG)
+        if model_id:
+            with tempfile.TemporaryDirectory(prefix="card-") as tmp:
+                path = Path(tmp) / CARD_FILE
+                path.write_text(text, encoding="utf-8")
+                client.log_model_artifact(model_id, str(path))
+        client.update_model_version(name, number, description=description(text))
+        return True
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.warning(f"the model card of {name} v{number} was not written: {common.redact(str(exc))}")
+        return False
+
+
+def refresh_others(client: Any, name: str, numbers: list[str | None], done: str) -> None:
+    """Rewrite the cards of the other versions whose standing just changed (an alias left them)."""
+    for number in dict.fromkeys(n for n in numbers if n and str(n) != str(done)):
+        refresh(client, name, str(number))

@@ -280,7 +280,7 @@ def parse_registry_uri(uri: str) -> tuple[str, str | None, str | None] | None:
     return (match["name"], match["alias"], match["version"]) if match else None
 
 
-URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+URI_USERINFO = re.compile(r"(?<=://)[^/\s]*@")  # up to the last @ before the path: a password may hold one
 SECRET_QUERY = re.compile(r"([?&][^=&\s]*(?:token|sig|signature|password|secret|key)[^=&\s]*=)[^&\s]+", re.I)
 
 

@@ -187,21 +187,47 @@ def split_metrics(splits: dict[str, pd.DataFrame]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- reading
 DATASET_CARD_FILE = "dataset.yaml"  # beside a data file: what the model card says of its corpus
 DATASET_CARD_KEYS = ("name", "source", "license", "citation", "period", "limits")
+DATASET_CARD_MAX_CHARS = 6000  # MLflow keeps 8,000 characters of a tag's value
+
+
+def dataset_card_file(data: str) -> Path | None:
+    """``dataset.yaml`` beside a local data file, if there is one."""
+    path = resolve_data_path(data)
+    card_file = path.parent / DATASET_CARD_FILE if path is not None and path.is_file() else None
+    return card_file if card_file is not None and card_file.is_file() else None
 
 
 def dataset_card(data: str) -> dict[str, Any]:
     """What ``dataset.yaml`` beside a local data file says of its corpus (name, source, licence,
-    citation, period, known limits); empty for a hub dataset or a file without one."""
+    citation, period, limits), as text; empty for a hub dataset or a file without one."""
     import yaml
 
-    path = resolve_data_path(data)
-    card_file = path.parent / DATASET_CARD_FILE if path is not None and path.is_file() else None
-    if card_file is None or not card_file.is_file():
+    card_file = dataset_card_file(data)
+    if card_file is None:
         return {}
-    loaded = yaml.safe_load(card_file.read_text(encoding="utf-8")) or {}
+    try:
+        loaded = yaml.safe_load(card_file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(
+            f"{card_file} is not valid YAML ({str(exc).splitlines()[0]}): fix or remove it"
+        ) from None
     if not isinstance(loaded, dict):
         raise UserError(f"{card_file} is not a mapping of {', '.join(DATASET_CARD_KEYS)}: fix or remove it")
-    return {key: loaded[key] for key in DATASET_CARD_KEYS if loaded.get(key)}
+    card: dict[str, Any] = {}
+    for key in DATASET_CARD_KEYS:
+        value = loaded.get(key)
+        if value in (None, "", []):
+            continue
+        if key == "limits":
+            card[key] = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        else:
+            card[key] = str(value)
+    if len(json.dumps(card)) > DATASET_CARD_MAX_CHARS:
+        raise UserError(
+            f"{card_file} says more than {DATASET_CARD_MAX_CHARS} characters (the run records it as a "
+            "tag): shorten it"
+        )
+    return card
 
 
 def resolve_data_path(data: str) -> Path | None:

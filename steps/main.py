@@ -31,6 +31,7 @@ from steps.chain import RESUME_PARAM
 from steps.config import PROJECT_DIR, Config, check_save_mode, load_config
 from steps.errors import UserError
 from steps.tags import (
+    ALREADY_TAG,
     GATE_REASON_TAG,
     GATE_TAG,
     INPUTS_TAG,
@@ -51,6 +52,7 @@ log = common.logger(STEP)
 CHAIN = chain.CHAIN
 ENV_MANAGERS = ("local", "virtualenv", "uv", "conda")
 STEP_NAMES = chain.STEPS
+DESCRIPTION_TAG = "mlflow.note.content"  # what MLflow's UI shows as a run's description
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -123,9 +125,13 @@ def declared_parameters() -> dict[str, set[str]]:
 
 
 def data_digest(cfg: Config) -> str:
-    """What ``prepare`` will read: a file's bytes, or a hub dataset's id and split."""
+    """What ``prepare`` will read: a file's bytes (and those of the ``dataset.yaml`` beside it, which
+    prepare records for the model card), or a hub dataset's id and split."""
     path = corpus.resolve_data_path(cfg.data)
-    return cache.file_digest(path) if path else f"hub:{cfg.data}:{cfg.hub_split}"
+    if not path:
+        return f"hub:{cfg.data}:{cfg.hub_split}"
+    described = corpus.dataset_card_file(cfg.data)
+    return cache.file_digest(path) + (f"+{cache.file_digest(described)}" if described else "")
 
 
 def step_key_inputs(
@@ -587,8 +593,9 @@ def describe(
         )
     if registered:
         aliases = registered.get("aliases") or "no alias"
+        what = "Already registered as" if registered.get("already") else "Registered"
         lines.append(
-            f"Registered `{registered['name']}` version {registered['version']} ({aliases}); "
+            f"{what} `{registered['name']}` version {registered['version']} ({aliases}); "
             f"gate {registered.get('gate', '?')}: {registered.get('reason', '')}."
         )
     lines.append(
@@ -599,16 +606,40 @@ def describe(
 
 def finish_parent(client: Any, run_id: str, profile: str, cfg: Config) -> None:
     """What a reader of the parent run sees: its description, the datasets and the logged model
-    its children produced, linked to it, and the pipeline report."""
-    from mlflow.entities import LoggedModelOutput
+    its children produced, linked to it, and the pipeline report. None of it is the pipeline's
+    state: by now the registry has changed, so a part that fails is reported (a warning, and the
+    tag ``pipeline.report_error``) and never fails main."""
+    parts: list[tuple[str, Callable[[], Any]]] = [
+        (
+            "description",
+            lambda: client.set_tag(run_id, DESCRIPTION_TAG, describe_run(client, run_id, profile, cfg)),
+        ),
+        ("links", lambda: link_outputs(client, run_id)),
+        ("report", lambda: report.write(client, run_id)),
+    ]
+    failed = []
+    for part, write in parts:
+        try:
+            write()
+        except Exception as exc:  # noqa: BLE001 - see above
+            failed.append(f"{part}: {common.redact(str(exc))}"[:500])
+            log.warning(f"the parent run's {part} was not written: {common.redact(str(exc))}")
+    if failed:
+        client.set_tag(run_id, "pipeline.report_error", "; ".join(failed)[:5000])
 
+
+def chain_runs(client: Any, run_id: str) -> dict[str, Any]:
+    """The run of each step of this main (the original of a reused one)."""
     parent = client.get_run(run_id)
-    runs = {step: client.get_run(parent.data.tags[f"pipeline.{step}_run_id"]) for step in STEP_NAMES}
-    actions = {}
-    for step, run in runs.items():
-        is_child = run.data.tags.get("mlflow.parentRunId") == run_id
-        actions[step] = "ran" if is_child else "reused"
-    evaluated = runs[chain.EVALUATE].data.metrics
+    return {step: client.get_run(parent.data.tags[f"pipeline.{step}_run_id"]) for step in STEP_NAMES}
+
+
+def describe_run(client: Any, run_id: str, profile: str, cfg: Config) -> str:
+    runs = chain_runs(client, run_id)
+    actions = {
+        step: "ran" if run.data.tags.get("mlflow.parentRunId") == run_id else "reused"
+        for step, run in runs.items()
+    }
     register_tags = runs[chain.REGISTER].data.tags
     registered: dict[str, str] = {}
     if VERSION_TAG in register_tags:
@@ -623,19 +654,23 @@ def finish_parent(client: Any, run_id: str, profile: str, cfg: Config) -> None:
             "aliases": aliases,
             "gate": register_tags.get(GATE_TAG, ""),
             "reason": register_tags.get(GATE_REASON_TAG, ""),
+            "already": register_tags.get(ALREADY_TAG, ""),
         }
-    client.set_tag(run_id, "mlflow.note.content", describe(profile, cfg, actions, evaluated, registered))
-    datasets = list(runs[chain.PREPARE].inputs.dataset_inputs or [])
+    return describe(profile, cfg, actions, runs[chain.EVALUATE].data.metrics, registered)
+
+
+def link_outputs(client: Any, run_id: str) -> None:
+    """Link prepare's datasets and log_model's logged model to the parent run."""
+    from mlflow.entities import LoggedModelOutput
+
+    runs = chain_runs(client, run_id)
+    inputs = runs[chain.PREPARE].inputs
+    datasets = list(inputs.dataset_inputs) if inputs and inputs.dataset_inputs else []
     if datasets:
         common.retry_lost_insert_race(lambda: client.log_inputs(run_id, datasets=datasets))
     model_id = runs[chain.LOG_MODEL].data.tags.get(MODEL_ID_TAG)
     if model_id:
         client.log_outputs(run_id, [LoggedModelOutput(model_id, 0)])
-    try:
-        report.write(client, run_id)
-    except Exception as exc:  # noqa: BLE001 - the model is registered; a report that failed says why
-        client.set_tag(run_id, "pipeline.report_error", str(exc)[:500])
-        log.warning(f"the pipeline report was not written: {exc}")
 
 
 def what_changed_since(client: Any, experiment_id: str, step: str, inputs: dict[str, Any]) -> str:

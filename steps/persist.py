@@ -231,15 +231,16 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             verify(name, number, expected["texts"], expected["labels"], tmp)
         client.set_model_version_tag(name, number, PERSISTED_TAG, "true")
         client.set_model_version_tag(name, number, VERIFIED_TAG, "true")
-        promoted, previous = False, None
-        if version.tags.get(GATE_TAG) == "passed":
-            with registry_lock.registry_lock(client, name):  # the champion read and move: one step
+        promoted = False
+        # the champion read and move, and the cards that say who holds which alias: one step
+        with registry_lock.registry_lock(client, name):
+            if version.tags.get(GATE_TAG) == "passed":
                 decision = gate.judge_version(client, name, version, cfg, tmp / "gate")
                 previous = client.get_registered_model(name).aliases.get(CHAMPION)
                 promoted = decision.passed and gate.move_champion(client, name, number)
-        card.refresh(client, name, number)  # it holds its weights now, and may be champion
-        if promoted:
-            card.refresh_others(client, name, [previous], number)
+                if promoted:
+                    card.refresh_others(client, name, [previous], number)
+            card.refresh(client, name, number)  # it holds its weights now, and may be champion
         mlflow.set_tags(
             {
                 REGISTERED_MODEL_TAG: name,

@@ -39,6 +39,7 @@ from steps.chain import CHALLENGER, CHAMPION, TASK
 from steps.config import Config
 from steps.errors import UserError
 from steps.tags import (
+    ALREADY_TAG,
     GATE_REASON_TAG,
     GATE_TAG,
     METRIC_TAGS,
@@ -183,9 +184,10 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             mlflow.set_tags(
                 {
                     GATE_TAG: earlier.tags.get(GATE_TAG, ""),
+                    GATE_REASON_TAG: earlier.tags.get(GATE_REASON_TAG, ""),
                     REGISTERED_MODEL_TAG: name,
                     VERSION_TAG: str(earlier.version),
-                    "already_registered": "true",
+                    ALREADY_TAG: "true",
                 }
             )
             log.info(f"{name} v{earlier.version} already holds this model; registry unchanged")
@@ -202,6 +204,9 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             decision,
         )
         tags[PENDING_TAG] = ",".join([CHALLENGER, CHAMPION] if promote else [CHALLENGER])
+        main_run_id = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+        if main_run_id:
+            tags[card.MAIN_RUN_TAG] = main_run_id
         before = dict(client.get_registered_model(name).aliases) if exists else {}
         version = None
         try:
@@ -212,14 +217,18 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             client.set_registered_model_alias(name, CHALLENGER, version.version)
             if promote:
                 gate.move_champion(client, name, version.version)
-            card.refresh(client, name, version.version)
             client.delete_model_version_tag(name, version.version, PENDING_TAG)
         except BaseException:  # leave the registry as it was, then fail
             if version is not None:
-                client.delete_model_version(name, version.version)
+                client.delete_model_version(name, version.version)  # and the aliases it took
             if not exists:
                 client.delete_registered_model(name)
+            else:  # give the aliases back to the versions that held them
+                for alias, number in before.items():
+                    if alias in (CHALLENGER, CHAMPION):
+                        client.set_registered_model_alias(name, alias, number)
             raise
+        card.refresh(client, name, version.version)
         moved = [CHALLENGER, CHAMPION] if promote else [CHALLENGER]
         card.refresh_others(client, name, [before.get(alias) for alias in moved], version.version)
         mlflow.set_tags(

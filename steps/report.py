@@ -64,15 +64,17 @@ class Report:
 
 # ----------------------------------------------------------------------------- pure functions
 def ui_root(tracking_uri: str) -> str:
-    """Where MLflow's UI answers, for links: the tracking server itself (without credentials), or
-    the page's own origin (the report is read inside ``mlflow ui`` / ``mlflow server``)."""
+    """Where MLflow's UI answers, for links: the tracking server (without credentials), or "" for
+    a store with no UI of its own address. (MLflow's artifact view shows the page in a sandbox
+    that follows no link: the links serve a reader who opened the page on its own.)"""
     if tracking_uri.startswith(("http://", "https://")):
-        return re.sub(r"(?<=://)[^/@]+@", "", tracking_uri).rstrip("/")
+        return re.sub(r"(?<=://)[^/]*@", "", tracking_uri).rstrip("/")
     return ""
 
 
 def run_link(root: str, experiment_id: str, run_id: str) -> str:
-    return f"{root}/#/experiments/{experiment_id}/runs/{run_id}"
+    """The run's page in the UI at ``root``; "" (no link: the ID is shown to copy) without one."""
+    return f"{root}/#/experiments/{experiment_id}/runs/{run_id}" if root else ""
 
 
 def duration(start_ms: int | None, end_ms: int | None) -> str:
@@ -229,7 +231,7 @@ def gather(client: Any, main_run_id: str) -> Report:
                 "number": number,
                 "aliases": sorted(registered.aliases),
                 "gone": False,
-                "link": f"{root}/#/models/{name}/versions/{number}",
+                "link": f"{root}/#/models/{name}/versions/{number}" if root else "",
             }
     return Report(
         title=parent.info.run_name or f"main {parent.data.tags.get(PROFILE_TAG, '')}",

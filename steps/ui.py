@@ -53,22 +53,29 @@ def report_page(root: str, experiment_id: str, run_id: str) -> str:
     return f"{root}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{REPORT_PATH}"
 
 
-def addresses(client: Any, root: str, experiment_name: str, registered_model: str) -> list[str]:
-    """Lines saying where the runs, the newest report and the champion's card are."""
-    experiment = client.get_experiment_by_name(experiment_name)
-    lines = []
-    if experiment is None:
-        return [f"no experiment {experiment_name!r} in this store yet: make run first"]
-    lines.append(f"runs:     {runs_page(root, experiment.experiment_id)}")
-    newest = client.search_runs(
-        [experiment.experiment_id],
+def newest_main(client: Any, experiment_ids: list[str]) -> Any | None:
+    runs = client.search_runs(
+        experiment_ids,
         f"tags.`{STEP_TAG}` = 'main' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    if newest:
-        run_id = newest[0].info.run_id
-        lines.append(f"report:   {report_page(root, experiment.experiment_id, run_id)}")
+    return runs[0] if runs else None
+
+
+def addresses(client: Any, root: str, experiment_name: str, registered_model: str) -> list[str]:
+    """Lines saying where the runs, the newest report and the champion's card are: in the named
+    experiment, else (runs made by a plain ``mlflow run .``) where the newest main run is."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    newest = newest_main(client, [experiment.experiment_id]) if experiment else None
+    if newest is None:
+        newest = newest_main(client, [e.experiment_id for e in client.search_experiments()])
+    if experiment is None and newest is None:
+        return [f"no pipeline run in this store yet (experiment {experiment_name!r}): make run first"]
+    experiment_id = newest.info.experiment_id if newest is not None else experiment.experiment_id
+    lines = [f"runs:     {runs_page(root, experiment_id)}"]
+    if newest is not None:
+        lines.append(f"report:   {report_page(root, experiment_id, newest.info.run_id)}")
     try:
         champion = client.get_model_version_by_alias(registered_model, CHAMPION)
     except Exception:  # noqa: BLE001 - no such model or alias yet

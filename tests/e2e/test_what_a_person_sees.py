@@ -132,10 +132,18 @@ def expand_the_parent_run(page: Any) -> None:
     page.wait_for_timeout(500)
 
 
+def read_the_framed_report(page: Any) -> str:
+    """The text of the report as MLflow's artifact view shows it (in a frame)."""
+    frame = page.frame_locator("iframe").first
+    frame.get_by_text("Champion gate").wait_for(timeout=60_000)
+    return str(frame.locator("body").inner_text())
+
+
 def test_mlflow_ui_shows_the_step_names_and_the_model_card(pipeline: str, tmp_path: Path) -> None:
     client = mlflow.MlflowClient()
     experiment_id = client.get_run(pipeline).info.experiment_id
     number = child_runs(pipeline)["register"].data.tags["model_version"]
+    framed: list[str] = []
     with mlflow_ui(tmp_path) as address, browser() as chromium:
         runs = open_page(
             chromium,
@@ -155,11 +163,52 @@ def test_mlflow_ui_shows_the_step_names_and_the_model_card(pipeline: str, tmp_pa
             ui.report_page(address, experiment_id, pipeline),
             "e2e-ui-report.png",
             wait_for_text="pipeline.html",
-            then=lambda page: page.frame_locator("iframe").first.get_by_text("Champion gate").wait_for(),
+            then=lambda page: framed.append(read_the_framed_report(page)),
         )
     assert "Model training" in runs.text  # the experiment opens on its runs, not on GenAI pages
     for step in STEPS:
         assert step in runs.text, step
     assert "main smoke" in runs.text
     assert "Training data" in version.text and "How to use" in version.text
-    assert "report/pipeline.html" in in_ui.text or "pipeline.html" in in_ui.text
+    assert "report/pipeline.html" in in_ui.text  # the artifact view, with the report in its frame
+    for step in STEPS:
+        assert step in framed[0], step
+
+
+def aliases(client: mlflow.MlflowClient, name: str) -> dict[str, str]:
+    return {alias: str(number) for alias, number in client.get_registered_model(name).aliases.items()}
+
+
+def test_a_register_that_fails_after_moving_the_aliases_gives_them_back(
+    pipeline: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new version is deleted on a failure, and with it the aliases it took: the versions that
+    held them get them back, so the registry is as it was. A version the pipeline did not make
+    keeps the description it was given."""
+    from steps import register
+    from steps.config import load_config
+    from steps.tags import PENDING_TAG
+
+    client = mlflow.MlflowClient()
+    name = "rollback-spam"
+    log_model_run = child_runs(pipeline)["log_model"].info.run_id
+    cfg = load_config("smoke", {"registered_model": name})
+    register.run(log_model_run, cfg, "smoke")
+    assert aliases(client, name) == {"champion": "1", "challenger": "1"}
+    # v1 as if registered by hand: the same model may be registered again, and has a description
+    client.delete_model_version_tag(name, "1", "run.log_model")
+    client.update_model_version(name, "1", description="written by a person")
+    delete_tag = mlflow.MlflowClient.delete_model_version_tag
+
+    def fail_at_the_end(self: Any, model: str, version: str, key: str) -> None:
+        if key == PENDING_TAG:
+            raise RuntimeError("the store went away")
+        delete_tag(self, model, version, key)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "delete_model_version_tag", fail_at_the_end)
+    with pytest.raises(RuntimeError, match="the store went away"):
+        register.run(log_model_run, cfg, "smoke")
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
+    assert aliases(client, name) == {"champion": "1", "challenger": "1"}
+    assert card.refresh(client, name, "1") is False
+    assert client.get_model_version(name, "1").description == "written by a person"

@@ -3,10 +3,13 @@ carry no secret, and (in a real browser) that the report loads whole with nothin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
-from steps import card, report
+import pytest
+
+from steps import card, report, ui
 from steps.config import load_config
 from steps.main import describe
 from tests.browser import browser, open_page
@@ -132,7 +135,8 @@ def test_training_curves_are_placed_by_epoch_not_by_optimizer_step() -> None:
 def test_links_and_durations() -> None:
     assert report.ui_root("sqlite:///mlflow.db") == ""  # the page is read inside mlflow ui: its own origin
     assert report.ui_root(f"https://bob:{SECRET}@mlflow.example.com/") == "https://mlflow.example.com"
-    assert report.run_link("", "3", "abc") == "/#/experiments/3/runs/abc"
+    assert report.run_link("", "3", "abc") == ""  # no UI address known: the ID is shown to copy
+    assert report.run_link("http://h", "3", "abc") == "http://h/#/experiments/3/runs/abc"
     assert report.duration(1_000, 43_000) == "42 s"
     assert report.duration(0, 5_000) == "–"
     assert report.duration(0 + 1, 1 + 3_725_000) == "1 h 2 min"
@@ -140,7 +144,8 @@ def test_links_and_durations() -> None:
 
 
 def test_the_report_says_what_a_reviewer_looks_for_and_no_secret() -> None:
-    html = report.render(made_up_report())
+    png = report.data_uri(report.training_figure({"val_f1": [(1.0, 0.9), (2.0, 0.95)]}))
+    html = report.render(made_up_report(png))
     for expected in (
         *STEPS,
         "0.961",
@@ -160,7 +165,8 @@ def test_the_report_says_what_a_reviewer_looks_for_and_no_secret() -> None:
     assert "https://mlflow.example.com/#/experiments/1/runs/" in html
     # self-contained: nothing to fetch (no script, stylesheet, font or image from elsewhere)
     assert "<script" not in html and "<link" not in html and "@import" not in html and "url(" not in html
-    assert not [src for src in html.split('src="')[1:] if not src.startswith("data:")]
+    sources = html.split('src="')[1:]
+    assert len(sources) == 2 and all(src.startswith("data:image/png;base64,") for src in sources)
 
 
 def test_the_model_card_says_what_the_model_is_how_good_and_where_from() -> None:
@@ -235,3 +241,60 @@ def test_the_report_loads_whole_in_a_real_browser(tmp_path: Path) -> None:
         assert step in seen.text
     assert "0.961" in seen.text and "Champion gate" in seen.text
     assert base64.b64decode(png.split(",", 1)[1]).startswith(b"\x89PNG")
+
+
+def test_without_a_tracking_server_the_report_shows_ids_to_copy_not_links_that_lead_nowhere() -> None:
+    local = dataclasses.replace(
+        made_up_report(),
+        main_link=report.run_link(report.ui_root("sqlite:///mlflow.db"), "1", "f" * 32),
+        steps=[dataclasses.replace(s, link="") for s in made_up_report().steps],
+        version={**made_up_report().version, "link": ""},
+    )
+    html = report.render(local)
+    assert "<a " not in html and "f" * 32 in html and "7" * 32 in html  # every run ID, in full
+
+
+def test_make_ui_says_where_the_runs_the_report_and_the_champion_are() -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    assert "make run first" in ui.addresses(client, "http://h:1", ui.EXPERIMENT, "m")[0]
+    with mlflow.start_run(tags={"pipeline.step": "main"}) as plain:  # a plain `mlflow run .`: Default
+        pass
+    lines = ui.addresses(client, "http://h:1", ui.EXPERIMENT, "m")
+    assert lines == [
+        "runs:     http://h:1/#/experiments/0/runs?workflowType=machine_learning",
+        f"report:   http://h:1/#/experiments/0/runs/{plain.info.run_id}/artifacts/report/pipeline.html",
+    ]
+    experiment = mlflow.set_experiment(ui.EXPERIMENT).experiment_id
+    with mlflow.start_run(tags={"pipeline.step": "main"}) as named:
+        pass
+    ui.mark_experiment(client, experiment)
+    tags = client.get_experiment(experiment).tags
+    assert tags[ui.KIND_TAG] == "finetuning" and "test_f1" in tags[ui.DESCRIPTION_TAG]
+    client.set_experiment_tag(experiment, ui.DESCRIPTION_TAG, "mine")
+    ui.mark_experiment(client, experiment)  # a description of the user's own is kept
+    assert client.get_experiment(experiment).tags[ui.DESCRIPTION_TAG] == "mine"
+    lines = ui.addresses(client, "http://h:1", ui.EXPERIMENT, "m")
+    assert lines[0] == f"runs:     http://h:1/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    assert named.info.run_id in lines[1]
+
+
+def test_a_dataset_yaml_that_cannot_be_read_is_one_clear_line(tmp_path: Path) -> None:
+    from steps import corpus
+    from steps.errors import UserError
+
+    (tmp_path / "d.csv").write_text("text,label\na,b\n")
+    assert corpus.dataset_card(str(tmp_path / "d.csv")) == {}
+    (tmp_path / "dataset.yaml").write_text("name: x\nperiod: 2012-01-01\nlimits: one line\nother: y\n")
+    assert corpus.dataset_card(str(tmp_path / "d.csv")) == {
+        "name": "x",
+        "period": "2012-01-01",
+        "limits": ["one line"],
+    }
+    (tmp_path / "dataset.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(UserError, match=r"dataset\.yaml is not valid YAML"):
+        corpus.dataset_card(str(tmp_path / "d.csv"))
+    (tmp_path / "dataset.yaml").write_text(f"citation: {'x' * 7000}\n")
+    with pytest.raises(UserError, match="shorten it"):
+        corpus.dataset_card(str(tmp_path / "d.csv"))
