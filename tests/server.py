@@ -85,6 +85,14 @@ def running_server(root: Path, backend_uri: str = "") -> Iterator[Server]:
             start_new_session=True,
         )
     uri = f"http://127.0.0.1:{port}"
+    with serving(process, uri, log):
+        yield Server(uri, env_file, root / "data", log)
+
+
+@contextlib.contextmanager
+def serving(process: subprocess.Popen[bytes], uri: str, log: Path) -> Iterator[None]:
+    """Wait until the server ``process`` (started in a session of its own) answers ``/health`` at
+    ``uri``; stop its whole process group on exit. Its log's tail explains a failed start."""
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -96,7 +104,7 @@ def running_server(root: Path, backend_uri: str = "") -> Iterator[Server]:
             if time.monotonic() > deadline:
                 raise AssertionError(f"the server did not come up:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield Server(uri, env_file, root / "data", log)
+        yield
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)

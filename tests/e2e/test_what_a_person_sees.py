@@ -5,22 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pytest
-import requests
 
 from steps import card, report, ui
 from tests.browser import browser, open_page
 from tests.helpers import child_runs
-from tests.server import free_port
+from tests.server import free_port, serving
 
 pytestmark = pytest.mark.slow
 STEPS = ["prepare", "tokenize", "finetune", "evaluate", "log_model", "register", "persist", "version_cleanup"]
@@ -42,24 +39,8 @@ def mlflow_ui(tmp: Path) -> Iterator[str]:
             start_new_session=True,
         )
     address = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"{address}/health", timeout=5).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+    with serving(process, address, log):
         yield address
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_the_parent_run_says_what_it_did_and_links_what_its_children_made(pipeline: str) -> None:
