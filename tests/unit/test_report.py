@@ -266,8 +266,8 @@ def test_make_ui_says_where_the_runs_the_report_and_the_champion_are() -> None:
         "runs:     http://h:1/#/experiments/0/runs?workflowType=machine_learning",
         f"report:   http://h:1/#/experiments/0/runs/{plain.info.run_id}/artifacts/report/pipeline.html",
     ]
-    experiment = mlflow.set_experiment(ui.EXPERIMENT).experiment_id
-    with mlflow.start_run(tags={"pipeline.step": "main"}) as named:
+    experiment = client.create_experiment(ui.EXPERIMENT)  # not set_experiment: that outlives the test
+    with mlflow.start_run(experiment_id=experiment, tags={"pipeline.step": "main"}) as named:
         pass
     ui.mark_experiment(client, experiment)
     tags = client.get_experiment(experiment).tags
