@@ -225,7 +225,10 @@ def gather(client: Any, main_run_id: str) -> Report:
         except mlflow.exceptions.MlflowException:  # deleted since (version_cleanup, or by hand)
             version = {"name": name, "number": number, "aliases": [], "gone": True, "link": ""}
         else:
+            # the version's tags: the gate's latest judgement (persist judges a waiting version again)
             gate |= {k: v for k, v in registered.tags.items() if k.startswith("gate_")}
+            gate["decision"] = registered.tags.get(GATE_TAG, gate["decision"])
+            gate["reason"] = registered.tags.get(GATE_REASON_TAG, gate["reason"])
             version = {
                 "name": name,
                 "number": number,
