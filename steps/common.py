@@ -118,9 +118,9 @@ def step_parser(
         "settings (override the profile; from-profile or empty: the profile's value)"
     )
     for name, field in FIELDS.items():
-        help_text = (
-            f"{field.metadata['help']} (default {field.default!r})" if name in read else argparse.SUPPRESS
-        )
+        # argparse %-formats help text: a literal % ("95 % interval") must be doubled
+        described = f"{field.metadata['help']} (default {field.default!r})".replace("%", "%%")
+        help_text = described if name in read else argparse.SUPPRESS
         settings.add_argument(f"--{name}", metavar=type(field.default).__name__.upper(), help=help_text)
     parser.set_defaults(_step=step)
     return parser

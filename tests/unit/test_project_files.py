@@ -141,3 +141,21 @@ def test_every_setting_a_steps_code_reads_is_declared_for_that_step() -> None:
     assert cache.fields_read(cache.module_source("steps.corpus")) <= cache.step_fields("prepare")
     for step in ("register", "persist"):
         assert cache.fields_read(cache.module_source("steps.gate")) <= cache.step_fields(step)
+
+
+def test_every_entry_point_prints_its_help(capsys) -> None:
+    """``--help`` of every entry point prints every setting it takes (argparse %-formats help text:
+    a setting's help with a bare ``%`` once crashed ``register``, ``persist`` and ``main``)."""
+    import importlib
+
+    import pytest
+
+    declared = main_step.declared_parameters()
+    for name, params in declared.items():
+        module = importlib.import_module(f"steps.{name}")
+        with pytest.raises(SystemExit) as done:
+            module.main(["--help"])
+        assert done.value.code == 0, name
+        shown = capsys.readouterr().out
+        for param in params:
+            assert f"--{param}" in shown, (name, param)
