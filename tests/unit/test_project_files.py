@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+
+import pytest
 import tomllib
 import yaml
 
@@ -144,12 +147,8 @@ def test_every_setting_a_steps_code_reads_is_declared_for_that_step() -> None:
 
 
 def test_every_entry_point_prints_its_help(capsys) -> None:
-    """``--help`` of every entry point prints every setting it takes (argparse %-formats help text:
-    a setting's help with a bare ``%`` once crashed ``register``, ``persist`` and ``main``)."""
-    import importlib
-
-    import pytest
-
+    """``--help`` of every entry point prints every setting it takes (argparse %-formats help text,
+    so a bare ``%`` in a setting's help, as in ``champion_tolerance``'s, would crash it)."""
     declared = main_step.declared_parameters()
     for name, params in declared.items():
         module = importlib.import_module(f"steps.{name}")
