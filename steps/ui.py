@@ -19,6 +19,8 @@ from steps.config import FIELDS
 from steps.report import REPORT_PATH
 from steps.tags import STEP_TAG
 
+log = common.logger("ui")
+
 EXPERIMENT = "hf-finetune-pipeline"
 KIND_TAG = "mlflow.experimentKind"
 KIND = "finetuning"  # one of MLflow 3's model-training kinds: the UI opens on runs, not traces
@@ -36,12 +38,24 @@ DESCRIPTION = (
 
 
 def mark_experiment(client: Any, experiment_id: str) -> None:
-    """Make the experiment open on its runs, and describe it, where it does not say otherwise."""
+    """Make the experiment open on its runs, and describe it, where it does not say otherwise.
+
+    Two ``main`` runs starting together may both find a tag missing; the second write can then
+    fail on the tracking server's unique key (its SQL store inserts, it does not upsert). The tag
+    is there either way, so that is not a failure; nor is anything else about this cosmetic mark:
+    it is a warning, never a failed pipeline."""
+    from mlflow.exceptions import MlflowException
+
     tags = client.get_experiment(experiment_id).tags
-    if KIND_TAG not in tags:
-        client.set_experiment_tag(experiment_id, KIND_TAG, KIND)
+    wanted = {KIND_TAG: KIND} if KIND_TAG not in tags else {}
     if not tags.get(DESCRIPTION_TAG):
-        client.set_experiment_tag(experiment_id, DESCRIPTION_TAG, DESCRIPTION)
+        wanted[DESCRIPTION_TAG] = DESCRIPTION
+    for key, value in wanted.items():
+        try:
+            client.set_experiment_tag(experiment_id, key, value)
+        except MlflowException as exc:
+            if key not in client.get_experiment(experiment_id).tags:
+                log.warning("could not tag experiment %s with %s: %s", experiment_id, key, exc)
 
 
 def runs_page(root: str, experiment_id: str) -> str:

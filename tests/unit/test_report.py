@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -278,6 +279,40 @@ def test_make_ui_says_where_the_runs_the_report_and_the_champion_are() -> None:
     lines = ui.addresses(client, "http://h:1", ui.EXPERIMENT, "m")
     assert lines[0] == f"runs:     http://h:1/#/experiments/{experiment}/runs?workflowType=machine_learning"
     assert named.info.run_id in lines[1]
+
+
+def test_two_mains_marking_the_experiment_at_once_do_not_fail(capsys: pytest.CaptureFixture[str]) -> None:
+    """The tracking server's SQL store inserts experiment tags: when two mains both find a tag
+    missing, the second write fails on the unique key. The tag is there, so that is no failure."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("marked-twice")
+
+    class RacingClient:
+        """Another main sets each tag between this one's read and its write."""
+
+        def get_experiment(self, experiment_id: str) -> Any:
+            return client.get_experiment(experiment_id)
+
+        def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+            client.set_experiment_tag(experiment_id, key, value)
+            raise MlflowException("duplicate key value violates unique constraint")
+
+    ui.mark_experiment(RacingClient(), experiment)
+    assert client.get_experiment(experiment).tags[ui.KIND_TAG] == ui.KIND
+    assert "ui:" not in capsys.readouterr().err
+
+    class FailingClient(RacingClient):
+        def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+            raise MlflowException("permission denied")
+
+    other = client.create_experiment("not-marked")
+    ui.mark_experiment(FailingClient(), other)  # a warning, not a failed pipeline
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ui:")]
+    assert len(warnings) == 2 and all("ui: could not tag experiment" in w for w in warnings)
+    assert "permission denied" in warnings[0]
 
 
 def test_a_dataset_yaml_that_cannot_be_read_is_one_clear_line(tmp_path: Path) -> None:
