@@ -41,7 +41,7 @@ def mark_experiment(client: Any, experiment_id: str) -> None:
     """Make the experiment open on its runs, and describe it, where it does not say otherwise.
 
     Two ``main`` runs starting together may both find a tag missing; the second write can then
-    fail on the tracking server's unique key (its SQL store inserts, it does not upsert). The tag
+    fail on the tracking server's unique key (its SQL store reads, then inserts). The tag
     is there either way, so that is not a failure; nor is anything else about this cosmetic mark:
     it is a warning, never a failed pipeline."""
     from mlflow.exceptions import MlflowException
@@ -54,8 +54,17 @@ def mark_experiment(client: Any, experiment_id: str) -> None:
         try:
             client.set_experiment_tag(experiment_id, key, value)
         except MlflowException as exc:
-            if key not in client.get_experiment(experiment_id).tags:
+            if not tagged(client, experiment_id, key):
                 log.warning("could not tag experiment %s with %s: %s", experiment_id, key, exc)
+
+
+def tagged(client: Any, experiment_id: str, key: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return key in client.get_experiment(experiment_id).tags
+    except MlflowException:
+        return False
 
 
 def runs_page(root: str, experiment_id: str) -> str:
