@@ -46,19 +46,19 @@ test-all: setup lint ## lint, type-check and run every test, whole pipelines inc
 	$(BIN)/python -m pytest tests/e2e
 
 lint: setup ## ruff and mypy
-	$(BIN)/ruff check steps tests data benchmarks deploy
-	$(BIN)/ruff format --check steps tests data benchmarks deploy
+	$(BIN)/ruff check steps hf_finetune tests data benchmarks deploy
+	$(BIN)/ruff format --check steps hf_finetune tests data benchmarks deploy
 	$(BIN)/mypy
 
 format: setup ## rewrite the code in the project's format
-	$(BIN)/ruff format steps tests data benchmarks deploy
-	$(BIN)/ruff check --fix steps tests data benchmarks deploy
+	$(BIN)/ruff format steps hf_finetune tests data benchmarks deploy
+	$(BIN)/ruff check --fix steps hf_finetune tests data benchmarks deploy
 
-mlproject: setup ## write MLproject and deploy/kubernetes/MLproject from the settings in steps/config.py
-	$(BIN)/python -m steps.mlproject
+mlproject: setup ## write MLproject and deploy/kubernetes/MLproject from the settings in hf_finetune/
+	$(BIN)/python -m hf_finetune.mlproject
 
 ui: setup ## browse the local tracking store: prints where the runs, the report and the champion are
-	@MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/python -m steps.ui --port $(UI_PORT) --experiment $(EXPERIMENT)
+	@MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/python -m hf_finetune.ui --port $(UI_PORT) --experiment $(EXPERIMENT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(UI_PORT)
 
 server: setup ## a shared tracking server with basic-auth on :5000 (see docs/deploy.md)

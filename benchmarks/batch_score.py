@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     small_scale, large_scale = (float(s) for s in args.scales.split(","))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from hf_finetune.profiles import load_config
     from steps import predict
-    from steps.config import load_config
 
     max_length = load_config("local").max_length
     texts = predict_speed.messages(args.rows)

@@ -62,9 +62,9 @@ TARGETS = {  # figure: (target, better)
 def load_splits(train_rows: int, seed: int, test_rows: int = 0) -> dict[str, Any]:
     """The bundled data cleaned as ``prepare`` does; half of it held out as the test set
     (``test_rows`` of it, stratified, when not 0)."""
-    from steps import config, corpus
+    from hf_finetune import corpus, settings, sources
 
-    raw = corpus.read_file(PROJECT_DIR / config.BUNDLED_DATA, config.BUNDLED_DATA_COLUMNS)
+    raw = sources.read_file(PROJECT_DIR / settings.BUNDLED_DATA, settings.BUNDLED_DATA_COLUMNS)
     cleaned, _ = corpus.clean(raw, "text", "label")
     splits = corpus.split(cleaned, validation_fraction=0.1, test_fraction=0.5, seed=seed)
     splits["train"] = corpus.subsample(splits["train"], train_rows, seed)
@@ -86,16 +86,18 @@ def child(variant: str, train_rows: int, epochs: float, workdir: Path, test_rows
         set_seed,
     )
 
-    from steps import common, finetune, modeling, tokenize
-    from steps.config import BUNDLED_BASE_MODEL, load_config
+    from hf_finetune import hub, training
+    from hf_finetune.profiles import load_config
+    from hf_finetune.settings import BUNDLED_BASE_MODEL
+    from hf_finetune.tasks.text_classification import classifier, measures
 
     cfg = dataclasses.replace(load_config("local", {}), num_train_epochs=epochs, early_stopping_patience=0)
     splits = load_splits(train_rows, cfg.seed, test_rows)
-    resolved = common.resolve_base_model(BUNDLED_BASE_MODEL)
+    resolved = hub.resolve_base_model(BUNDLED_BASE_MODEL)
     tokenizer = AutoTokenizer.from_pretrained(resolved)
-    label2id = tokenize.label_mapping(splits["train"]["label"])
+    label2id = classifier.label_mapping(splits["train"]["label"])
     id2label = {i: label for label, i in label2id.items()}
-    args = finetune.training_arguments(cfg, "cpu", str(workdir / "trainer"))
+    args = training.training_arguments(cfg, "cpu", str(workdir / "trainer"))
     if variant == "recipe":
         args |= {
             "per_device_train_batch_size": RECIPE["batch_size"],
@@ -107,8 +109,8 @@ def child(variant: str, train_rows: int, epochs: float, workdir: Path, test_rows
     def features(name: str) -> list[dict[str, Any]]:
         frame = splits[name]
         if variant != "recipe":
-            tokens = modeling.tokenize_frame(frame, tokenizer, cfg.max_length, label2id)
-            return modeling.to_features(finetune.by_length(tokens) if name == "validation" else tokens)
+            tokens = classifier.tokenize_frame(frame, tokenizer, cfg.max_length, label2id)
+            return classifier.to_features(training.by_length(tokens) if name == "validation" else tokens)
         encoded = tokenizer(
             list(frame["text"]), truncation=True, padding="max_length", max_length=RECIPE["max_length"]
         )
@@ -123,7 +125,7 @@ def child(variant: str, train_rows: int, epochs: float, workdir: Path, test_rows
         logits, label_ids = prediction
         names = [id2label[int(i)] for i in np.asarray(logits).argmax(-1)]
         truth = [id2label[int(i)] for i in label_ids]
-        return modeling.classification_metrics(truth, names, list(label2id), cfg.positive_label)
+        return measures.classification_metrics(truth, names, list(label2id), cfg.positive_label)
 
     set_seed(cfg.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -150,10 +152,10 @@ def child(variant: str, train_rows: int, epochs: float, workdir: Path, test_rows
     wall = time.perf_counter() - start
     if tracked:
         mlflow.end_run()
-    test = modeling.tokenize_frame(splits["test"], tokenizer, cfg.max_length, label2id)
-    probs = modeling.predict_proba(trainer.model, tokenizer, test, cfg.eval_batch_size, "cpu")
+    test = classifier.tokenize_frame(splits["test"], tokenizer, cfg.max_length, label2id)
+    probs = classifier.predict_proba(trainer.model, tokenizer, test, cfg.eval_batch_size, "cpu")
     predicted = [id2label[int(i)] for i in probs.argmax(-1)]
-    metrics = modeling.classification_metrics(
+    metrics = measures.classification_metrics(
         list(test["label"]), predicted, list(label2id), cfg.positive_label
     )
     return {
@@ -168,9 +170,9 @@ def child(variant: str, train_rows: int, epochs: float, workdir: Path, test_rows
 
 def tracking_callbacks(run_id: str) -> list[Any]:
     """The callbacks ``finetune`` gives the Trainer when it logs to MLflow."""
-    from steps import finetune
+    from hf_finetune import checkpoints
 
-    return [*finetune._callbacks(run_id), finetune.EpochCheckpoints(log_each=False).callback()]
+    return [*checkpoints._callbacks(run_id), checkpoints.EpochCheckpoints(log_each=False).callback()]
 
 
 def timed(callbacks: list[Any], spent: list[float]) -> list[Any]:

@@ -17,12 +17,12 @@ child process on a fresh tracking store (a copy of one already migrated), side b
 - ``cp -r`` of the checkpoint folder: the floor for anything that writes the weights once;
 - ``checkpoint``, as the log_model step does it: the checkpoint is a finetune run's artifacts
   (logged once, untimed, when the store is made), downloaded with ``artifacts.download_checkpoint``
-  and logged with ``log_model.log_candidate``. In this local store both are hard links, so no
+  and logged with ``save_modes.log_candidate``. In this local store both are hard links, so no
   weight byte is written: what remains is the fixed cost of a logging process. With
   ``--compare-mlflow``, also MLflow 3.17's own ``mlflow.transformers.log_model(<folder>)``, which
   writes the weights twice;
 - ``full`` (the same download; load the pipeline, log it) and ``reference``
-  (``log_model.log_reference`` on the same model placed in a hub cache, at the revision finetune
+  (``save_modes.log_reference`` on the same model placed in a hub cache, at the revision finetune
   would have recorded): artifact bytes, and the wall time of the log call itself. The pipeline
   calls ``log_reference`` in one place: the log_model step logs the baseline with it, in its
   process, right after the candidate (a LoRA candidate in ``save_mode`` reference goes through
@@ -35,7 +35,7 @@ child process on a fresh tracking store (a copy of one already migrated), side b
 - ``persist`` (``persist.persist_in_place``) of a reference-only model: wall time against copying
   its weight files, and peak RSS.
 
-Every child ends as a step's process does (``common.exit_quickly``: no last garbage collection),
+Every child ends as a step's process does (``cli.exit_quickly``: no last garbage collection),
 and starts with the model's files in the page cache and no earlier write pending (``settle``),
 as the copies do.
 Every child also clocks its operation inside the process (``log_wall_s``): from the moment the
@@ -66,6 +66,11 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from hf_finetune import chain
+from hf_finetune.tasks import registry
+
+CLASSIFICATION = registry.TASKS["text-classification"]
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SIZES = {  # name: (hidden, layers, heads, intermediate)
@@ -113,7 +118,8 @@ def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
     import mlflow
     import mlflow.transformers
 
-    from steps import artifacts, common, finetune, log_model, persist
+    from hf_finetune import artifacts, save_modes
+    from steps import persist
 
     result: dict[str, Any] = {"store_import_s": load_code(model_dir)}
     start = time.perf_counter()
@@ -125,7 +131,7 @@ def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
         store_root = workdir.parent / "finetune-artifacts"
         experiment_id = client.create_experiment("finetune", artifact_location=store_root.as_uri())
         with mlflow.start_run(experiment_id=experiment_id) as run:
-            mlflow.log_artifacts(str(model_dir), finetune.CHECKPOINT_DIR)
+            mlflow.log_artifacts(str(model_dir), chain.CHECKPOINT_DIR)
         (workdir / FINETUNE_RUN_FILE).write_text(run.info.run_id)
     elif mode != "baseline":
         mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
@@ -134,23 +140,25 @@ def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
             start = time.perf_counter()  # the store is open and the run exists: the log call only
             options = {
                 "name": "model",
-                "task": log_model.TASK,
-                "pip_requirements": log_model.pip_requirements(log_model.installed_versions()),
+                "task": CLASSIFICATION.pipeline_task,
+                "pip_requirements": save_modes.pip_requirements(save_modes.installed_versions()),
             }
             if mode in ("checkpoint", "full"):  # as the step does: from the finetune run
                 finetune_run_id = (workdir / FINETUNE_RUN_FILE).read_text()
                 with tempfile.TemporaryDirectory() as tmp:
                     checkpoint = artifacts.download_checkpoint(finetune_run_id, Path(tmp))
-                    info = log_model.log_candidate(checkpoint, mode, options)
+                    info = save_modes.log_candidate(CLASSIFICATION, checkpoint, mode, options)
                 if mode == "full":  # then the baseline, by reference, as log_model logs it
                     result["log_wall_s"] = time.perf_counter() - start
                     reference_start = time.perf_counter()
-                    log_model.log_reference(hub_reference(workdir), log_model.BASELINE_NAME, 2)
+                    save_modes.log_reference(
+                        CLASSIFICATION, hub_reference(workdir), save_modes.BASELINE_NAME, 2
+                    )
                     result["reference_after_candidate_s"] = time.perf_counter() - reference_start
             elif mode == "mlflow-checkpoint":  # MLflow alone, from the folder
                 info = mlflow.transformers.log_model(str(model_dir), **options)
             elif mode == "reference":  # the first model logged in the process
-                info = log_model.log_reference(hub_reference(workdir), "model", 2)
+                info = save_modes.log_reference(CLASSIFICATION, hub_reference(workdir), "model", 2)
                 (workdir / "reference_model_id").write_text(info.model_id)
             elif mode == "persist":
                 model_id = (workdir / "reference_model_id").read_text()
@@ -164,7 +172,6 @@ def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
             location = mlflow.MlflowClient().get_logged_model(info.model_id).artifact_location
             root = Path(location.removeprefix("file://"))
             result["artifact_bytes"] = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-        del common
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
@@ -172,7 +179,7 @@ def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
 def hub_reference(workdir: Path) -> Any:
     """The benchmark's model in the hub cache, at the revision finetune would have recorded
     (hashing 1.3 GB is not part of logging)."""
-    from steps import hub
+    from hf_finetune import hub
 
     revision = (workdir / REVISION_FILE).read_text().strip()
     return hub.HubReference(REPO_ID, revision, "content-sha1")
@@ -213,7 +220,7 @@ def make_model(size: str, root: Path) -> Path:
 
 def place_in_hub_cache(model_dir: Path, hf_home: Path) -> str:
     """The model as the hub cache would hold it (symlinks to the files), at a content revision."""
-    from steps import hub
+    from hf_finetune import hub
 
     revision = hub.content_sha1(model_dir)
     target = hub.snapshot_dir(REPO_ID, revision, hf_home / "hub")
@@ -388,9 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, args.workdir.resolve(), args.model_dir.resolve())))
-        from steps import common
+        from hf_finetune import cli
 
-        common.exit_quickly(0)  # every child, the baseline too, ends as a step's process does
+        cli.exit_quickly(0)  # every child, the baseline too, ends as a step's process does
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     figures = {}
     with tempfile.TemporaryDirectory(prefix="bench-log-modes-", dir=os.environ.get("BENCH_TMP")) as tmp:

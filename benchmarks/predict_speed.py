@@ -36,6 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hf_finetune.tasks import registry
+
+CLASSIFICATION = registry.TASKS["text-classification"]
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 TARGET = 0.9
@@ -44,9 +48,9 @@ NAME = "bench-predict"
 
 
 def messages(rows: int) -> list[str]:
-    from steps import config, corpus
+    from hf_finetune import settings, sources
 
-    raw = corpus.read_file(PROJECT_DIR / config.BUNDLED_DATA, config.BUNDLED_DATA_COLUMNS)
+    raw = sources.read_file(PROJECT_DIR / settings.BUNDLED_DATA, settings.BUNDLED_DATA_COLUMNS)
     return [str(text) for text in raw["text"].head(rows)]
 
 
@@ -54,9 +58,9 @@ def model_folder(dst: Path) -> Path:
     """The bundled base model with a new ham/spam head, saved as finetune saves ``checkpoint/``."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-    from steps import common, config
+    from hf_finetune import hub, settings
 
-    base = common.resolve_base_model(config.BUNDLED_BASE_MODEL)
+    base = hub.resolve_base_model(settings.BUNDLED_BASE_MODEL)
     set_seed(0)
     labels = {0: "ham", 1: "spam"}
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -73,21 +77,23 @@ def register(folder: Path, max_length: int, texts: list[str]) -> None:
     import pandas as pd
     from mlflow.models import infer_signature
 
+    from hf_finetune import save_modes
+    from hf_finetune.tasks.text_classification import task as tc_task
     from steps import log_model
 
     signature = infer_signature(
-        texts[:3], pd.DataFrame({"label": ["ham"] * 3, "score": [0.5] * 3}), params=log_model.INFERENCE_PARAMS
+        texts[:3], pd.DataFrame({"label": ["ham"] * 3, "score": [0.5] * 3}), params={"batch_size": 8}
     )
     options = {
         "name": log_model.MODEL_NAME,
-        "task": log_model.TASK,
+        "task": CLASSIFICATION.pipeline_task,
         "signature": signature,
         "input_example": texts[:3],
-        "model_config": log_model.model_config(max_length),
-        "pip_requirements": log_model.pip_requirements(log_model.installed_versions()),
+        "model_config": tc_task.model_config(max_length),
+        "pip_requirements": save_modes.pip_requirements(save_modes.installed_versions()),
     }
     with mlflow.start_run():
-        info = log_model.log_candidate(folder, "full", options)
+        info = save_modes.log_candidate(CLASSIFICATION, folder, "full", options)
     version = mlflow.register_model(info.model_uri, NAME)
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version.version)
 
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from steps.config import load_config
+    from hf_finetune.profiles import load_config
 
     max_length = load_config("local").max_length
     texts = messages(args.rows)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from steps.errors import UserError
+from hf_finetune.errors import UserError
 
 DEPLOY_DIR = Path(__file__).resolve().parent
 DEFAULTS = {

@@ -17,9 +17,9 @@ import json
 import sys
 from typing import Any
 
-from steps import cache, chain, common
-from steps.errors import UserError
-from steps.tags import (
+from hf_finetune import cache, chain, cli, tracking, uris
+from hf_finetune.errors import UserError
+from hf_finetune.tags import (
     BASE_MODEL_TAG,
     BASE_REVISION_SOURCE_TAG,
     BASE_REVISION_TAG,
@@ -46,7 +46,7 @@ HEADLINE_METRICS = (
 # ----------------------------------------------------------------------------- pure functions
 def parse_target(target: str) -> tuple[str, str | None, str | None] | None:
     """(name, alias, version) for a ``models:/`` URI; None for anything else (a run ID)."""
-    parsed = common.parse_registry_uri(target)
+    parsed = uris.parse_registry_uri(target)
     if parsed is None and target.startswith("models:/"):
         raise UserError(f"{target!r} is not models:/<name>@<alias> or models:/<name>/<version>")
     return parsed
@@ -109,7 +109,7 @@ def chain_of_version(client: Any, name: str, alias: str | None, version: str | N
     run_id = mv.tags.get(f"run.{chain.LOG_MODEL}") or mv.run_id
     if not run_id:
         raise UserError(f"{name} v{mv.version} was not registered by this pipeline (no run.log_model tag)")
-    runs = common.upstream_chain(client.get_run(run_id))
+    runs = tracking.upstream_chain(client.get_run(run_id))
     header = (
         f"{name} v{mv.version}"
         + (f" (@{alias})" if alias else "")
@@ -152,7 +152,7 @@ def chain_of_prediction(client: Any, run: Any) -> tuple[str, dict]:
     """A predict run: what it scored, with which version, and that version's training chain."""
     tags, metrics = run.data.tags, run.data.metrics
     given = tags.get(MODEL_URI_TAG, "?")
-    parsed = common.parse_registry_uri(given)
+    parsed = uris.parse_registry_uri(given)
     version = tags.get(MODEL_VERSION_TAG)
     rows = int(metrics.get("rows_scored", 0))
     header = (
@@ -167,7 +167,7 @@ def chain_of_prediction(client: Any, run: Any) -> tuple[str, dict]:
         logged_in = tags.get("pipeline.model_run_id")
         if not logged_in:
             raise
-        runs = {step: (r, None) for step, r in common.upstream_chain(client.get_run(logged_in)).items()}
+        runs = {step: (r, None) for step, r in tracking.upstream_chain(client.get_run(logged_in)).items()}
         version_header = f"{parsed[0]} v{version} (deleted since; its model was logged by run {logged_in})"
     return f"{header}\n{version_header}", runs
 
@@ -202,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lineage(args.target)))
     except UserError as exc:
         print(f"lineage: error: {exc}", file=sys.stderr)
-        return common.EXIT_USER_ERROR
+        return cli.EXIT_USER_ERROR
     return 0
 
 
 if __name__ == "__main__":
-    common.exit_quickly(main())
+    cli.exit_quickly(main())

@@ -31,11 +31,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from steps import artifacts, card, chain, common, compat, gate, hub, modeling, registry_lock
-from steps.chain import CHAMPION, EXPECTED_FILE
-from steps.config import Config
-from steps.errors import UserError
-from steps.tags import (
+from hf_finetune import artifacts, chain, cli, compat, files, hub, logs, tracking
+from hf_finetune.chain import CHAMPION, EXPECTED_FILE
+from hf_finetune.config import Config
+from hf_finetune.errors import UserError
+from hf_finetune.registry import card, gate, locks
+from hf_finetune.tags import (
     GATE_TAG,
     MODEL_ID_TAG,
     PERSISTED_TAG,
@@ -44,9 +45,11 @@ from steps.tags import (
     VERIFIED_TAG,
     VERSION_TAG,
 )
+from hf_finetune.tasks import registry
+from hf_finetune.tasks.base import Task
 
 STEP = chain.PERSIST
-log = common.logger(STEP)
+log = logs.logger(STEP)
 UPSTREAM = chain.upstream_param(STEP)
 MODEL_DIR = "model"  # MLflow's transformers flavor layout
 TOKENIZER_DIR = "components/tokenizer"
@@ -63,7 +66,6 @@ TOKENIZER_FILES = (
 )
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 PEFT_KEY = "peft_adaptor"  # MLflow's flavor key for an adapter folder in the model's artifacts
-MERGE_TOLERANCE = 1e-5  # largest difference in any class probability, adapter vs merged
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -98,13 +100,17 @@ def flavor_of(location: str, dst: Path) -> tuple[Any, Path]:
 
 
 def persist_in_place(
-    model_id: str, tmp: Path, id2label: dict[int, str] | None = None, texts: list[str] | None = None
+    model_id: str,
+    tmp: Path,
+    task: Task | None = None,
+    id2label: dict[int, str] | None = None,
+    texts: list[str] | None = None,
 ) -> bool:
     """Make a reference-only model self-contained in its own artifacts. False if it already was.
 
     A whole base model by reference: its files are copied from the hub cache, never loaded. A LoRA
-    adapter by reference: the adapter is folded into the base weights (``id2label`` names the
-    head's outputs) and the merged model must give ``texts`` the adapter model's probabilities.
+    adapter by reference: the task folds the adapter into the base weights (``id2label`` names the
+    head's outputs) and the merged model must give ``texts`` what the adapter model gave.
     """
     import mlflow
     from mlflow.transformers.flavor_config import update_flavor_conf_to_persist_pretrained_model
@@ -118,14 +124,14 @@ def persist_in_place(
     snapshot = hub.local_snapshot(flavor["source_model_name"], flavor["source_model_revision"])
     staged = tmp / "persist"
     if flavor.get(PEFT_KEY):
-        if id2label is None or not texts:
-            raise ValueError("persisting a LoRA adapter needs the labels and texts to compare")
+        if task is None or id2label is None or not texts:
+            raise ValueError("persisting a LoRA adapter needs its task, labels and texts to compare")
         adapter = Path(
             mlflow.artifacts.download_artifacts(
                 artifact_uri=f"{location.rstrip('/')}/{flavor[PEFT_KEY]}", dst_path=str(tmp / "adapter")
             )
         )
-        merged = merge_verified(adapter, snapshot, id2label, texts, tmp / "merged")
+        merged = task.merge_verified(adapter, snapshot, id2label, texts, tmp / "merged")
         plan = files_to_copy(sorted(p.name for p in merged.iterdir() if p.is_file()))
         source_dir = merged
     else:
@@ -136,12 +142,12 @@ def persist_in_place(
     for source, target in plan.items():
         (staged / target).parent.mkdir(parents=True, exist_ok=True)
         # staged by hard link to the cache's file (a copy only across filesystems)
-        common.link_or_copy(str((source_dir / source).resolve()), str(staged / target))
+        files.link_or_copy(str((source_dir / source).resolve()), str(staged / target))
     # weights first ... (into a local store by hard link again: the hub replaces its files by
     # renaming and never writes into them, so no byte is copied; into any other store, once)
     with compat.uploads_linked():
         client.log_model_artifacts(model_id, str(staged))
-    common.kill_point("persist.weights_uploaded")
+    tracking.kill_point("persist.weights_uploaded")
     persisted = update_flavor_conf_to_persist_pretrained_model(flavor)
     persisted.pop(PEFT_KEY, None)  # merged: the adapter stays in the artifacts as a record only
     mlmodel.add_flavor("transformers", **persisted)
@@ -150,36 +156,9 @@ def persist_in_place(
     return True
 
 
-def merge_verified(adapter: Path, base: Path, id2label: dict[int, str], texts: list[str], out: Path) -> Path:
-    """Fold ``adapter`` into ``base`` and check the merged model predicts what base + adapter did.
-
-    MLflow's own ``persist_pretrained_model`` on a PEFT model writes LoRA-keyed weights that do
-    not load as the model (mlflow issue #23761); a merge is an ordinary model, and this check
-    makes sure of it on the input example before anything is written to the artifacts.
-    """
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base)  # an adapter is trained on its base's tokens
-    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-
-    def probabilities(model: Any) -> Any:
-        with torch.inference_mode():
-            return torch.softmax(model.eval()(**batch).logits.float(), dim=-1)
-
-    model = modeling.load_classifier(adapter, str(base), id2label)
-    before = probabilities(model)
-    modeling.save_merged(model, out)
-    tokenizer.save_pretrained(out)
-    del model
-    after = probabilities(AutoModelForSequenceClassification.from_pretrained(out))  # as written
-    gap = float((before - after).abs().max())
-    if gap > MERGE_TOLERANCE:
-        raise RuntimeError(f"the merged model's probabilities differ from the adapter's by {gap:.2e}")
-    return out
-
-
-def verify(name: str, version: str, texts: list[str], expected: list[str] | None, tmp: Path) -> None:
+def verify(
+    task: Task, name: str, version: str, texts: list[str], expected: list[str] | None, tmp: Path
+) -> None:
     """The version is self-contained, loads and predicts; the same labels as evaluated, if known."""
     import mlflow
 
@@ -188,12 +167,10 @@ def verify(name: str, version: str, texts: list[str], expected: list[str] | None
     mlmodel, _ = flavor_of(location, tmp / "verify")
     if "model_binary" not in mlmodel.flavors["transformers"]:
         raise RuntimeError(f"{model_uri} still references its weights instead of holding them")
-    predicted = mlflow.pyfunc.load_model(model_uri).predict(texts)
-    if "label" not in getattr(predicted, "columns", []):
-        raise RuntimeError(f"{model_uri} predicted no 'label' column: {predicted!r}")
-    if expected is not None and list(predicted["label"]) != expected:
+    predicted = task.served_outputs(mlflow.pyfunc.load_model(model_uri), texts)
+    if expected is not None and predicted != expected:
         raise RuntimeError(
-            f"{model_uri} predicts {list(predicted['label'])} for the input example, "
+            f"{model_uri} predicts {predicted} for the input example, "
             f"evaluate saw {expected}: the registered artifacts are not the evaluated model"
         )
 
@@ -203,7 +180,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    upstream = common.get_upstream(upstream_run_id, chain.REGISTER, UPSTREAM)
+    task = registry.task_of(cfg)
+    upstream = tracking.get_upstream(upstream_run_id, chain.REGISTER, UPSTREAM)
     name = upstream.data.tags[REGISTERED_MODEL_TAG]
     number = upstream.data.tags[VERSION_TAG]
     try:
@@ -216,24 +194,24 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     log_model_run = client.get_run(upstream.data.tags[UPSTREAM_TAG])
     model_id = log_model_run.data.tags[MODEL_ID_TAG]
 
-    with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
+    with tracking.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
         expected = json.loads(
-            common.download(log_model_run.info.run_id, EXPECTED_FILE, tmp / "expected").read_text()
+            artifacts.download(log_model_run.info.run_id, EXPECTED_FILE, tmp / "expected").read_text()
         )
         done_before = version.tags.get(PERSISTED_TAG) == "true" and version.tags.get(VERIFIED_TAG) == "true"
         copied = False
         if done_before:  # idempotent: verified files do not change in place
             log.info(f"{name} v{number} was persisted and verified before; not loading it again")
         else:
-            tokenize_run = common.upstream_chain(log_model_run)["tokenize"]
+            tokenize_run = tracking.upstream_chain(log_model_run)["tokenize"]
             id2label = artifacts.id2label_of(tokenize_run)
-            copied = persist_in_place(model_id, tmp, id2label, expected["texts"])
-            verify(name, number, expected["texts"], expected["labels"], tmp)
+            copied = persist_in_place(model_id, tmp, task, id2label, expected["texts"])
+            verify(task, name, number, expected["texts"], expected["labels"], tmp)
         client.set_model_version_tag(name, number, PERSISTED_TAG, "true")
         client.set_model_version_tag(name, number, VERIFIED_TAG, "true")
         promoted = False
         # the champion read and move, and the cards that say who holds which alias: one step
-        with registry_lock.registry_lock(client, name):
+        with locks.registry_lock(client, name):
             if version.tags.get(GATE_TAG) == "passed":
                 decision = gate.judge_version(client, name, version, cfg, tmp / "gate")
                 previous = client.get_registered_model(name).aliases.get(CHAMPION)
@@ -257,8 +235,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.step_main(STEP, __doc__, UPSTREAM, run, argv)
+    return cli.step_main(STEP, __doc__, UPSTREAM, run, argv)
 
 
 if __name__ == "__main__":
-    common.exit_quickly(main())
+    cli.exit_quickly(main())

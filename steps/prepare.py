@@ -23,14 +23,15 @@ import json
 import warnings
 from pathlib import Path
 
-from steps import chain, common
-from steps.chain import SPLITS_DIR, STATS_FILE
-from steps.config import Config
-from steps.corpus import data_digest, dataset_card, prepared, split_metrics
-from steps.tags import DATA_CARD_TAG, DATA_DIGEST_TAG, DATA_SOURCE_TAG
+from hf_finetune import chain, cli, logs, tracking, uris
+from hf_finetune.chain import SPLITS_DIR, STATS_FILE
+from hf_finetune.config import Config
+from hf_finetune.corpus import data_digest, prepared, split_metrics
+from hf_finetune.sources import dataset_card
+from hf_finetune.tags import DATA_CARD_TAG, DATA_DIGEST_TAG, DATA_SOURCE_TAG
 
 STEP = chain.PREPARE
-log = common.logger(STEP)
+log = logs.logger(STEP)
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -40,9 +41,9 @@ def run(cfg: Config, profile: str) -> str:
     cleaned, stats, splits = prepared(cfg)
     digest = data_digest(cleaned)
 
-    with common.step_run(STEP, profile, cfg) as (run_id, tmp):
+    with tracking.step_run(STEP, profile, cfg) as (run_id, tmp):
         mlflow.set_tag(DATA_DIGEST_TAG, digest)
-        mlflow.set_tag(DATA_SOURCE_TAG, common.redact(cfg.data))
+        mlflow.set_tag(DATA_SOURCE_TAG, uris.redact(cfg.data))
         described = dataset_card(cfg.data)
         if described:
             mlflow.set_tag(DATA_CARD_TAG, json.dumps(described))
@@ -57,7 +58,7 @@ def run(cfg: Config, profile: str) -> str:
                 dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
                     part, source=cfg.data, targets="label", name=f"{Path(cfg.data).stem}-{name}"
                 )
-            common.retry_lost_insert_race(functools.partial(mlflow.log_input, dataset, context=name))
+            tracking.retry_lost_insert_race(functools.partial(mlflow.log_input, dataset, context=name))
         summary = {
             "data_digest": digest,
             "labels": sorted(cleaned["label"].unique()),
@@ -75,10 +76,10 @@ def run(cfg: Config, profile: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.step_parser(__doc__, step=STEP)
-    args = common.parse_step_args(parser, argv)
-    return common.cli(STEP, lambda: run(common.config_for(args), args.profile))
+    parser = cli.step_parser(__doc__, step=STEP)
+    args = cli.parse_step_args(parser, argv)
+    return cli.cli(STEP, lambda: run(cli.config_for(args), args.profile))
 
 
 if __name__ == "__main__":
-    common.exit_quickly(main())
+    cli.exit_quickly(main())

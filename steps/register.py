@@ -34,15 +34,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from steps import card, chain, common, gate, registry_lock
-from steps.chain import CHALLENGER, CHAMPION, TASK
-from steps.config import Config
-from steps.errors import UserError
-from steps.tags import (
+from hf_finetune import chain, cli, logs, tracking
+from hf_finetune.chain import CHALLENGER, CHAMPION
+from hf_finetune.config import Config
+from hf_finetune.errors import UserError
+from hf_finetune.registry import card, gate, locks
+from hf_finetune.tags import (
     ALREADY_TAG,
     GATE_REASON_TAG,
     GATE_TAG,
-    METRIC_TAGS,
     MODEL_ID_TAG,
     MODEL_URI_TAG,
     PENDING_TAG,
@@ -52,9 +52,11 @@ from steps.tags import (
     TASK_TAG,
     VERSION_TAG,
 )
+from hf_finetune.tasks import registry
+from hf_finetune.tasks.base import Task
 
 STEP = chain.REGISTER
-log = common.logger(STEP)
+log = logs.logger(STEP)
 UPSTREAM = chain.upstream_param(STEP)
 
 
@@ -64,19 +66,21 @@ def is_self_contained(save_mode: str) -> bool:
 
 
 def version_tags(
+    task: Task,
     save_mode: str,
     lineage: dict[str, str],
     metrics: dict[str, float],
     run_ids: dict[str, str],
     decision: gate.Gate,
 ) -> dict[str, str]:
+    gated = metrics[f"test_{task.gate_metric}"]
     tags = {
         SAVE_MODE_TAG: save_mode,
         PERSISTED_TAG: str(is_self_contained(save_mode)).lower(),
-        **gate.comparison_tags(decision, metrics["test_f1"], int(metrics.get("test_rows", 0))),
+        **gate.comparison_tags(decision, gated, int(metrics.get("test_rows", 0))),
     }
     tags |= {k: v for k, v in lineage.items() if v}
-    tags |= {name: f"{metrics[name]:.6f}" for name in METRIC_TAGS if name in metrics}
+    tags |= {name: f"{metrics[name]:.6f}" for name in task.version_metrics if name in metrics}
     tags |= {f"run.{step}": run_id for step, run_id in run_ids.items()}
     return tags
 
@@ -106,7 +110,7 @@ def finish_interrupted(client: Any, name: str, version: Any, cfg: Config, work: 
     return ", ".join(done) or "no alias (newer versions came first)"
 
 
-def check_registered_model(client: Any, name: str) -> bool:
+def check_registered_model(client: Any, name: str, task: Task) -> bool:
     """True if ``name`` exists. A model of another task under that name is an error."""
     from mlflow.exceptions import MlflowException
 
@@ -114,10 +118,11 @@ def check_registered_model(client: Any, name: str) -> bool:
         existing = client.get_registered_model(name)
     except MlflowException:
         return False
-    task = existing.tags.get(TASK_TAG)
-    if task and task != TASK:
+    held = existing.tags.get(TASK_TAG)
+    if held and held != task.name:
         raise UserError(
-            f"registered model {name!r} holds {task} models, not {TASK}: choose another --registered_model"
+            f"registered model {name!r} holds {held} models, not {task.name}: "
+            "choose another --registered_model"
         )
     return True
 
@@ -150,23 +155,25 @@ def already_registered(client: Any, name: str, log_model_run_id: str) -> Any | N
 def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     import mlflow
 
+    task = registry.task_of(cfg)
     client = mlflow.MlflowClient()
-    upstream = common.get_upstream(upstream_run_id, chain.LOG_MODEL, UPSTREAM)
+    upstream = tracking.get_upstream(upstream_run_id, chain.LOG_MODEL, UPSTREAM)
     model_uri = upstream.data.tags[MODEL_URI_TAG]
     check_logged_model(client, upstream.data.tags[MODEL_ID_TAG])
-    runs = common.upstream_chain(upstream)
-    metrics = {k: v for k, v in runs[chain.EVALUATE].data.metrics.items() if k in (*METRIC_TAGS, "test_rows")}
+    runs = tracking.upstream_chain(upstream)
+    wanted = {*task.version_metrics, f"test_{task.gate_metric}", "test_rows"}
+    metrics = {k: v for k, v in runs[chain.EVALUATE].data.metrics.items() if k in wanted}
     save_mode = upstream.data.tags[SAVE_MODE_TAG]
     name = cfg.registered_model
-    check_registered_model(client, name)  # a name that holds another task: refused before any run
+    check_registered_model(client, name, task)  # a name that holds another task: refused before any run
 
     # Under the registry lock: the champion read, the gate, the new version and its aliases are one
     # step that no concurrent register, persist or version_cleanup of this name interleaves with.
     with (
-        common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp),
-        registry_lock.registry_lock(client, name),
+        tracking.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp),
+        locks.registry_lock(client, name),
     ):
-        exists = check_registered_model(client, name)
+        exists = check_registered_model(client, name, task)
         earlier = already_registered(client, name, upstream.info.run_id) if exists else None
         if earlier is not None and PENDING_TAG in earlier.tags:
             where = finish_interrupted(client, name, earlier, cfg, tmp)
@@ -194,11 +201,12 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             return run_id
 
         evaluate_run_id = runs[chain.EVALUATE].info.run_id
-        decision = gate.judge(client, name, evaluate_run_id, metrics["test_f1"], cfg, tmp)
+        decision = gate.judge(client, name, evaluate_run_id, metrics[f"test_{task.gate_metric}"], cfg, tmp)
         promote = decision.passed and is_self_contained(save_mode)
         tags = version_tags(
+            task,
             save_mode,
-            common.lineage_tags(upstream),
+            tracking.lineage_tags(upstream),
             metrics,
             {step: run.info.run_id for step, run in runs.items()},
             decision,
@@ -211,9 +219,9 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         version = None
         try:
             if not exists:
-                client.create_registered_model(name, tags={TASK_TAG: TASK})
+                client.create_registered_model(name, tags={TASK_TAG: task.name})
             version = mlflow.register_model(model_uri, name, tags=tags)
-            common.kill_point("register.version_created")
+            tracking.kill_point("register.version_created")
             client.set_registered_model_alias(name, CHALLENGER, version.version)
             if promote:
                 gate.move_champion(client, name, version.version)
@@ -246,8 +254,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.step_main(STEP, __doc__, UPSTREAM, run, argv)
+    return cli.step_main(STEP, __doc__, UPSTREAM, run, argv)
 
 
 if __name__ == "__main__":
-    common.exit_quickly(main())
+    cli.exit_quickly(main())

@@ -16,27 +16,21 @@ padding every text to ``max_length``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
 
-from steps import chain, common
-from steps.chain import LABEL_MAP_FILE, SPLITS, SPLITS_DIR, TOKENIZED_DIR
-from steps.config import Config
-from steps.modeling import tokenize_frame
-from steps.tags import BASE_MODEL_TAG, BASE_REVISION_SOURCE_TAG, BASE_REVISION_TAG, DATA_DIGEST_TAG
+from hf_finetune import artifacts, chain, cli, hub, tracking
+from hf_finetune.chain import LABEL_MAP_FILE, SPLITS, SPLITS_DIR, TOKENIZED_DIR
+from hf_finetune.config import Config
+from hf_finetune.tags import BASE_MODEL_TAG, BASE_REVISION_SOURCE_TAG, BASE_REVISION_TAG, DATA_DIGEST_TAG
+from hf_finetune.tasks import registry
 
 STEP = chain.TOKENIZE
 UPSTREAM = chain.upstream_param(STEP)
 
 
 # ----------------------------------------------------------------------------- pure functions
-def label_mapping(labels: Iterable[str]) -> dict[str, int]:
-    """Sorted labels to ids: stable across runs whatever order the data came in."""
-    return {label: i for i, label in enumerate(sorted(set(labels)))}
-
-
 def length_metrics(name: str, tokenized: pd.DataFrame, max_length: int) -> dict[str, float]:
     lengths = tokenized["input_ids"].map(len)
     return {
@@ -50,29 +44,30 @@ def load_tokenizer(base_model: str) -> tuple[Any, str, tuple[str, str]]:
     """The tokenizer, the resolved location, and the revision actually loaded with its source."""
     from transformers import AutoConfig, AutoTokenizer
 
-    resolved = common.resolve_base_model(base_model)
+    resolved = hub.resolve_base_model(base_model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved)
         config = AutoConfig.from_pretrained(resolved)
     except OSError as exc:
-        raise common.load_model_error(base_model, exc) from None
-    return tokenizer, resolved, common.base_model_revision(resolved, config)
+        raise hub.load_model_error(base_model, exc) from None
+    return tokenizer, resolved, hub.base_model_revision(resolved, config)
 
 
 def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     import mlflow
 
-    upstream = common.get_upstream(upstream_run_id, chain.PREPARE, UPSTREAM)
+    task = registry.task_of(cfg)
+    upstream = tracking.get_upstream(upstream_run_id, chain.PREPARE, UPSTREAM)
     tokenizer, _, (revision, revision_source) = load_tokenizer(cfg.base_model)
 
-    with common.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
-        splits_dir = common.download(upstream.info.run_id, SPLITS_DIR, tmp / "in")
+    with tracking.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
+        splits_dir = artifacts.download(upstream.info.run_id, SPLITS_DIR, tmp / "in")
         frames = {name: pd.read_parquet(splits_dir / f"{name}.parquet") for name in SPLITS}
-        label2id = label_mapping(pd.concat(frames.values())["label"])
+        label2id = task.label_mapping(frames)
         out = tmp / TOKENIZED_DIR
         out.mkdir()
         for name, frame in frames.items():
-            tokenized = tokenize_frame(frame, tokenizer, cfg.max_length, label2id)
+            tokenized = task.encode(frame, tokenizer, cfg.max_length, label2id)
             tokenized.to_parquet(out / f"{name}.parquet", index=False)
             mlflow.log_metrics(length_metrics(name, tokenized, cfg.max_length))
         (out / LABEL_MAP_FILE).write_text(json.dumps(label2id, indent=2))
@@ -90,8 +85,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.step_main(STEP, __doc__, UPSTREAM, run, argv)
+    return cli.step_main(STEP, __doc__, UPSTREAM, run, argv)
 
 
 if __name__ == "__main__":
-    common.exit_quickly(main())
+    cli.exit_quickly(main())

@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from steps import chain, common, registry_lock
-from steps.chain import PLAN_FILE
-from steps.config import Config
-from steps.errors import UserError
+from hf_finetune import chain, cli, logs, tracking
+from hf_finetune.chain import PLAN_FILE
+from hf_finetune.config import Config
+from hf_finetune.errors import UserError
+from hf_finetune.registry import locks
 
 STEP = chain.VERSION_CLEANUP
-log = common.logger(STEP)
+log = logs.logger(STEP)
 UPSTREAM = chain.upstream_param(STEP)
 
 
@@ -54,7 +55,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    upstream = common.get_upstream(upstream_run_id, chain.PERSIST, UPSTREAM) if upstream_run_id else None
+    upstream = tracking.get_upstream(upstream_run_id, chain.PERSIST, UPSTREAM) if upstream_run_id else None
     name = cfg.registered_model
     try:
         client.get_registered_model(name)
@@ -65,8 +66,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         ) from None
 
     with (
-        common.step_run(STEP, profile, cfg, upstream.info.run_id if upstream else None) as (run_id, tmp),
-        registry_lock.registry_lock(client, name),  # no alias moves while the plan is made and carried out
+        tracking.step_run(STEP, profile, cfg, upstream.info.run_id if upstream else None) as (run_id, tmp),
+        locks.registry_lock(client, name),  # no alias moves while the plan is made and carried out
     ):
         versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
         aliases = dict(client.get_registered_model(name).aliases)  # search leaves aliases empty
@@ -118,11 +119,11 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.step_parser(__doc__, step=STEP)
+    parser = cli.step_parser(__doc__, step=STEP)
     parser.add_argument(f"--{UPSTREAM}", default=None, help="run ID of the persist run (optional)")
-    args = common.parse_step_args(parser, argv, UPSTREAM)
-    return common.cli(STEP, lambda: run(args.upstream_run_id, common.config_for(args), args.profile))
+    args = cli.parse_step_args(parser, argv, UPSTREAM)
+    return cli.cli(STEP, lambda: run(args.upstream_run_id, cli.config_for(args), args.profile))
 
 
 if __name__ == "__main__":
-    common.exit_quickly(main())
+    cli.exit_quickly(main())

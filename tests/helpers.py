@@ -11,6 +11,10 @@ from typing import Any
 
 import mlflow
 
+from hf_finetune.tasks import registry
+
+CLASSIFICATION = registry.TASKS["text-classification"]
+
 
 def child_runs(parent_run_id: str) -> dict[str, Any]:
     """The children of a main run, by their ``pipeline.step`` tag."""
@@ -79,7 +83,7 @@ def assert_both_registered_and_the_gate_held(client: Any, name: str, main_ids: l
     version, nothing half-done is left, and the aliases are what running them one at a time
     would give: each version was judged against the champion of its moment (the one before it
     that passed), and the champion is the last that passed; challenger is the newest."""
-    from steps import registry_lock
+    from hf_finetune.registry import locks
 
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = [client.get_run(i).info for i in main_ids]
@@ -103,7 +107,7 @@ def assert_both_registered_and_the_gate_held(client: Any, name: str, main_ids: l
     assert str(aliases["champion"]) == champion
     assert str(aliases["challenger"]) == max(versions, key=int)
     assert not client.search_runs(experiments, "attributes.status = 'RUNNING'")
-    locks = [m.name for m in client.search_registered_models() if m.name.endswith(registry_lock.SUFFIX)]
+    locks = [m.name for m in client.search_registered_models() if m.name.endswith(locks.SUFFIX)]
     assert not locks, locks
 
 
@@ -123,7 +127,9 @@ def register_tiny_classifier(name: str, folder: Path, texts: list[str]) -> str:
     from mlflow.models import infer_signature
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from steps import common, config, log_model
+    from hf_finetune import hub, save_modes, settings
+    from hf_finetune.tasks.text_classification import task as tc_task
+    from steps import log_model
 
     torch.manual_seed(0)
     labels = {0: "ham", 1: "spam"}
@@ -136,24 +142,22 @@ def register_tiny_classifier(name: str, folder: Path, texts: list[str]) -> str:
         label2id={v: k for k, v in labels.items()},
     )
     BertForSequenceClassification(tiny).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(common.resolve_base_model(config.BUNDLED_BASE_MODEL)).save_pretrained(
-        folder
-    )
+    AutoTokenizer.from_pretrained(hub.resolve_base_model(settings.BUNDLED_BASE_MODEL)).save_pretrained(folder)
     signature = infer_signature(
         texts[:2],
         pd.DataFrame({"label": ["ham", "spam"], "score": [0.5, 0.5]}),
-        params=log_model.INFERENCE_PARAMS,
+        params={"batch_size": 8},
     )
     options = {
         "name": log_model.MODEL_NAME,
-        "task": log_model.TASK,
+        "task": CLASSIFICATION.pipeline_task,
         "signature": signature,
         "input_example": texts[:2],
-        "model_config": log_model.model_config(32),
-        "pip_requirements": log_model.pip_requirements(log_model.installed_versions()),
+        "model_config": tc_task.model_config(32),
+        "pip_requirements": save_modes.pip_requirements(save_modes.installed_versions()),
     }
     with mlflow.start_run():
-        info = log_model.log_candidate(folder, "full", options)
+        info = save_modes.log_candidate(CLASSIFICATION, folder, "full", options)
     version = mlflow.register_model(info.model_uri, name)
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", version.version)
     return str(version.version)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from deploy.server import launcher
-from steps.errors import UserError
+from hf_finetune.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:

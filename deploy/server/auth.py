@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.server import dotenv, launcher
-from steps.errors import UserError
+from hf_finetune.errors import UserError
 
 RESOURCE_EXPERIMENT = "experiment"
 RESOURCE_MODEL = "registered_model"

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from steps.errors import UserError
+from hf_finetune.errors import UserError
 
 
 def parse(text: str, source: str = ".env") -> dict[str, str]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from deploy.server import dotenv
-from steps.errors import UserError
+from hf_finetune.errors import UserError
 
 SERVER_DIR = Path(__file__).resolve().parent
 DEFAULT_ENV_FILE = SERVER_DIR / ".env"

@@ -13,8 +13,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from steps import finetune, modeling
-from steps.config import PROJECT_DIR
+from hf_finetune import devices, training
+from hf_finetune.settings import PROJECT_DIR
 from tests.conftest import deleted_unless_a_test_failed, main_in_store, use_store
 from tests.helpers import child_runs
 
@@ -71,7 +71,7 @@ def test_gpu_memory_metrics_are_the_allocators_peak() -> None:
 
     torch.cuda.reset_peak_memory_stats()
     block = torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda")
-    peak = finetune.gpu_memory_metrics()
+    peak = training.gpu_memory_metrics()
     assert peak["peak_gpu_memory_allocated_mb"] >= 64
     assert peak["peak_gpu_memory_reserved_mb"] >= peak["peak_gpu_memory_allocated_mb"]
     del block
@@ -82,4 +82,4 @@ def test_bf16_is_accepted_on_a_gpu_that_has_it() -> None:
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU predates bf16")
-    modeling.check_precision("bf16", "cuda")  # the cuda profile's precision
+    devices.check_precision("bf16", "cuda")  # the cuda profile's precision

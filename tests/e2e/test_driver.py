@@ -15,10 +15,10 @@ from unittest import mock
 import mlflow
 import pytest
 
-from steps import cache, corpus
+from hf_finetune import cache, corpus, sources
+from hf_finetune.settings import BUNDLED_DATA, BUNDLED_DATA_COLUMNS
+from hf_finetune.tags import REUSED_FROM_TAG
 from steps import main as main_step
-from steps.config import BUNDLED_DATA, BUNDLED_DATA_COLUMNS
-from steps.tags import REUSED_FROM_TAG
 from tests.conftest import PROJECT_DIR, deleted_unless_a_test_failed, isolated_env
 from tests.helpers import child_runs
 
@@ -46,7 +46,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, dict[
 def store(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("driver")
     # the bundled corpus as a csv with a header row, the commonest layout of a user's own file
-    bundled = corpus.read_file(PROJECT_DIR / BUNDLED_DATA, BUNDLED_DATA_COLUMNS)
+    bundled = sources.read_file(PROJECT_DIR / BUNDLED_DATA, BUNDLED_DATA_COLUMNS)
     bundled[["text", "label"]].to_csv(root / "sms.csv", index=False)
     with pytest.MonkeyPatch.context() as mp, deleted_unless_a_test_failed(request, root):
         for key, value in isolated_env(root).items():

@@ -18,9 +18,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steps import common, registry_lock
+from hf_finetune import cli, tracking
+from hf_finetune.registry import locks
+from hf_finetune.tags import STEP_TAG
 from steps import main as main_step
-from steps.tags import STEP_TAG
 from tests.conftest import PROJECT_DIR, isolated_env, use_store
 from tests.helpers import logged_model_status
 
@@ -49,7 +50,7 @@ def client(store: Path, monkeypatch: pytest.MonkeyPatch) -> mlflow.MlflowClient:
 
 def killed_main(store: Path, point: str, *args: str) -> None:
     """``main`` in its own process group, killed with SIGKILL at ``point``."""
-    env = os.environ | isolated_env(store) | {common.KILL_AT_ENV: point, "PYTHONPATH": str(PROJECT_DIR)}
+    env = os.environ | isolated_env(store) | {tracking.KILL_AT_ENV: point, "PYTHONPATH": str(PROJECT_DIR)}
     done = subprocess.run(
         [sys.executable, "-m", "steps.main", *BASE, *args],
         cwd=store,
@@ -85,7 +86,7 @@ def rerun_completes(client: mlflow.MlflowClient, left_running: dict[str, str], *
     for run_id in left_running:
         assert client.get_run(run_id).info.status == "KILLED", left_running[run_id]
     assert set(running(client)) == set()
-    assert not [m.name for m in client.search_registered_models() if m.name.endswith(registry_lock.SUFFIX)]
+    assert not [m.name for m in client.search_registered_models() if m.name.endswith(locks.SUFFIX)]
 
 
 def champion_version(client: mlflow.MlflowClient) -> str:
@@ -174,7 +175,7 @@ def test_full_disk_while_logging_the_model(store: Path, client: mlflow.MlflowCli
         text=True,
         timeout=600,
     )
-    assert done.returncode == common.EXIT_USER_ERROR, done.stderr[-3000:]  # main: a step failed
+    assert done.returncode == cli.EXIT_USER_ERROR, done.stderr[-3000:]  # main: a step failed
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("log_model: error:")]
     assert line.startswith(f"log_model: error: no space left on the device writing {models}/")
     assert "Traceback" not in done.stderr

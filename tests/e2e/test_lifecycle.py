@@ -16,11 +16,15 @@ import mlflow
 import pytest
 import requests
 
-from steps import hub, log_model, persist, register, version_cleanup
+from hf_finetune import hub
+from hf_finetune.tags import INPUTS_TAG, KEY_TAG
+from hf_finetune.tasks import registry
+from steps import log_model, persist, register, version_cleanup
 from steps import main as main_step
-from steps.tags import INPUTS_TAG, KEY_TAG
 from tests.conftest import PROJECT_DIR
 from tests.helpers import child_runs
+
+CLASSIFICATION = registry.TASKS["text-classification"]
 
 pytestmark = pytest.mark.slow
 NAME = "sms-spam-classifier"
@@ -259,7 +263,9 @@ def test_persist_makes_a_reference_only_model_self_contained_in_place(pipeline: 
     assert weights.stat().st_ino == cached.resolve().stat().st_ino  # hard-linked from the hub cache
     flavor = mlflow.models.Model.load(f"{model.artifact_location}/MLmodel").flavors["transformers"]
     assert flavor["model_binary"] == "model" and "source_model_revision" not in flavor
-    persist.verify("reference-test", version.version, ["hello", "win big"], None, tmp_path / "b")
+    persist.verify(
+        CLASSIFICATION, "reference-test", version.version, ["hello", "win big"], None, tmp_path / "b"
+    )
     assert persist.persist_in_place(model.model_id, tmp_path / "c") is False  # already there
     assert client.get_model_version("reference-test", version.version).status == "READY"
 

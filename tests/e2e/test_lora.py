@@ -15,8 +15,10 @@ import mlflow
 import pandas as pd
 import pytest
 
-from steps import common, evaluate, finetune, modeling
-from steps.config import BUNDLED_BASE_MODEL, PROJECT_DIR
+from hf_finetune import artifacts, chain, hub, tags
+from hf_finetune.settings import BUNDLED_BASE_MODEL, PROJECT_DIR
+from hf_finetune.tasks.text_classification import classifier
+from steps import evaluate, finetune
 from tests.conftest import deleted_unless_a_test_failed, main_in_store, use_store
 from tests.helpers import artifact_paths, child_runs
 
@@ -53,17 +55,17 @@ def test_finetune_trained_an_adapter_and_recorded_it(steps_of: dict) -> None:
     # MiniLM: 6 layers x (query, value) x r=8 x (384 in + 384 out), plus the 384x2 head and bias
     assert metrics["trainable_params"] == 6 * 2 * 8 * (384 + 384) + 384 * 2 + 2
     assert 0.002 < metrics["trainable_fraction"] < 0.005
-    assert run.data.tags[finetune.PEFT_TAG] == "lora"
+    assert run.data.tags[tags.PEFT_TAG] == "lora"
     files = artifact_paths(run.info.run_id)
     assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json"} <= files
     assert "checkpoint/model.safetensors" in files  # the merged, whole model
     for epoch in (1, 2):  # epoch_checkpoints: all
         assert f"epochs/epoch-{epoch}/adapter_model.safetensors" in files
         assert f"epochs/epoch-{epoch}/optimizer.pt" not in files
-    logged = json.loads(run.data.tags[finetune.EPOCH_CHECKPOINTS_TAG])
+    logged = json.loads(run.data.tags[tags.EPOCH_CHECKPOINTS_TAG])
     assert logged == {"1": "epochs/epoch-1", "2": "epochs/epoch-2"}
     assert 1 <= metrics["best_epoch"] <= metrics["stopped_epoch"] <= 2
-    assert run.data.tags[finetune.BEST_EPOCH_TAG] == str(int(metrics["best_epoch"]))
+    assert run.data.tags[tags.BEST_EPOCH_TAG] == str(int(metrics["best_epoch"]))
 
 
 def test_finetune_logged_system_metrics(steps_of: dict) -> None:
@@ -95,9 +97,9 @@ def test_champion_is_persisted_and_predicts_what_the_adapter_did(steps_of: dict,
     # unseen messages, in styles the bundled data never has
     assert (predicted["label"] == probe()["label"]).mean() >= 0.85
 
-    adapter_dir = common.download(steps_of["finetune"].info.run_id, finetune.ADAPTER_DIR, tmp_path)
-    base = common.resolve_base_model(BUNDLED_BASE_MODEL)
-    adapter = modeling.load_classifier(adapter_dir, base, ID2LABEL).eval()
+    adapter_dir = artifacts.download(steps_of["finetune"].info.run_id, chain.ADAPTER_DIR, tmp_path)
+    base = hub.resolve_base_model(BUNDLED_BASE_MODEL)
+    adapter = classifier.load_classifier(adapter_dir, base, ID2LABEL).eval()
     batch = AutoTokenizer.from_pretrained(adapter_dir)(
         texts, truncation=True, max_length=96, padding=True, return_tensors="pt"
     )
@@ -151,7 +153,7 @@ def test_early_stopping_records_the_epoch_it_stopped_at(pipeline: str) -> None:
     )[0]
     metrics = run.data.metrics
     assert (metrics["best_epoch"], metrics["stopped_epoch"], metrics["stopped_early"]) == (1, 2, 1)
-    assert json.loads(run.data.tags[finetune.EPOCH_CHECKPOINTS_TAG]) == {
+    assert json.loads(run.data.tags[tags.EPOCH_CHECKPOINTS_TAG]) == {
         "1": "epochs/epoch-1",
         "2": "epochs/epoch-2",
     }

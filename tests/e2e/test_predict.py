@@ -17,10 +17,10 @@ import mlflow
 import pandas as pd
 import pytest
 
+from hf_finetune.chain import STEPS
+from hf_finetune.settings import BUNDLED_DATA, BUNDLED_DATA_COLUMNS, PROJECT_DIR
+from hf_finetune.tags import MODEL_VERSION_TAG, STEP_TAG
 from steps import predict
-from steps.chain import STEPS
-from steps.config import BUNDLED_DATA, BUNDLED_DATA_COLUMNS, PROJECT_DIR
-from steps.tags import MODEL_VERSION_TAG, STEP_TAG
 
 pytestmark = pytest.mark.slow
 MODEL = "sms-spam-classifier"  # what the smoke main registers

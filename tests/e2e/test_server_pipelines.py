@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steps.tags import REUSED_FROM_TAG, STEP_TAG
+from hf_finetune.tags import REUSED_FROM_TAG, STEP_TAG
 from tests.conftest import PROJECT_DIR, isolated_env
 from tests.helpers import assert_both_registered_and_the_gate_held, child_runs, fresh_postgres_database
 from tests.server import as_user, running_server

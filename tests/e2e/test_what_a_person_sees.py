@@ -14,7 +14,8 @@ from typing import Any
 import mlflow
 import pytest
 
-from steps import card, report, ui
+from hf_finetune import report, ui
+from hf_finetune.registry import card
 from tests.browser import browser, open_page
 from tests.helpers import child_runs
 from tests.server import free_port, serving
@@ -169,9 +170,9 @@ def test_a_register_that_fails_after_moving_the_aliases_gives_them_back(
     """The new version is deleted on a failure, and with it the aliases it took: the versions that
     held them get them back, so the registry is as it was. A version the pipeline did not make
     keeps the description it was given."""
+    from hf_finetune.profiles import load_config
+    from hf_finetune.tags import PENDING_TAG
     from steps import register
-    from steps.config import load_config
-    from steps.tags import PENDING_TAG
 
     client = mlflow.MlflowClient()
     name = "rollback-spam"

@@ -12,18 +12,8 @@ import mlflow
 import pandas as pd
 import pytest
 
-from steps import (
-    config,
-    corpus,
-    evaluate,
-    finetune,
-    log_model,
-    persist,
-    prepare,
-    register,
-    tokenize,
-    version_cleanup,
-)
+from hf_finetune import corpus, profiles
+from steps import evaluate, finetune, log_model, persist, prepare, register, tokenize, version_cleanup
 from steps import main as main_step
 from tests.conftest import PROJECT_DIR
 from tests.helpers import registered_models
@@ -382,7 +372,7 @@ def test_uci_file_with_a_third_field_names_the_line(capsys, tmp_path: Path) -> N
 
 
 def test_uci_file_with_an_empty_label_drops_and_counts_that_line(tmp_path: Path) -> None:
-    cfg = config.load_config(
+    cfg = profiles.load_config(
         "smoke", {"data": write_uci(tmp_path, ["\tno label here"]), "data_columns": "label,text"}
     )
     cleaned, stats, _ = corpus.prepared(cfg)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from steps import cache, main
-from steps.config import load_config
-from steps.errors import UserError
+from hf_finetune import cache, driver
+from hf_finetune.errors import UserError
+from hf_finetune.profiles import load_config
+from steps import main
 
 
 def inputs(**changes):
@@ -81,9 +82,13 @@ def test_fields_read_finds_every_cfg_attribute() -> None:
 
 def test_code_closure_follows_imports_within_steps() -> None:
     closure = cache.code_closure("steps.finetune")
-    assert {"steps.finetune", "steps.common", "steps.config", "steps.artifacts", "steps.modeling"} <= set(
-        closure
-    )
+    assert {
+        "steps.finetune",
+        "hf_finetune.tracking",
+        "hf_finetune.settings",
+        "hf_finetune.artifacts",
+        "hf_finetune.devices",
+    } <= set(closure)
     assert {"steps.tokenize", "steps.register"}.isdisjoint(closure)  # no step imports another
 
 
@@ -118,9 +123,9 @@ def test_force_naming_an_unknown_step_is_an_error() -> None:
     ],
 )
 def test_steps_run_with_mains_own_env_manager_by_default(given: str, tags: dict, expected: str) -> None:
-    assert main.child_env_manager(given, tags) == expected
+    assert driver.child_env_manager(given, tags) == expected
 
 
 def test_unknown_env_manager_is_an_error() -> None:
     with pytest.raises(UserError, match="unknown env_manager 'pip'"):
-        main.child_env_manager("pip", {})
+        driver.child_env_manager("pip", {})

@@ -24,9 +24,10 @@ from typing import Any
 import mlflow
 import pytest
 
-from steps import common, registry_lock
-from steps.errors import UserError
-from steps.tags import HOST_TAG, PID_STARTED_TAG, PID_TAG
+from hf_finetune import tracking
+from hf_finetune.errors import UserError
+from hf_finetune.registry import locks
+from hf_finetune.tags import HOST_TAG, PID_STARTED_TAG, PID_TAG
 from tests.conftest import PROJECT_DIR, isolated_env
 from tests.helpers import (
     POSTGRES_ENV,
@@ -39,7 +40,7 @@ RACE = textwrap.dedent(
     import os, sys, time
     from pathlib import Path
     import mlflow
-    from steps import registry_lock
+    from hf_finetune.registry import locks
 
     name, barrier, parties, locked = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
     client = mlflow.MlflowClient()
@@ -53,7 +54,7 @@ RACE = textwrap.dedent(
         client.set_registered_model_tag(name, "count", str(count + 1))
 
     if locked:
-        with registry_lock.registry_lock(client, name):
+        with locks.registry_lock(client, name):
             increment()
     else:
         increment()
@@ -95,7 +96,7 @@ def dead_process_tags() -> dict[str, str]:
         [
             sys.executable,
             "-c",
-            "import json; from steps import common; print(json.dumps(common.process_tags()))",
+            "import json; from hf_finetune import tracking; print(json.dumps(tracking.process_tags()))",
         ],
         env=os.environ | {"PYTHONPATH": str(PROJECT_DIR)},
         capture_output=True,
@@ -103,30 +104,30 @@ def dead_process_tags() -> dict[str, str]:
         check=True,
     )
     tags = json.loads(done.stdout)
-    assert common.holder_alive(tags) is False
+    assert tracking.holder_alive(tags) is False
     return tags
 
 
 def test_a_lock_left_by_a_dead_process_is_broken(capsys: pytest.CaptureFixture[str]) -> None:
     client = mlflow.MlflowClient()
-    client.create_registered_model(registry_lock.lock_name("spam"), tags=dead_process_tags())
+    client.create_registered_model(locks.lock_name("spam"), tags=dead_process_tags())
     started = time.monotonic()
-    with registry_lock.registry_lock(client, "spam", timeout_s=30):
-        held = client.get_registered_model(registry_lock.lock_name("spam")).tags
+    with locks.registry_lock(client, "spam", timeout_s=30):
+        held = client.get_registered_model(locks.lock_name("spam")).tags
         assert held[PID_TAG] == str(os.getpid())
     assert time.monotonic() - started < 5
     assert "now dead: breaking it" in capsys.readouterr().out
     with pytest.raises(mlflow.exceptions.MlflowException):
-        client.get_registered_model(registry_lock.lock_name("spam"))  # released
+        client.get_registered_model(locks.lock_name("spam"))  # released
 
 
 def test_a_lock_held_from_another_host_is_waited_for_then_reported_in_one_line() -> None:
     client = mlflow.MlflowClient()
-    lock = registry_lock.lock_name("spam")
+    lock = locks.lock_name("spam")
     client.create_registered_model(
         lock, tags={HOST_TAG: "gpu-box-7", PID_TAG: "4242", PID_STARTED_TAG: "1.0"}
     )
-    with pytest.raises(UserError) as raised, registry_lock.registry_lock(client, "spam", timeout_s=0.5):
+    with pytest.raises(UserError) as raised, locks.registry_lock(client, "spam", timeout_s=0.5):
         pytest.fail("took a lock another host holds")
     message = str(raised.value)
     assert "\n" not in message
@@ -137,9 +138,9 @@ def test_a_lock_held_from_another_host_is_waited_for_then_reported_in_one_line()
 
 def test_the_lock_is_released_when_the_body_fails() -> None:
     client = mlflow.MlflowClient()
-    with pytest.raises(RuntimeError), registry_lock.registry_lock(client, "spam"):
+    with pytest.raises(RuntimeError), locks.registry_lock(client, "spam"):
         raise RuntimeError("register failed half-way")
-    with registry_lock.registry_lock(client, "spam", timeout_s=0.5):
+    with locks.registry_lock(client, "spam", timeout_s=0.5):
         pass
 
 
@@ -205,8 +206,11 @@ def test_two_runs_logging_one_new_dataset_at_once_both_keep_it() -> None:
         plain = log_one_new_dataset_at_once(uri, "race-plain", lambda call: call())
         assert sorted(map(bool, plain)) == [False, True], "the control did not race"
         lost = next(e for e in plain if e)
-        assert common.LOST_INSERT_RACE.search(str(lost)), lost
-        assert log_one_new_dataset_at_once(uri, "race-retried", common.retry_lost_insert_race) == [None, None]
+        assert tracking.LOST_INSERT_RACE.search(str(lost)), lost
+        assert log_one_new_dataset_at_once(uri, "race-retried", tracking.retry_lost_insert_race) == [
+            None,
+            None,
+        ]
 
 
 def test_a_lost_insert_race_is_retried_and_other_errors_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,14 +229,14 @@ def test_a_lost_insert_race_is_retried_and_other_errors_are_not(monkeypatch: pyt
         return call
 
     lost = '(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'
-    assert common.retry_lost_insert_race(fails(2, lost)) == "logged" and len(calls) == 3
+    assert tracking.retry_lost_insert_race(fails(2, lost)) == "logged" and len(calls) == 3
     calls.clear()
     with pytest.raises(MlflowException, match="dataset_pk"):
-        common.retry_lost_insert_race(fails(99, lost))
-    assert len(calls) == common.INSERT_RACE_TRIES
+        tracking.retry_lost_insert_race(fails(99, lost))
+    assert len(calls) == tracking.INSERT_RACE_TRIES
     calls.clear()
     with pytest.raises(MlflowException, match="not found"):
-        common.retry_lost_insert_race(fails(1, "Run 'abc' not found"))
+        tracking.retry_lost_insert_race(fails(1, "Run 'abc' not found"))
     assert len(calls) == 1
 
 
@@ -272,7 +276,7 @@ def test_version_cleanup_never_deletes_a_version_an_alias_moves_onto(tracking: P
     registered, champion = 0, None
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        with registry_lock.registry_lock(client, name):  # what register and persist do
+        with locks.registry_lock(client, name):  # what register and persist do
             if champion is not None:  # still there, whatever the cleaner did meanwhile
                 assert str(client.get_model_version_by_alias(name, "champion").version) == champion
             version = mlflow.register_model(uri, name).version

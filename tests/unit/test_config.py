@@ -6,16 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from steps import config
-from steps.config import Config, coerce, load_config
-from steps.errors import UserError
+from hf_finetune import profiles as profiles_module
+from hf_finetune.config import Config
+from hf_finetune.errors import UserError
+from hf_finetune.profiles import coerce, load_config
 
 
 @pytest.fixture
 def profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "profiles"
     folder.mkdir()
-    monkeypatch.setattr(config, "PROFILES_DIR", folder)
+    monkeypatch.setattr(profiles_module, "PROFILES_DIR", folder)
     return folder
 
 

@@ -9,17 +9,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steps import corpus
-from steps.config import BUNDLED_DATA, PROJECT_DIR, Config, load_config
+from hf_finetune import corpus, sources
+from hf_finetune.config import Config
+from hf_finetune.profiles import load_config
+from hf_finetune.settings import BUNDLED_DATA, PROJECT_DIR
 
 FOLDER = PROJECT_DIR / "data" / "sms-spam-collection"
 
 
 @pytest.fixture(scope="module")
 def bundled() -> pd.DataFrame:
-    path = corpus.resolve_data_path(Config().data)
+    path = sources.resolve_data_path(Config().data)
     assert path is not None
-    return corpus.read_file(path, Config().data_columns)
+    return sources.read_file(path, Config().data_columns)
 
 
 def test_the_file_is_the_uci_corpus_byte_for_byte_with_its_attribution() -> None:

@@ -18,7 +18,7 @@ import mlflow
 import pytest
 
 from deploy import check
-from steps.errors import UserError
+from hf_finetune.errors import UserError
 from tests.conftest import PROJECT_DIR
 
 K8S_DIR = PROJECT_DIR / "deploy" / "kubernetes"
@@ -27,7 +27,7 @@ DATABRICKS_SPEC = PROJECT_DIR / "deploy" / "databricks" / "cluster_spec.json"
 
 
 def load(directory: Path) -> Any:
-    from steps import compat
+    from hf_finetune import compat
 
     return compat.load_project(str(directory))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steps import common, log_model
+from hf_finetune import cli, save_modes
 from tests.helpers import Echo
 
 
@@ -37,7 +37,7 @@ def enospc(path: str = "", dst: str = "") -> OSError:
     ],
 )
 def test_no_space_target(error: Exception, target: str | None) -> None:
-    assert common.no_space_target(error) == target
+    assert cli.no_space_target(error) == target
 
 
 def test_a_full_disk_under_a_wrapping_error_is_still_found() -> None:
@@ -47,14 +47,14 @@ def test_a_full_disk_under_a_wrapping_error_is_still_found() -> None:
         except OSError as inner:
             raise RuntimeError("upload failed") from inner
     except RuntimeError as outer:
-        assert common.no_space_target(outer) == "/store/x"
+        assert cli.no_space_target(outer) == "/store/x"
 
 
 def test_the_cli_says_no_space_in_one_line_and_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     def body() -> str:
         raise enospc("/tmp/staged", "/store/model.safetensors")
 
-    assert common.cli("log_model", body) == common.EXIT_NO_SPACE == 3
+    assert cli.cli("log_model", body) == cli.EXIT_NO_SPACE == 3
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert err.startswith("log_model: error: no space left on the device writing /store/model.safetensors;")
@@ -66,7 +66,7 @@ def test_other_os_errors_are_not_called_a_full_disk() -> None:
         raise PermissionError(errno.EACCES, "Permission denied", "/store")
 
     with pytest.raises(PermissionError):
-        common.cli("log_model", body)
+        cli.cli("log_model", body)
 
 
 def test_a_log_that_fills_the_disk_leaves_a_failed_model_without_files(
@@ -87,9 +87,9 @@ def test_a_log_that_fills_the_disk_leaves_a_failed_model_without_files(
         try:
             mlflow.pyfunc.log_model(name="model", python_model=Echo())
         except BaseException:
-            log_model.discard_failed_model()
+            save_modes.discard_failed_model()
             raise
-    assert common.no_space_target(raised.value)
+    assert cli.no_space_target(raised.value)
     model = mlflow.last_logged_model()
     assert str(model.status).split(".")[-1].upper() == "FAILED"
     location = Path(model.artifact_location.removeprefix("file://"))
@@ -99,5 +99,5 @@ def test_a_log_that_fills_the_disk_leaves_a_failed_model_without_files(
 def test_a_model_that_reached_ready_is_never_discarded() -> None:
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo())
-    log_model.discard_failed_model()
+    save_modes.discard_failed_model()
     assert mlflow.pyfunc.load_model(info.model_uri).predict(["a"]) == ["a"]

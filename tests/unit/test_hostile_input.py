@@ -16,9 +16,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steps import corpus, modeling, tokenize
-from steps.config import BUNDLED_BASE_MODEL
-from steps.errors import UserError
+from hf_finetune import corpus, sources
+from hf_finetune.errors import UserError
+from hf_finetune.settings import BUNDLED_BASE_MODEL
+from hf_finetune.tasks.text_classification import classifier
+from steps import tokenize
 
 HAM = [f"see you at {i} tonight" for i in range(12)]
 SPAM = [f"claim your prize {i} now" for i in range(12)]
@@ -26,9 +28,9 @@ SPAM = [f"claim your prize {i} now" for i in range(12)]
 
 def prepared(path: Path) -> pd.DataFrame:
     """What prepare makes of a file: read, then cleaned (texts, normalised labels)."""
-    found = corpus.resolve_data_path(str(path))
+    found = sources.resolve_data_path(str(path))
     assert found is not None
-    cleaned, _ = corpus.clean(corpus.read_file(found), "text", "label")
+    cleaned, _ = corpus.clean(sources.read_file(found), "text", "label")
     return cleaned
 
 
@@ -89,7 +91,7 @@ def test_emoji_and_right_to_left_texts_survive_byte_for_byte(tmp_path: Path) -> 
     out = prepared(write(tmp_path, rows))
     assert list(out["text"].iloc[-4:]) == odd
     tokenizer, _, _ = tokenize.load_tokenizer(BUNDLED_BASE_MODEL)
-    ids = modeling.tokenize_frame(out.tail(4), tokenizer, 32, {"ham": 0, "spam": 1})["input_ids"]
+    ids = classifier.tokenize_frame(out.tail(4), tokenizer, 32, {"ham": 0, "spam": 1})["input_ids"]
     assert all(len(seq) > 2 for seq in ids)  # more than [CLS] [SEP]
 
 
@@ -98,7 +100,7 @@ def test_a_one_megabyte_text_is_kept_and_truncated_at_max_length(tmp_path: Path)
     out = prepared(write(tmp_path, [*base_rows(), (huge, "spam")]))
     assert out["text"].str.len().max() == len(huge.strip())
     tokenizer, _, _ = tokenize.load_tokenizer(BUNDLED_BASE_MODEL)
-    tokens = modeling.tokenize_frame(out.tail(1), tokenizer, 64, {"ham": 0, "spam": 1})
+    tokens = classifier.tokenize_frame(out.tail(1), tokenizer, 64, {"ham": 0, "spam": 1})
     assert len(tokens["input_ids"].iloc[0]) == 64
     assert tokenize.length_metrics("t", tokens, 64)["t_truncated_share"] == 1.0
 
@@ -128,7 +130,7 @@ def test_missing_texts_are_dropped_and_counted_but_the_word_nan_is_a_text(tmp_pa
     records = [{"text": t, "label": "ham"} for t in HAM] + [{"text": t, "label": "spam"} for t in SPAM]
     records += [{"text": None, "label": "spam"}, {"text": float("nan"), "label": "ham"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))  # NaN is written as NaN
-    raw = corpus.read_file(path)
+    raw = sources.read_file(path)
     out, stats = corpus.clean(raw, "text", "label")
     assert len(out) == 24 and stats.dropped_empty == 2
     csv = write(tmp_path, [*base_rows(), ("NaN", "ham"), ("None", "ham")], "words.csv")
@@ -171,13 +173,13 @@ def test_a_symbolic_link_loop_is_refused_as_a_loop(tmp_path: Path) -> None:
     os.symlink(tmp_path / "b.csv", tmp_path / "a.csv")
     os.symlink(tmp_path / "a.csv", tmp_path / "b.csv")
     with pytest.raises(UserError, match=r"is a loop of symbolic links: point --data at the real file"):
-        corpus.resolve_data_path(str(tmp_path / "a.csv"))
+        sources.resolve_data_path(str(tmp_path / "a.csv"))
 
 
 def test_a_dangling_symbolic_link_names_its_target(tmp_path: Path) -> None:
     os.symlink(tmp_path / "gone.csv", tmp_path / "link.csv")
     with pytest.raises(UserError, match=r"symbolic link to '.*gone.csv', which does not exist"):
-        corpus.resolve_data_path(str(tmp_path / "link.csv"))
+        sources.resolve_data_path(str(tmp_path / "link.csv"))
 
 
 def test_a_symbolic_link_to_a_real_file_is_followed(tmp_path: Path) -> None:

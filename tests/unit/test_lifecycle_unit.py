@@ -11,9 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps import compat, gate, hub, log_model, persist, register, version_cleanup
-from steps.config import check_save_mode
-from steps.errors import UserError
+from hf_finetune import compat, hub, save_modes
+from hf_finetune.errors import UserError
+from hf_finetune.registry import gate
+from hf_finetune.settings import check_save_mode
+from hf_finetune.tasks import registry
+from hf_finetune.tasks.text_classification import measures
+from hf_finetune.tasks.text_classification import task as tc_task
+from steps import persist, register, version_cleanup
+
+CLASSIFICATION = registry.TASKS["text-classification"]
 
 
 def comparison(
@@ -61,7 +68,7 @@ def test_the_gate_decision(
 def test_paired_f1_interval_identical_models_is_zero_width() -> None:
     truth = ["spam"] * 10 + ["ham"] * 90
     said = ["spam"] * 8 + ["ham"] * 92
-    a, b, low, high = gate.paired_f1(truth, said, said, ["ham", "spam"], "spam")
+    a, b, low, high = measures.paired_f1(truth, said, said, ["ham", "spam"], "spam")
     assert a == b == pytest.approx(2 * 8 / (2 * 8 + 2))
     assert low == high == 0.0
 
@@ -73,19 +80,19 @@ def test_paired_f1_interval_separates_a_clearly_better_model_and_not_a_close_one
     good[rng.choice(60, 3, replace=False)] = "ham"  # misses 3 spams
     bad = truth.copy()
     bad[rng.choice(60, 20, replace=False)] = "ham"  # misses 20
-    a, b, low, high = gate.paired_f1(truth, good, bad, ["ham", "spam"], "spam")
+    a, b, low, high = measures.paired_f1(truth, good, bad, ["ham", "spam"], "spam")
     assert a > b and 0 < low < a - b < high
     close = good.copy()
     close[np.flatnonzero(good == "spam")[0]] = "ham"  # one spam more missed than `good`
-    _, _, low, high = gate.paired_f1(truth, close, good, ["ham", "spam"], "spam")
+    _, _, low, high = measures.paired_f1(truth, close, good, ["ham", "spam"], "spam")
     assert low < 0 <= high
-    again = gate.paired_f1(truth, good, bad, ["ham", "spam"], "spam")
-    assert again == gate.paired_f1(truth, good, bad, ["ham", "spam"], "spam")  # seeded
+    again = measures.paired_f1(truth, good, bad, ["ham", "spam"], "spam")
+    assert again == measures.paired_f1(truth, good, bad, ["ham", "spam"], "spam")  # seeded
 
 
 def test_paired_f1_of_several_classes_is_macro() -> None:
     truth = ["a", "b", "c", "c"]
-    _, champion, _, _ = gate.paired_f1(
+    _, champion, _, _ = measures.paired_f1(
         truth, truth, ["a", "b", "c", "a"], ["a", "b", "c"], "spam", resamples=10
     )
     assert champion == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
@@ -102,6 +109,7 @@ def test_shared_rows_leave_out_what_the_champion_saw() -> None:
 )
 def test_version_tags(mode: str, persisted: str) -> None:
     tags = register.version_tags(
+        CLASSIFICATION,
         mode,
         {"base_model": "b", "data_digest": "d", "base_model_revision": ""},
         {"test_f1": 0.91234567, "test_accuracy": 0.95, "val_f1": 0.2},
@@ -174,13 +182,13 @@ def test_input_example_shows_every_label_first() -> None:
             "prediction": ["ham", "spam", "ham", "spam"],
         }
     )
-    example = log_model.input_example(predictions, size=3)
+    example = tc_task.input_example(predictions, size=3)
     assert example["text"].tolist() == ["a", "d", "b"]
     assert example["prediction"].tolist() == ["ham", "spam", "spam"]
 
 
 def test_pip_requirements_drop_local_build_tags() -> None:
-    assert log_model.pip_requirements({"torch": "2.13.0+cpu", "mlflow": "3.17.2"}) == [
+    assert save_modes.pip_requirements({"torch": "2.13.0+cpu", "mlflow": "3.17.2"}) == [
         "mlflow==3.17.2",
         "torch==2.13.0",
     ]
@@ -277,7 +285,7 @@ def test_logging_the_baseline_by_reference_never_waits_for_the_hub(monkeypatch: 
     monkeypatch.setattr(time, "sleep", lambda s: slept.append(s) if s >= 1 else real_sleep(s))
     ref = hub.materialize_bundled()
     with mlflow.start_run():
-        info = log_model.log_reference(ref, "baseline", 2)
+        info = save_modes.log_reference(CLASSIFICATION, ref, "baseline", 2)
     assert slept == [], f"waited for the hub: {slept}"
     flavor = mlflow.models.Model.load(info.model_uri).flavors["transformers"]
     assert flavor["source_model_revision"] == ref.revision
@@ -337,7 +345,7 @@ def test_a_text_classification_pipeline_is_servable_without_mlflows_imports(
     import mlflow.transformers
 
     ref = hub.materialize_bundled()
-    pipeline = log_model.reference_pipeline(ref, 2)
+    pipeline = save_modes.reference_pipeline(CLASSIFICATION, ref, 2)
     assert mlflow.transformers._should_add_pyfunc_to_model(pipeline) is True  # MLflow's own answer
     asked: list[Any] = []
     monkeypatch.setattr(mlflow.transformers, "_should_add_pyfunc_to_model", asked.append)
@@ -367,7 +375,7 @@ def test_the_reference_skeleton_is_shallow_uninitialised_and_mlflow_records_the_
         return normal(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.init, "normal_", counted)
-    shallow = log_model.reference_pipeline(ref, 2)
+    shallow = save_modes.reference_pipeline(CLASSIFICATION, ref, 2)
     assert inits == []  # meta tensors hold nothing to initialise
     assert torch.nn.init.normal_ is counted  # and the init functions are put back
     assert len(shallow.model.bert.encoder.layer) == 1
@@ -376,7 +384,7 @@ def test_the_reference_skeleton_is_shallow_uninitialised_and_mlflow_records_the_
     with torch.device("meta"):
         model = transformers.AutoModelForSequenceClassification.from_config(config)
     whole = transformers.pipeline(
-        log_model.TASK, model=model, tokenizer=shallow.tokenizer, device=torch.device("meta")
+        CLASSIFICATION.pipeline_task, model=model, tokenizer=shallow.tokenizer, device=torch.device("meta")
     )
     with compat.hub_offline(), compat.recorded_revision(ref.revision):
         recorded = [build_flavor_config(p, save_pretrained=False) for p in (shallow, whole)]
@@ -393,14 +401,14 @@ def test_the_reference_tokenizer_is_empty_and_mlflow_records_the_same_as_for_the
     base = tokenization_utils_base.PreTrainedTokenizerBase
     reader = base.__dict__["_from_pretrained"]
     ref = hub.materialize_bundled()
-    empty = log_model.reference_pipeline(ref, 2)
+    empty = save_modes.reference_pipeline(CLASSIFICATION, ref, 2)
     whole = transformers.AutoTokenizer.from_pretrained(ref.repo_id, revision=ref.revision)
     assert type(empty.tokenizer) is type(whole)  # the class AutoTokenizer picks
     assert empty.tokenizer.name_or_path == whole.name_or_path == ref.repo_id
     assert len(whole) == 30522 and len(empty.tokenizer) < 10  # no vocabulary read
     assert base.__dict__["_from_pretrained"] is reader  # tokenizers load whole again afterwards
     read = transformers.pipeline(
-        log_model.TASK, model=empty.model, tokenizer=whole, device=torch.device("meta")
+        CLASSIFICATION.pipeline_task, model=empty.model, tokenizer=whole, device=torch.device("meta")
     )
     with compat.hub_offline(), compat.recorded_revision(ref.revision):
         recorded = [build_flavor_config(p, save_pretrained=False) for p in (empty, read)]
@@ -422,7 +430,7 @@ def test_a_tokenizer_class_that_cannot_be_built_empty_is_read_whole(monkeypatch:
         init(self, *args, **kwargs)
 
     monkeypatch.setattr(cls, "__init__", needs_its_files)
-    tokenizer = log_model.empty_tokenizer(ref)
+    tokenizer = save_modes.empty_tokenizer(ref)
     assert type(tokenizer) is cls and len(tokenizer) == 30522
 
 
@@ -440,4 +448,4 @@ def test_a_config_that_refuses_one_layer_gets_its_whole_depth(monkeypatch: pytes
         return real(cfg)
 
     monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_config", strict)
-    assert len(log_model.meta_skeleton(config).bert.encoder.layer) == 3
+    assert len(save_modes.meta_skeleton(CLASSIFICATION, config).bert.encoder.layer) == 3

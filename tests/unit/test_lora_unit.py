@@ -9,9 +9,13 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steps import artifacts, common, finetune, modeling, persist
-from steps.config import BUNDLED_BASE_MODEL, Config, coerce, load_config, module_names
-from steps.errors import UserError
+from hf_finetune import artifacts, chain, hub, lora, tracking, training
+from hf_finetune.config import Config
+from hf_finetune.errors import UserError
+from hf_finetune.profiles import coerce, load_config
+from hf_finetune.settings import BUNDLED_BASE_MODEL, module_names
+from hf_finetune.tags import EPOCH_CHECKPOINTS_TAG
+from hf_finetune.tasks.text_classification import classifier
 
 ID2LABEL = {0: "ham", 1: "spam"}
 TEXTS = ["Your parcel is held: pay the fee at dhl-parcel.help", "see you at 7, bring the charger"]
@@ -27,7 +31,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     BertForSequenceClassification(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(common.resolve_base_model(BUNDLED_BASE_MODEL)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(hub.resolve_base_model(BUNDLED_BASE_MODEL)).save_pretrained(folder)
     return folder
 
 
@@ -45,7 +49,7 @@ def trained_adapter(base: Path, out: Path) -> Path:
     from transformers import AutoTokenizer
 
     torch.manual_seed(1)
-    model = finetune.with_lora(tiny_classifier(base), Config(peft="lora", lora_r=4))
+    model = lora.with_lora(tiny_classifier(base), Config(peft="lora", lora_r=4), "SEQ_CLS")
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name or "classifier" in name:
@@ -80,8 +84,8 @@ def test_lora_reference_profile_selects_lora_and_reference() -> None:
 
 def test_target_modules_not_in_the_model_are_named_with_the_ones_that_are(tiny_base: Path) -> None:
     with pytest.raises(UserError) as caught:
-        finetune.with_lora(
-            tiny_classifier(tiny_base), Config(peft="lora", lora_target_modules="query,q_proj")
+        lora.with_lora(
+            tiny_classifier(tiny_base), Config(peft="lora", lora_target_modules="query,q_proj"), "SEQ_CLS"
         )
     message = str(caught.value)
     assert "lora_target_modules q_proj not found in the base model" in message
@@ -90,7 +94,7 @@ def test_target_modules_not_in_the_model_are_named_with_the_ones_that_are(tiny_b
 
 
 def test_lora_trains_the_adapters_and_the_head_only(tiny_base: Path) -> None:
-    model = finetune.with_lora(tiny_classifier(tiny_base), Config(peft="lora", lora_r=4))
+    model = lora.with_lora(tiny_classifier(tiny_base), Config(peft="lora", lora_r=4), "SEQ_CLS")
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in name or "classifier" in name for name in trainable)
     assert any("lora_A" in name and "query" in name for name in trainable)
@@ -106,9 +110,9 @@ def test_a_merged_adapter_predicts_what_the_adapter_did(tiny_base: Path, tmp_pat
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     adapter = trained_adapter(tiny_base, tmp_path / "adapter")
-    assert modeling.is_adapter(adapter) and not modeling.is_adapter(tiny_base)
-    merged = persist.merge_verified(adapter, tiny_base, ID2LABEL, TEXTS, tmp_path / "merged")
-    assert not modeling.is_adapter(merged)
+    assert lora.is_adapter(adapter) and not lora.is_adapter(tiny_base)
+    merged = classifier.merge_verified(adapter, tiny_base, ID2LABEL, TEXTS, tmp_path / "merged")
+    assert not lora.is_adapter(merged)
     reloaded = AutoModelForSequenceClassification.from_pretrained(merged).eval()
     assert reloaded.config.id2label == ID2LABEL  # the labels survive, not LABEL_0 / LABEL_1
     assert not any("lora" in name for name, _ in reloaded.named_parameters())
@@ -116,7 +120,7 @@ def test_a_merged_adapter_predicts_what_the_adapter_did(tiny_base: Path, tmp_pat
     with torch.inference_mode():
         after = torch.softmax(reloaded(**batch).logits, -1)
         before = torch.softmax(
-            modeling.load_classifier(adapter, str(tiny_base), ID2LABEL).eval()(**batch).logits, -1
+            classifier.load_classifier(adapter, str(tiny_base), ID2LABEL).eval()(**batch).logits, -1
         )
         untouched = torch.softmax(tiny_classifier(tiny_base).eval()(**batch).logits, -1)
     assert float((before - after).abs().max()) <= 1e-5
@@ -127,33 +131,33 @@ def test_merge_verification_refuses_a_merge_that_changed_predictions(
     tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     adapter = trained_adapter(tiny_base, tmp_path / "adapter")
-    real_merge = modeling.load_classifier
+    real_merge = classifier.load_classifier
 
     def broken(*args, **kwargs):  # a merge that loses the adapter: MLflow #23761's symptom
         model = real_merge(*args, **kwargs)
         model.merge_and_unload = lambda: model.get_base_model()  # type: ignore[method-assign]
         return model
 
-    monkeypatch.setattr(modeling, "load_classifier", broken)
+    monkeypatch.setattr(classifier, "load_classifier", broken)
     with pytest.raises(RuntimeError, match="merged model's probabilities differ from the adapter's"):
-        persist.merge_verified(adapter, tiny_base, ID2LABEL, TEXTS, tmp_path / "merged")
+        classifier.merge_verified(adapter, tiny_base, ID2LABEL, TEXTS, tmp_path / "merged")
 
 
 # ----------------------------------------------------------------------------- epochs
 def test_epoch_numbers_and_model_files(tmp_path: Path) -> None:
-    assert [finetune.epoch_number(e) for e in (1.0, 2.0, 0.27, 2.5, None)] == [1, 2, 1, 3, 1]
+    assert [training.epoch_number(e) for e in (1.0, 2.0, 0.27, 2.5, None)] == [1, 2, 1, 3, 1]
     names = "model.safetensors config.json tokenizer.json optimizer.pt scheduler.pt rng_state.pth"
     names += " trainer_state.json training_args.bin adapter_model.safetensors"
     for name in names.split():
         (tmp_path / name).write_text("x")
-    kept = [p.name for p in finetune.model_files(tmp_path)]
+    kept = [p.name for p in training.model_files(tmp_path)]
     assert kept == ["adapter_model.safetensors", "config.json", "model.safetensors", "tokenizer.json"]
 
 
 def test_an_epoch_that_was_not_logged_names_the_ones_that_were() -> None:
-    tags = {finetune.EPOCH_CHECKPOINTS_TAG: json.dumps({"1": "epochs/epoch-1", "3": "epochs/epoch-3"})}
+    tags = {EPOCH_CHECKPOINTS_TAG: json.dumps({"1": "epochs/epoch-1", "3": "epochs/epoch-3"})}
     assert artifacts.checkpoint_path(tags, "abc", 3) == "epochs/epoch-3"
-    assert artifacts.checkpoint_path(tags, "abc", 0) == finetune.CHECKPOINT_DIR
+    assert artifacts.checkpoint_path(tags, "abc", 0) == chain.CHECKPOINT_DIR
     with pytest.raises(
         UserError, match=r"checkpoint_epoch=2 was not logged by finetune run abc \(logged epochs: 1, 3\)"
     ):
@@ -169,7 +173,7 @@ def test_checkpoints_are_hard_linked_into_a_local_store(tmp_path: Path) -> None:
     (folder / "model.safetensors").write_bytes(b"w" * 1000)
     (folder / "sub" / "x.json").write_text("{}")
     with mlflow.start_run() as run:
-        common.log_artifacts_linked(folder, "trainer_checkpoints/checkpoint-1")
+        artifacts.log_artifacts_linked(folder, "trainer_checkpoints/checkpoint-1")
     stored = Path(
         mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="trainer_checkpoints")
     )
@@ -195,7 +199,7 @@ def test_where_a_link_cannot_be_made_the_upload_copies(
 
     monkeypatch.setattr(os, "link", cannot_link)
     with mlflow.start_run() as run:
-        common.log_artifacts_linked(folder, "checkpoint")
+        artifacts.log_artifacts_linked(folder, "checkpoint")
     stored = Path(run.info.artifact_uri.removeprefix("file://")) / "checkpoint" / "model.safetensors"
     assert stored.read_bytes() == b"w" * 1000
     assert stored.stat().st_ino != (folder / "model.safetensors").stat().st_ino
@@ -211,23 +215,23 @@ def test_a_linked_download_is_the_stored_file_and_a_plain_one_a_copy(
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(folder), "checkpoint")
     stored = Path(run.info.artifact_uri.removeprefix("file://")) / "checkpoint"
-    linked = common.download(run.info.run_id, "checkpoint", tmp_path / "a", link=True)
+    linked = artifacts.download(run.info.run_id, "checkpoint", tmp_path / "a", link=True)
     assert linked == tmp_path / "a" / "checkpoint" and (linked / "sub" / "x.json").read_text() == "{}"
     assert (linked / "model.safetensors").stat().st_ino == (stored / "model.safetensors").stat().st_ino
-    one_file = common.download(run.info.run_id, "checkpoint/sub/x.json", tmp_path / "b", link=True)
+    one_file = artifacts.download(run.info.run_id, "checkpoint/sub/x.json", tmp_path / "b", link=True)
     assert one_file.stat().st_ino == (stored / "sub" / "x.json").stat().st_ino
-    copied = common.download(run.info.run_id, "checkpoint", tmp_path / "c")
+    copied = artifacts.download(run.info.run_id, "checkpoint", tmp_path / "c")
     assert (copied / "model.safetensors").stat().st_ino != (stored / "model.safetensors").stat().st_ino
     # a store that is not a local folder (S3, a tracking server): MLflow's own download, a copy
-    monkeypatch.setattr(common, "local_artifact_dir", lambda uri: None)
-    remote = common.download(run.info.run_id, "checkpoint", tmp_path / "d", link=True)
+    monkeypatch.setattr(artifacts, "local_artifact_dir", lambda uri: None)
+    remote = artifacts.download(run.info.run_id, "checkpoint", tmp_path / "d", link=True)
     assert (remote / "model.safetensors").read_bytes() == b"w" * 1000
     assert (remote / "model.safetensors").stat().st_ino != (stored / "model.safetensors").stat().st_ino
 
 
 def test_system_metrics_are_sampled_while_the_step_runs() -> None:
     cfg = Config(system_metrics=True, system_metrics_interval_s=1.0)
-    with common.step_run("finetune", "local", cfg, None, cfg.system_metrics_interval_s) as (run_id, _):
+    with tracking.step_run("finetune", "local", cfg, None, cfg.system_metrics_interval_s) as (run_id, _):
         time.sleep(3.5)
     metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
     assert "system/cpu_utilization_percentage" in metrics
@@ -237,6 +241,6 @@ def test_system_metrics_are_sampled_while_the_step_runs() -> None:
 
 
 def test_no_system_metrics_unless_asked() -> None:
-    with common.step_run("finetune", "local", Config(), None) as (run_id, _):
+    with tracking.step_run("finetune", "local", Config(), None) as (run_id, _):
         time.sleep(1.5)
     assert not [k for k in mlflow.MlflowClient().get_run(run_id).data.metrics if k.startswith("system/")]

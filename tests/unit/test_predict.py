@@ -16,8 +16,10 @@ import mlflow
 import pandas as pd
 import pytest
 
+from hf_finetune import scoring
+from hf_finetune.tags import MODEL_URI_TAG, MODEL_VERSION_TAG, STEP_TAG
+from hf_finetune.tasks.text_classification import task as tc_task
 from steps import lineage, predict
-from steps.tags import MODEL_URI_TAG, MODEL_VERSION_TAG, STEP_TAG
 from tests.conftest import deleted_unless_a_test_failed, isolated_env, point_hub_cache, use_store
 from tests.helpers import register_tiny_classifier
 
@@ -130,9 +132,9 @@ def test_the_version_is_the_one_the_alias_named_when_the_job_started_and_stays_t
     first = client.get_model_version(NAME, "1")
     second = str(mlflow.register_model(first.source, NAME).version)
     loaded_from = []
-    real = predict.load_model
+    real = scoring.load_model
 
-    def alias_moves_meanwhile(model: predict.Model) -> tuple:
+    def alias_moves_meanwhile(model: scoring.Model) -> tuple:
         client.set_registered_model_alias(NAME, "champion", second)  # after the job resolved it
         loaded_from.append(model.load_uri)
         return real(model)
@@ -268,7 +270,7 @@ def test_a_job_that_fails_midway_leaves_no_output_and_no_temporary_file(
     messages: pd.DataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     messages.to_csv(tmp_path / "in.csv", index=False)
-    real = predict.predict_chunk
+    real = scoring.predict_chunk
     calls = []
 
     def fails_at_the_second_chunk(*args: object, **kwargs: object) -> pd.DataFrame:
@@ -277,7 +279,7 @@ def test_a_job_that_fails_midway_leaves_no_output_and_no_temporary_file(
             raise RuntimeError("the machine went away")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(predict, "predict_chunk", fails_at_the_second_chunk)
+    monkeypatch.setattr(scoring, "predict_chunk", fails_at_the_second_chunk)
     with pytest.raises(RuntimeError, match="went away"):
         score(tmp_path, tmp_path / "in.csv", "--chunk_rows", "3")
     assert written(tmp_path) == ["in.csv"]
@@ -346,15 +348,15 @@ def test_spark_asked_for_but_not_installed_says_how_to_install_it(
 
 
 def test_pure_helpers() -> None:
-    assert predict.renamed_inputs(["id", "label", "text", "score"]) == {
+    assert scoring.renamed_inputs(["id", "label", "text", "score"], tc_task.OUTPUT_COLUMNS) == {
         "label": "input_label",
         "score": "input_score",
     }
     labels, scores = pd.Series(["spam", "ham"]), pd.Series([0.9, 0.8])
-    assert predict.positive_scores(labels, scores, "spam").round(6).tolist() == [0.9, 0.2]
-    assert predict.positive_scores(labels, scores, None).tolist() == [0.9, 0.8]
-    assert predict.two_class_positive(["ham", "spam"], "spam") == "spam"
-    assert predict.two_class_positive(["a", "b", "spam"], "spam") is None  # three classes
-    assert predict.two_class_positive(None, "spam") is None
-    assert predict.metric_name("not spam!") == "rows_labelled_not spam_"
-    assert predict.in_order_of_length(["ccc", "a", "bb"]) == [1, 2, 0]
+    assert tc_task.positive_scores(labels, scores, "spam").round(6).tolist() == [0.9, 0.2]
+    assert tc_task.positive_scores(labels, scores, None).tolist() == [0.9, 0.8]
+    assert tc_task.two_class_positive(["ham", "spam"], "spam") == "spam"
+    assert tc_task.two_class_positive(["a", "b", "spam"], "spam") is None  # three classes
+    assert tc_task.two_class_positive(None, "spam") is None
+    assert scoring.metric_name("not spam!") == "rows_labelled_not spam_"
+    assert scoring.in_order_of_length(["ccc", "a", "bb"]) == [1, 2, 0]

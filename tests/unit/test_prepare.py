@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from steps import corpus
-from steps.config import Config
-from steps.errors import UserError
+from hf_finetune import corpus, sources
+from hf_finetune.config import Config
+from hf_finetune.errors import UserError
 
 
 def frame(n_ham: int = 30, n_spam: int = 20) -> pd.DataFrame:
@@ -98,7 +98,7 @@ def test_digest_depends_on_content_not_on_file_format(tmp_path: Path) -> None:
     df.to_csv(tmp_path / "d.csv", index=False)
     df.to_parquet(tmp_path / "d.parquet", index=False)
     digests = {
-        corpus.data_digest(corpus.clean(corpus.read_file(tmp_path / name), "sms", "kind")[0])
+        corpus.data_digest(corpus.clean(sources.read_file(tmp_path / name), "sms", "kind")[0])
         for name in ("d.csv", "d.parquet")
     }
     assert len(digests) == 1
@@ -121,29 +121,29 @@ def test_every_supported_format_reads_the_same_rows(tmp_path: Path, suffix: str)
         df.to_json(path, orient="records", lines=True)
     else:
         df.to_parquet(path, index=False)
-    out, _ = corpus.clean(corpus.read_file(path), "sms", "kind")
+    out, _ = corpus.clean(sources.read_file(path), "sms", "kind")
     assert list(out["text"]) == list(df["sms"]) and list(out["label"]) == list(df["kind"])
 
 
 def test_resolve_data_path_finds_bundled_data_from_any_directory() -> None:
-    path = corpus.resolve_data_path(Config().data)
+    path = sources.resolve_data_path(Config().data)
     assert path is not None and path.is_file() and path.name == "SMSSpamCollection.tsv"
 
 
 @pytest.mark.parametrize("data", ["missing.csv", "./nowhere/data.parquet", "/no/such/file.jsonl"])
 def test_missing_file_is_an_error(data: str) -> None:
     with pytest.raises(UserError, match=r"data file .* does not exist"):
-        corpus.resolve_data_path(data)
+        sources.resolve_data_path(data)
 
 
 @pytest.mark.parametrize("data", ["ucirvine/sms_spam", "sms_spam"])
 def test_hub_ids_are_recognised(data: str) -> None:
-    assert corpus.resolve_data_path(data) is None
+    assert sources.resolve_data_path(data) is None
 
 
 def test_hub_dataset_offline_is_a_clear_error() -> None:
     with pytest.raises(UserError, match=r"cannot load hub dataset 'ucirvine/sms_spam'.*local file"):
-        corpus.read_hub("ucirvine/sms_spam", "train", "label")
+        sources.read_hub("ucirvine/sms_spam", "train", "label")
 
 
 def test_unreadable_and_wrong_kind_files(tmp_path: Path) -> None:
@@ -151,13 +151,13 @@ def test_unreadable_and_wrong_kind_files(tmp_path: Path) -> None:
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(UserError, match=r"cannot read csv file"):
-        corpus.read_file(tmp_path / "empty.csv")
+        sources.read_file(tmp_path / "empty.csv")
     with pytest.raises(UserError, match=r"cannot read parquet file"):
-        corpus.read_file(tmp_path / "bad.parquet")
+        sources.read_file(tmp_path / "bad.parquet")
     with pytest.raises(UserError, match=r"use a \.csv"):
-        corpus.read_file(tmp_path / "notes.txt")
+        sources.read_file(tmp_path / "notes.txt")
     with pytest.raises(UserError, match="is a directory"):
-        corpus.read_file(tmp_path)
+        sources.read_file(tmp_path)
 
 
 def test_split_metrics_count_rows_and_class_shares() -> None:

@@ -8,8 +8,10 @@ import pytest
 import tomllib
 import yaml
 
+from hf_finetune import driver
+from hf_finetune.config import FIELDS
+from hf_finetune.settings import PROJECT_DIR
 from steps import main as main_step
-from steps.config import FIELDS, PROJECT_DIR
 
 CONTRACT_MAIN_PARAMS = {
     "profile",
@@ -23,7 +25,7 @@ CONTRACT_MAIN_PARAMS = {
 
 
 def test_mlproject_parses_with_mlflow_and_has_the_chain() -> None:
-    declared = main_step.declared_parameters()
+    declared = driver.declared_parameters()
     assert {"main", *(step for step, _ in main_step.CHAIN)} <= set(declared)
     assert declared["main"] >= CONTRACT_MAIN_PARAMS
     assert {"data", "text_column", "label_column"} <= declared["prepare"]
@@ -34,7 +36,7 @@ def test_mlproject_parses_with_mlflow_and_has_the_chain() -> None:
 
 
 def test_every_declared_parameter_is_a_setting_and_is_used_in_its_command() -> None:
-    from steps import compat
+    from hf_finetune import compat
 
     project = compat.load_project(str(PROJECT_DIR))
     for name, entry in project._entry_points.items():
@@ -49,7 +51,7 @@ def test_a_parameter_left_alone_is_recorded_as_a_word_a_reader_understands() -> 
     """MLflow records each entry-point parameter shell-quoted: an empty default would show as a
     literal '' on the run's page. Left alone, every parameter of every entry point reads as
     what it means, and the steps take that word as "not given"."""
-    from steps import common, compat
+    from hf_finetune import cli, compat
 
     project = compat.load_project(str(PROJECT_DIR))
     for name, entry in project._entry_points.items():
@@ -57,28 +59,28 @@ def test_a_parameter_left_alone_is_recorded_as_a_word_a_reader_understands() -> 
         recorded, _ = entry.compute_parameters(required, None)
         for param, value in recorded.items():
             assert value and "'" not in value, (name, param, value)
-    parser = common.step_parser("finetune", "tokenize_run_id", "finetune")
-    args = common.parse_step_args(
+    parser = cli.step_parser("finetune", "tokenize_run_id", "finetune")
+    args = cli.parse_step_args(
         parser,
         ["--tokenize_run_id", "none", "--data", "from-profile", "--seed", "from-profile"],
         "tokenize_run_id",
     )
     assert args.upstream_run_id is None and args.overrides == {}
     assert main_step.forced_steps("none") == set()
-    assert main_step.child_env_manager("auto", {"mlflow.project.env": "uv"}) == "uv"
+    assert driver.child_env_manager("auto", {"mlflow.project.env": "uv"}) == "uv"
 
 
 def test_every_main_setting_reaches_some_step() -> None:
-    declared = main_step.declared_parameters()
+    declared = driver.declared_parameters()
     steps = set().union(*(declared[step] for step, _ in main_step.CHAIN))
     assert declared["main"] - steps == {"env_manager", "force"}  # main's own
 
 
 def test_every_setting_a_step_reads_that_main_takes_reaches_that_step() -> None:
     """Else `main -P x=...` would change x for one step and not for another that reads it."""
-    from steps import cache
+    from hf_finetune import cache
 
-    declared = main_step.declared_parameters()
+    declared = driver.declared_parameters()
     for step, _ in main_step.CHAIN:
         missing = (cache.step_fields(step) & declared["main"]) - declared[step]
         assert not missing, (step, missing)
@@ -93,11 +95,11 @@ def test_conda_env_installs_what_pyproject_declares() -> None:
 
 def test_every_step_program_ends_through_exit_quickly() -> None:
     """A step run as a program (``python -m steps.<step>``, what MLproject's commands run) skips
-    the last garbage collection of its exit (``common.exit_quickly``)."""
+    the last garbage collection of its exit (``cli.exit_quickly``)."""
     programs = [p for p in sorted((PROJECT_DIR / "steps").glob("*.py")) if "__main__" in p.read_text()]
     assert len(programs) >= 9
     for path in programs:
-        assert path.read_text().rstrip().endswith("common.exit_quickly(main())"), path.name
+        assert path.read_text().rstrip().endswith("cli.exit_quickly(main())"), path.name
 
 
 def test_the_readme_is_a_front_door_and_no_source_carries_a_date() -> None:
@@ -128,7 +130,7 @@ def test_the_performance_table_is_the_committed_results_rendered() -> None:
 
 
 def test_both_mlproject_files_are_generated_from_the_declared_settings(capsys) -> None:
-    from steps import mlproject
+    from hf_finetune import mlproject
 
     assert mlproject.main(["--check"]) == 0, capsys.readouterr().out
 
@@ -136,20 +138,20 @@ def test_both_mlproject_files_are_generated_from_the_declared_settings(capsys) -
 def test_every_setting_a_steps_code_reads_is_declared_for_that_step() -> None:
     """The cache key and the command line of a step come from the declarations: a ``cfg.<name>``
     that a step's code reads without a declaration would be missing from both."""
-    from steps import cache, chain
+    from hf_finetune import cache, chain
 
     for step in chain.STEPS:
         assert cache.fields_read(cache.module_source(f"steps.{step}")) <= cache.step_fields(step), step
     # the shared modules that read settings, for the steps that call them
-    assert cache.fields_read(cache.module_source("steps.corpus")) <= cache.step_fields("prepare")
+    assert cache.fields_read(cache.module_source("hf_finetune.corpus")) <= cache.step_fields("prepare")
     for step in ("register", "persist"):
-        assert cache.fields_read(cache.module_source("steps.gate")) <= cache.step_fields(step)
+        assert cache.fields_read(cache.module_source("hf_finetune.registry.gate")) <= cache.step_fields(step)
 
 
 def test_every_entry_point_prints_its_help(capsys) -> None:
     """``--help`` of every entry point prints every setting it takes (argparse %-formats help text,
     so a bare ``%`` in a setting's help, as in ``champion_tolerance``'s, would crash it)."""
-    declared = main_step.declared_parameters()
+    declared = driver.declared_parameters()
     for name, params in declared.items():
         module = importlib.import_module(f"steps.{name}")
         with pytest.raises(SystemExit) as done:

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from steps import card, report, ui
-from steps.config import load_config
-from steps.main import describe
+from hf_finetune import report, ui, uris
+from hf_finetune.profiles import load_config
+from hf_finetune.registry import card
+from hf_finetune.summary import describe
 from tests.browser import browser, open_page
 
 SECRET = "hunter2-s3cr3t"
@@ -32,7 +33,7 @@ METRICS = {
 }
 DATA = card.data_facts(
     {
-        "data_source": card.common.redact(f"https://alice:{SECRET}@data.example.com/sms.tsv?sig={SECRET}"),
+        "data_source": uris.redact(f"https://alice:{SECRET}@data.example.com/sms.tsv?sig={SECRET}"),
         "data_digest": "ab" * 32,
         "pipeline.data_card": json.dumps(
             {
@@ -316,20 +317,20 @@ def test_two_mains_marking_the_experiment_at_once_do_not_fail(capsys: pytest.Cap
 
 
 def test_a_dataset_yaml_that_cannot_be_read_is_one_clear_line(tmp_path: Path) -> None:
-    from steps import corpus
-    from steps.errors import UserError
+    from hf_finetune import sources
+    from hf_finetune.errors import UserError
 
     (tmp_path / "d.csv").write_text("text,label\na,b\n")
-    assert corpus.dataset_card(str(tmp_path / "d.csv")) == {}
+    assert sources.dataset_card(str(tmp_path / "d.csv")) == {}
     (tmp_path / "dataset.yaml").write_text("name: x\nperiod: 2012-01-01\nlimits: one line\nother: y\n")
-    assert corpus.dataset_card(str(tmp_path / "d.csv")) == {
+    assert sources.dataset_card(str(tmp_path / "d.csv")) == {
         "name": "x",
         "period": "2012-01-01",
         "limits": ["one line"],
     }
     (tmp_path / "dataset.yaml").write_text("name: [unclosed\n")
     with pytest.raises(UserError, match=r"dataset\.yaml is not valid YAML"):
-        corpus.dataset_card(str(tmp_path / "d.csv"))
+        sources.dataset_card(str(tmp_path / "d.csv"))
     (tmp_path / "dataset.yaml").write_text(f"citation: {'x' * 7000}\n")
     with pytest.raises(UserError, match="shorten it"):
-        corpus.dataset_card(str(tmp_path / "d.csv"))
+        sources.dataset_card(str(tmp_path / "d.csv"))

@@ -99,7 +99,7 @@ def test_env_file_values_lose_to_the_environment_and_rewrites_keep_other_lines(t
 def test_a_malformed_env_file_names_the_line(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("GOOD=1\nthis is not a setting\n")
-    from steps.errors import UserError
+    from hf_finetune.errors import UserError
 
     with pytest.raises(UserError, match=r"line 2 is not KEY=value"):
         dotenv.read(env_file)

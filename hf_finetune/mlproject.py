@@ -1,7 +1,7 @@
-"""Write both ``MLproject`` files from the settings' declarations in ``steps/config.py``.
+"""Write both ``MLproject`` files from the settings' declarations (``hf_finetune/config.py``).
 
-    python -m steps.mlproject            # (make mlproject) rewrite MLproject and deploy/kubernetes/MLproject
-    python -m steps.mlproject --check    # exit 1 if either differs from what would be written
+    python -m hf_finetune.mlproject          # (make mlproject) rewrite both MLproject files
+    python -m hf_finetune.mlproject --check  # exit 1 if either differs from what would be written
 
 Each entry point takes ``profile``, the run ID of the step before it, and every setting that the
 step reads and that is declared a parameter; ``main`` takes the settings declared for everywhere
@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from steps import common
-from steps.chain import CHAIN, FINETUNE, PREDICT, RESUME_PARAM, VERSION_CLEANUP
-from steps.config import EVERYWHERE, FIELDS, FROM_PROFILE, NO_RUN, PROJECT_DIR, STEP_PARAM
+from hf_finetune import cli
+from hf_finetune.chain import CHAIN, FINETUNE, PREDICT, RESUME_PARAM, VERSION_CLEANUP
+from hf_finetune.config import FIELDS
+from hf_finetune.settings import EVERYWHERE, FROM_PROFILE, NO_RUN, PROJECT_DIR, STEP_PARAM
 
 ROOT_HEADER = """\
 # hf-finetune-pipeline: fine-tune a Hugging Face text classifier, one MLflow run per step.
@@ -27,7 +28,7 @@ ROOT_HEADER = """\
 # `main` runs the chain; each step also runs alone from the run ID of the step before it.
 # `predict` scores a file with a registered model (the champion by default); it is not in the chain.
 # A setting's default, from-profile, means "take it from profiles/<profile>.yaml".
-# Generated from steps/config.py by `make mlproject`: edit the declarations there, not this file.
+# Generated from the settings in hf_finetune/ by `make mlproject`: edit them there, not this file.
 name: hf-finetune-pipeline
 
 conda_env: conda.yaml
@@ -44,7 +45,7 @@ KUBERNETES_HEADER = """\
 # `repository-uri` of kubernetes_config.json, and starts kubernetes_job_template.yaml with it.
 # The code the commands run is the project installed in the base image (/opt/hf-finetune-pipeline).
 # In the container every step runs in that one environment: env_manager is `local`.
-# Generated from steps/config.py by `make mlproject`, with ../../MLproject.
+# Generated from the settings in hf_finetune/ by `make mlproject`, with ../../MLproject.
 name: hf-finetune-pipeline
 
 docker_env:
@@ -126,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     stale = [path for path, text in files().items() if path.read_text(encoding="utf-8") != text]
     if args.check:
         for path in stale:
-            print(f"{path.relative_to(PROJECT_DIR)} is not what steps/config.py declares: run make mlproject")
+            print(
+                f"{path.relative_to(PROJECT_DIR)} is not what the settings in hf_finetune/ declare: "
+                "run make mlproject"
+            )
         return 1 if stale else 0
     for path, text in files().items():
         path.write_text(text, encoding="utf-8")
@@ -134,4 +138,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.exit_quickly(main())
+    cli.exit_quickly(main())

@@ -13,20 +13,24 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from steps import common
-from steps.chain import CHAMPION
-from steps.config import FIELDS
-from steps.report import REPORT_PATH
-from steps.tags import STEP_TAG
+from hf_finetune import cli, logs
+from hf_finetune.chain import CHAMPION
+from hf_finetune.config import FIELDS
+from hf_finetune.report import REPORT_PATH
+from hf_finetune.tags import STEP_TAG
+from hf_finetune.tasks import registry
 
-log = common.logger("ui")
+log = logs.logger("ui")
 
 EXPERIMENT = "hf-finetune-pipeline"
 KIND_TAG = "mlflow.experimentKind"
 KIND = "finetuning"  # one of MLflow 3's model-training kinds: the UI opens on runs, not traces
 DESCRIPTION_TAG = "mlflow.note.content"
 # What a person should see first among the dozens of metrics the steps log: main's summary.
-HEADLINE_METRICS = ("test_f1", "classical_f1", "baseline_f1", "probe_f1", "steps_reused")
+HEADLINE_METRICS = (
+    *dict.fromkeys(name for task in registry.TASKS.values() for name in task.headline_metrics),
+    "steps_reused",
+)
 DESCRIPTION = (
     "Runs of hf-finetune-pipeline. Each `main <profile>` run holds one child run per step "
     "(`prepare` ... `version_cleanup`). Start with the metrics of the `main` runs: "
@@ -126,4 +130,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    common.exit_quickly(main())
+    cli.exit_quickly(main())

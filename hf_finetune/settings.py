@@ -1,23 +1,17 @@
-"""The pipeline's configuration: one typed, frozen dataclass and the one helper that merges it.
+"""The settings every task shares, each declared once with its default, meaning and readers.
 
-Precedence: dataclass defaults < ``profiles/<profile>.yaml`` < values given on the command line.
-An empty string on the command line means "take it from the profile" (that is how ``mlflow run``
-passes a parameter the user left out). Unknown keys and values of the wrong type are errors that
-name the key and where it came from.
+A task declares its own settings in its module, the same way (``setting``); ``config.Config`` is
+the shared settings and every task's together, and ``profiles.load_config`` merges one.
+Nothing here imports a task, so that tasks can build on these declarations.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from steps.chain import (
+from hf_finetune.chain import (
     EVALUATE,
     FINETUNE,
     LOG_MODEL,
@@ -28,10 +22,9 @@ from steps.chain import (
     TOKENIZE,
     VERSION_CLEANUP,
 )
-from steps.errors import UserError
+from hf_finetune.errors import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-PROFILES_DIR = PROJECT_DIR / "profiles"
 BUNDLED_DATA = "data/sms-spam-collection/SMSSpamCollection.tsv"  # relative to the project directory
 BUNDLED_DATA_COLUMNS = "label,text"  # the UCI file has no header row
 BUNDLED_PROBE = "data/probe_sms.csv"
@@ -41,7 +34,6 @@ DEVICES = ("cpu", "cuda", "mps", "auto")
 SAVE_MODES = ("full", "checkpoint", "reference")
 PRECISIONS = ("fp32", "fp16", "bf16")
 PEFT_METHODS = ("none", "lora")
-CLASS_WEIGHTS = ("none", "balanced")
 # validation metric that picks the epoch finetune keeps ("last": the final epoch's weights)
 BEST_MODEL_METRICS = ("loss", "f1", "average_precision", "last")
 EPOCH_CHECKPOINTS = ("best", "all")
@@ -59,20 +51,29 @@ FROM_PROFILE = "from-profile"
 NO_RUN = "none"
 
 
-def setting(default: Any, help: str, steps: tuple[str, ...], param: str = "") -> Any:
+def setting(default: Any, help: str, steps: tuple[str, ...], param: str = "", after: str = "") -> Any:
     """A field of ``Config``, declared once: its default, what it means, the steps that read it
     (their cache keys cover it, their command lines take it) and whether ``MLproject`` offers
     it as a parameter. ``MLproject`` is generated from these declarations (``make mlproject``)."""
-    return dataclasses.field(default=default, metadata={"help": help, "steps": steps, "param": param})
+    return dataclasses.field(
+        default=default, metadata={"help": help, "steps": steps, "param": param, "after": after}
+    )
 
 
 GATED = (REGISTER, PERSIST)  # the steps that judge a version with the quality gate
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Every setting of the pipeline, declared once (see ``setting``)."""
+class Settings:
+    """The settings every task shares, declared once (see ``setting``). A task declares its own
+    beside it, in its module; ``config.Config`` is both."""
 
+    # what is fine-tuned: one of tasks.registry.TASKS (the steps ask it everything task-specific)
+    task: str = setting(
+        "text-classification",
+        "the kind of model: text-classification",
+        (TOKENIZE, FINETUNE, EVALUATE, LOG_MODEL, REGISTER, PERSIST, PREDICT),
+    )
     # data
     data: str = setting(
         BUNDLED_DATA,
@@ -127,12 +128,6 @@ class Config:
         (FINETUNE,),
         EVERYWHERE,
     )
-    class_weight: str = setting(
-        "none",
-        "balanced: weigh the loss of each class by n_rows / (n_classes * n_rows_of_class)",
-        (FINETUNE,),
-        EVERYWHERE,
-    )
     keep_trainer_state: bool = setting(
         False, "keep trainer_checkpoints/ (optimizer state) after a successful run", (FINETUNE,), EVERYWHERE
     )
@@ -163,12 +158,6 @@ class Config:
         10.0, "seconds between system metric samples", (FINETUNE,), STEP_PARAM
     )
     # evaluation
-    positive_label: str = setting(
-        "spam",
-        "the class whose precision, recall and F1 are reported",
-        (FINETUNE, EVALUATE, *GATED, PREDICT),
-        EVERYWHERE,
-    )
     checkpoint_epoch: int = setting(
         0, "evaluate this logged epoch's model (0: the kept one)", (EVALUATE,), STEP_PARAM
     )
@@ -183,7 +172,6 @@ class Config:
     registered_model: str = setting(
         "sms-spam-classifier", "the registered model's name", (REGISTER, VERSION_CLEANUP, PREDICT), EVERYWHERE
     )
-    min_test_f1: float = setting(0.9, "the gate: a champion needs at least this test F1", GATED, EVERYWHERE)
     champion_tolerance: float = setting(
         0.0,
         "the gate: the low end of the 95 % interval of F1(candidate) - F1(champion) must be above "
@@ -261,10 +249,6 @@ class Config:
                 "best_model_metric last keeps the final epoch, so early stopping has nothing to "
                 "stop on: set early_stopping_patience 0, or best_model_metric loss"
             )
-        if self.class_weight not in CLASS_WEIGHTS:
-            raise UserError(
-                f"unknown class_weight {self.class_weight!r}: use one of {', '.join(CLASS_WEIGHTS)}"
-            )
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         for name in ("validation_fraction", "test_fraction"):
@@ -304,8 +288,8 @@ class Config:
                 f"keep_last={self.keep_last} must be at least 1: to delete every version, "
                 "pass --delete_registered_model true"
             )
-        if not 0 <= self.min_test_f1 <= 1 or not 0 <= self.champion_tolerance <= 1:
-            raise UserError("min_test_f1 and champion_tolerance must be between 0 and 1")
+        if not 0 <= self.champion_tolerance <= 1:
+            raise UserError("champion_tolerance must be between 0 and 1")
         if not self.registered_model.strip():
             raise UserError("registered_model must not be empty")
         if not self.text_column or not self.label_column:
@@ -315,111 +299,6 @@ class Config:
 def module_names(text: str) -> list[str]:
     """``"query, value"`` -> ``["query", "value"]`` (how ``lora_target_modules`` is written)."""
     return [name.strip() for name in text.split(",") if name.strip()]
-
-
-FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
-
-
-def fields_of(step: str) -> list[str]:
-    """The settings ``step`` reads, in declaration order."""
-    return [name for name, field in FIELDS.items() if step in field.metadata["steps"]]
-
-
-_HINTS = typing.get_type_hints(Config)
-
-
-def available_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-
-
-def coerce(key: str, value: Any, source: str) -> Any:
-    """Turn ``value`` into the declared type of ``key``; strings (from a CLI) are parsed."""
-    if key not in FIELDS:
-        known = ", ".join(FIELDS)
-        raise UserError(f"unknown setting {key!r} in {source}; known settings: {known}")
-    hint = _HINTS[key]
-    if isinstance(hint, types.UnionType):  # pragma: no cover - no optional fields today
-        hint = next(t for t in typing.get_args(hint) if t is not type(None))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():  # `mlflow run` renders 3 as 3.0
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(float(value)) if float(value).is_integer() else int(value)
-            except ValueError:
-                pass
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):  # YAML [a, b]
-            return ",".join(value)
-    raise UserError(f"{key} in {source} must be {hint.__name__}, got {value!r}")
-
-
-def read_profile(profile: str) -> dict[str, Any]:
-    """Load ``profiles/<profile>.yaml`` as typed values (no merging)."""
-    path = PROFILES_DIR / f"{profile}.yaml"
-    if not path.is_file():
-        raise UserError(
-            f"unknown profile {profile!r}: use one of {', '.join(available_profiles())} "
-            f"(files in {PROFILES_DIR})"
-        )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"profile {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"profile {path} must be a mapping of setting: value")
-    return {key: coerce(key, value, str(path)) for key, value in raw.items()}
-
-
-def load_config(profile: str, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults < profile < overrides. ``None`` and ``""`` overrides mean "not given".
-
-    ``data_columns`` belongs to the file it was declared with: where a later layer names another
-    ``data`` without ``data_columns``, that file is read with its own header row.
-    """
-    layers: list[dict[str, Any]] = [
-        {"data": FIELDS["data"].default, "data_columns": FIELDS["data_columns"].default},
-        read_profile(profile),
-        {
-            key: coerce(key, value, "the command line")
-            for key, value in (overrides or {}).items()
-            if value is not None and value != ""
-        },
-    ]
-    values: dict[str, Any] = {}
-    columns_of = layers[0]["data"]
-    for layer in layers[1:]:
-        values |= layer
-        if "data_columns" in layer:
-            columns_of = values.get("data", columns_of)
-        elif layer.get("data", columns_of) != columns_of:
-            values["data_columns"] = ""
-            columns_of = layer["data"]
-    return Config(**values)
-
-
-def as_params(cfg: Config) -> dict[str, str]:
-    """The config as MLflow params (strings; MLflow stores params as strings anyway)."""
-    return {key: str(value) for key, value in dataclasses.asdict(cfg).items()}
 
 
 def check_save_mode(save_mode: str, adapter: bool) -> None:

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from steps import card, chain, common
-from steps.tags import (
+from hf_finetune import artifacts, chain, logs
+from hf_finetune.registry import card
+from hf_finetune.tags import (
     GATE_REASON_TAG,
     GATE_TAG,
     PROFILE_TAG,
@@ -30,7 +31,7 @@ from steps.tags import (
     VERSION_TAG,
 )
 
-log = common.logger("report")
+log = logs.logger("report")
 REPORT_PATH = "report/pipeline.html"
 IMAGES = {"confusion_matrix": "Confusion matrix", "pr_curve": "Precision-recall", "roc_curve": "ROC"}
 CURVES = ("val_f1", "val_average_precision", "val_loss", "train_loss")
@@ -164,7 +165,7 @@ def images(run_id: str) -> dict[str, str]:
         listed = {Path(f.path).stem for f in mlflow.MlflowClient().list_artifacts(run_id, chain.EVAL_DIR)}
         for stem, caption in IMAGES.items():
             if stem in listed:
-                path = common.download(run_id, f"{chain.EVAL_DIR}/{stem}.png", Path(tmp) / stem, link=True)
+                path = artifacts.download(run_id, f"{chain.EVAL_DIR}/{stem}.png", Path(tmp) / stem, link=True)
                 found[caption] = data_uri(path.read_bytes())
     return found
 

@@ -28,7 +28,7 @@ def features() -> Any:
 
 
 def f1_of(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str], positive_label: str) -> float:
-    from steps.modeling import classification_metrics
+    from hf_finetune.tasks.text_classification.measures import classification_metrics
 
     return classification_metrics(y_true, y_pred, labels, positive_label)["f1"]
 

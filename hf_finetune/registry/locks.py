@@ -23,11 +23,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from steps import common
-from steps.errors import UserError
-from steps.tags import HOST_TAG, LOCK_FOR_TAG, PID_TAG
+from hf_finetune import logs, tracking
+from hf_finetune.errors import UserError
+from hf_finetune.tags import HOST_TAG, LOCK_FOR_TAG, PID_TAG
 
-log = common.logger("registry lock")
+log = logs.logger("registry lock")
 SUFFIX = "__pipeline_lock"
 TIMEOUT_S = 600.0
 POLL_S = 0.2
@@ -64,7 +64,7 @@ def try_take(client: Any, name: str, lock: str) -> bool:
     try:
         client.create_registered_model(
             lock,
-            tags=common.process_tags() | {LOCK_FOR_TAG: name},
+            tags=tracking.process_tags() | {LOCK_FOR_TAG: name},
             description=f"held while a pipeline step changes {name!r}; deleted when it is done",
         )
     except MlflowException as exc:
@@ -86,7 +86,7 @@ def registry_lock(client: Any, name: str, timeout_s: float = TIMEOUT_S) -> Itera
         tags = holder(client, lock)
         if tags is None:
             continue  # released between our attempt and the look: try again at once
-        if common.holder_alive(tags) is False:  # its process died on this host
+        if tracking.holder_alive(tags) is False:  # its process died on this host
             dead = tags.get(PID_TAG)
             log.info(f"{lock!r} was left by process {dead}, now dead: breaking it")
             if holder(client, lock) == tags:  # still that dead holder's, not a new one's

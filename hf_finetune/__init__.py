@@ -1,0 +1,1 @@
+"""hf-finetune-pipeline library."""
