@@ -9,6 +9,7 @@ of the command lines and of the generated ``MLproject``. ``profiles.load_config`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from hf_finetune.errors import UserError
@@ -25,18 +26,21 @@ class Config(Settings, ClassificationSettings):
         Settings.__post_init__(self)
         if self.task not in registry.TASKS:
             raise UserError(f"unknown task {self.task!r}: use one of {', '.join(registry.TASKS)}")
-        for task in registry.TASKS.values():
-            if task.name == self.task:
-                validate = getattr(task.settings, "__post_init__", None)  # the task's own checks
-                if validate is not None:
-                    validate(self)
-                continue
-            for field in dataclasses.fields(task.settings):
-                if getattr(self, field.name) != field.default:
-                    raise UserError(
-                        f"{field.name} is a setting of the {task.name} task, not of {self.task}: "
-                        f"remove it (from the command line or profile), or use task {task.name}"
-                    )
+        validate = getattr(registry.TASKS[self.task].settings, "__post_init__", None)
+        if validate is not None:  # the task's own checks of its own settings
+            validate(self)
+
+
+def check_task_settings(task: str, given: Mapping[str, Any], source: str) -> None:
+    """A task's own setting given for another task would change nothing: one line that says so.
+    (A profile may hold every task's values; what is given on the command line must fit.)"""
+    for name in given:
+        owner = task_of(name)
+        if owner and owner != task:
+            raise UserError(
+                f"{name} is a setting of the {owner} task, not of {task}: remove it from {source}, "
+                f"or use task {owner}"
+            )
 
 
 def _ordered_fields() -> dict[str, dataclasses.Field[Any]]:

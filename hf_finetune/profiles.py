@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from hf_finetune.config import FIELDS, Config
+from hf_finetune.config import FIELDS, Config, check_task_settings
 from hf_finetune.errors import UserError
 from hf_finetune.settings import PROJECT_DIR
 
@@ -111,4 +111,5 @@ def load_config(profile: str, overrides: Mapping[str, Any] | None = None) -> Con
         elif layer.get("data", columns_of) != columns_of:
             values["data_columns"] = ""
             columns_of = layer["data"]
+    check_task_settings(values.get("task", FIELDS["task"].default), layers[2], "the command line")
     return Config(**values)
