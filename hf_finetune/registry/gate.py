@@ -84,28 +84,37 @@ def decide(
     tolerance: float,
     note: str = "",
     metric: str = "f1",
+    higher_is_better: bool = True,
 ) -> Gate:
     """The rule of this module's docstring; ``note`` says why there is no comparison, if one was
-    expected (a champion that could not be scored). ``metric``: the task's ``gate_metric``."""
-    if test_f1 < min_test_f1:
+    expected (a champion that could not be scored). ``metric``: the task's ``gate_metric``, and
+    whether more of it is better (otherwise the floor is a ceiling and the difference is turned
+    round, so that "better" means the same in every line)."""
+    sign = 1.0 if higher_is_better else -1.0
+    if sign * (test_f1 - min_test_f1) < 0:
+        side = "below" if higher_is_better else "above"
         return Gate(
-            False, f"test_{metric} {test_f1:.4f} is below min_test_{metric} {min_test_f1:.4f}", comparison
+            False, f"test_{metric} {test_f1:.4f} is {side} min_test_{metric} {min_test_f1:.4f}", comparison
         )
-    base = f"test_{metric} {test_f1:.4f} >= min_test_{metric} {min_test_f1:.4f}"
+    holds = ">=" if higher_is_better else "<="
+    base = f"test_{metric} {test_f1:.4f} {holds} min_test_{metric} {min_test_f1:.4f}"
     if comparison is None:
         return Gate(True, f"{base}; {note or 'no champion yet'}")
     c = comparison
+    label = {"f1": "F1"}.get(metric, metric)
     versus = (
-        f"on {c.rows} shared test rows ({c.excluded} left out) F1 {c.candidate_f1:.4f} vs champion "
+        f"on {c.rows} shared test rows ({c.excluded} left out) {label} {c.candidate_f1:.4f} vs champion "
         f"v{c.champion_version}'s {c.champion_f1:.4f}, difference {c.diff:+.4f} "
         f"[{c.low:+.4f}, {c.high:+.4f}]"
     )
     if c.rows == 0:
         return Gate(False, f"{base}; no test row left to compare with champion v{c.champion_version}", c)
-    if c.diff <= 0:
+    worst = c.low if higher_is_better else -c.high  # the interval's least improvement
+    if sign * c.diff <= 0:
         return Gate(False, f"{base}; not better: {versus}", c)
-    if c.low <= -tolerance:
-        return Gate(False, f"{base}; not measurably better (interval reaches {-tolerance:+.4f}): {versus}", c)
+    if worst <= -tolerance:
+        reaches = -tolerance if higher_is_better else tolerance
+        return Gate(False, f"{base}; not measurably better (interval reaches {reaches:+.4f}): {versus}", c)
     return Gate(True, f"{base}; better: {versus}", c)
 
 
@@ -164,7 +173,9 @@ def judge(client: Any, name: str, evaluate_run_id: str, test_f1: float, cfg: Con
 
     def rule(comparison: Comparison | None, note: str = "") -> Gate:
         floor = task.gate_floor(cfg)
-        return decide(test_f1, floor, comparison, cfg.champion_tolerance, note, task.gate_metric)
+        return decide(
+            test_f1, floor, comparison, cfg.champion_tolerance, note, task.gate_metric, task.higher_is_better
+        )
 
     if test_f1 < task.gate_floor(cfg):
         return rule(None)

@@ -76,6 +76,7 @@ class Task(abc.ABC):
     pipeline_task: ClassVar[str]  # the transformers pipeline task, and MLflow's ``task=``
     settings: ClassVar[type]  # the dataclass of the task's own settings
     gate_metric: ClassVar[str]  # evaluate's ``test_<gate_metric>``: what the gate compares
+    higher_is_better: ClassVar[bool] = True  # the gate metric's direction
     version_metrics: ClassVar[tuple[str, ...]]  # evaluate's metrics a registered version carries
     headline_metrics: ClassVar[tuple[str, ...]]  # main's summary of one pipeline run
 

@@ -178,8 +178,8 @@ def test_a_setting_of_another_task_is_refused_in_one_line(monkeypatch: pytest.Mo
     assert load_config("smoke", {"task": "other-task"}).task == "other-task"  # its defaults are fine
     with pytest.raises(
         UserError,
-        match=r"^positive_label is a setting of the text-classification task, not of other-task: remove it from "
-        r"the command line, or use task text-classification$",
+        match=r"^positive_label is a setting of the text-classification task, not of other-task: "
+        r"remove it from the command line, or use task text-classification$",
     ):
         load_config("smoke", {"task": "other-task", "positive_label": "ham"})
     # and from a step's command line: one line on stderr, exit status 2, before anything runs

@@ -65,6 +65,33 @@ def test_the_gate_decision(
     assert why in decision.reason
 
 
+@pytest.mark.parametrize(
+    ("loss", "ceiling", "candidate", "champion", "low", "high", "passed", "why"),
+    [
+        (1.5, 1.0, 1.5, 0.0, 0.0, 0.0, False, "test_loss 1.5000 is above min_test_loss 1.0000"),
+        (0.8, 1.0, 0.8, 0.9, -0.15, -0.05, True, "test_loss 0.8000 <= min_test_loss 1.0000; better"),
+        (0.8, 1.0, 0.8, 0.9, -0.15, 0.02, False, "not measurably better (interval reaches +0.0000)"),
+        (0.95, 1.0, 0.95, 0.9, 0.01, 0.09, False, "not better"),
+    ],
+)
+def test_the_gate_turns_round_for_a_metric_where_less_is_better(
+    loss: float,
+    ceiling: float,
+    candidate: float,
+    champion: float,
+    low: float,
+    high: float,
+    passed: bool,
+    why: str,
+) -> None:
+    """A task whose gate metric is lower-is-better (a loss, bits per byte): the floor is a ceiling,
+    and the candidate must lower the metric measurably (the whole interval below zero)."""
+    compared = gate.Comparison("3", 100, 0, candidate, champion, low, high)
+    decision = gate.decide(loss, ceiling, compared, 0.0, metric="loss", higher_is_better=False)
+    assert decision.passed is passed
+    assert why in decision.reason
+
+
 def test_paired_f1_interval_identical_models_is_zero_width() -> None:
     truth = ["spam"] * 10 + ["ham"] * 90
     said = ["spam"] * 8 + ["ham"] * 92
