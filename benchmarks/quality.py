@@ -4,9 +4,9 @@ Each seed is one `main` run of the profile (default ``local``: the real corpus, 
 base model, on this machine's CPU) with ``--seed``, a fresh child process on a fresh tracking
 store: the seed sets the train/validation/test split, the new head's initialisation and the
 data order. On each split, ``evaluate`` scores the fine-tuned model and the classical model
-(TF-IDF + linear SVM, ``steps/classical.py``) trained on the same train split, on the same test
-rows. One test split of 516 rows (64 spam) moves F1 by about a point per two messages, hence
-three seeds: the medians are the figures; the ranges are printed beside them.
+(TF-IDF + linear SVM, ``hf_finetune/tasks/text_classification/classical.py``) trained on the
+same train split, on the same test rows. One test split of 516 rows (64 spam) moves F1 by about
+a point per two messages, hence three seeds: the medians are the figures; the ranges are printed beside them.
 
     python benchmarks/quality.py                           # local, seeds 42 1 2 (three whole mains)
     python benchmarks/quality.py --profile smoke --seeds 42  # seconds; what the test suite runs

@@ -33,12 +33,25 @@ PACKAGES = ("steps", "hf_finetune")  # the code a step runs, as far as its cache
 
 # ----------------------------------------------------------------------------- pure functions
 def fields_read(source: str) -> set[str]:
-    """Every ``cfg.<name>`` a module's source reads."""
-    return {
-        node.attr
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "cfg"
-    }
+    """Every ``cfg.<name>`` a source reads, and every ``own(cfg).<name>`` (a task's own settings)."""
+
+    def is_cfg(node: ast.AST) -> bool:
+        return isinstance(node, ast.Name) and node.id == "cfg"
+
+    def reads(node: ast.AST) -> bool:
+        if not isinstance(node, ast.Attribute):
+            return False
+        value = node.value
+        own = (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Name)
+            and value.func.id == "own"
+            and len(value.args) == 1
+            and is_cfg(value.args[0])
+        )
+        return is_cfg(value) or own
+
+    return {node.attr for node in ast.walk(ast.parse(source)) if reads(node)}  # type: ignore[attr-defined]
 
 
 def imported_project_modules(source: str) -> set[str]:

@@ -1,4 +1,4 @@
-"""The command line every step shares, its logging and its exit codes.
+"""The command line every step shares, and its exit codes.
 
 A step's ``main(argv)`` is a few lines over these: ``step_parser`` and ``parse_step_args`` make
 ``--profile``, the upstream run-ID flag and one flag per setting the step reads; ``cli`` turns a

@@ -1,7 +1,7 @@
-"""A labelled text corpus: read from a file or the hub, checked, cleaned, deduplicated and split.
+"""A labelled text corpus, once read (``sources``): checked, cleaned, deduplicated, digested and split.
 
-The ``prepare`` step logs what this produces; ``evaluate`` reads its probe set with it, and
-``main`` checks a data file with it before any run starts.
+The ``prepare`` step logs what this produces; the text-classification task cleans its probe set
+with it, and ``main`` checks a data file with it before any run starts.
 """
 
 from __future__ import annotations

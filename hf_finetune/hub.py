@@ -1,7 +1,11 @@
-"""Referencing base models on the Hugging Face hub, offline included.
+"""Base models: where ``from_pretrained`` loads one from, which revision it was, and references
+to it on the Hugging Face hub, offline included.
 
-A ``reference`` model stores a hub repository and revision instead of weights. That is only
-honest for a base model that really is a hub repository at a known revision:
+``resolve_base_model`` turns ``base_model`` into a place to load (the bundled package, a folder,
+or a hub id); ``base_model_revision`` says which revision was loaded.
+
+A ``reference`` model stores a hub repository and revision instead of weights. That is only honest
+for a base model that really is a hub repository at a known revision:
 
 - a hub id: the revision is the commit the hub cache actually holds (``config._commit_hash``), not
   whatever is newest on the hub now (MLflow 3.17 asks the hub for its latest commit, which fails

@@ -1,4 +1,6 @@
-"""evaluate: the fine-tuned model on the held-out test split, beside two baselines.
+"""evaluate: the fine-tuned model on the held-out test split, beside its baselines on the same rows.
+
+The task (``task``) evaluates; what it writes, for the text-classification task:
 
 Reads: ``--finetune_run_id``; that run's ``checkpoint/`` (the best model), or with
 ``--checkpoint_epoch N`` the model it logged for epoch N (a LoRA epoch: its adapter, loaded onto
@@ -11,9 +13,9 @@ Writes:
   2010-2012 corpus: a shift check; skipped when the probe's labels are not the model's;
 - the same four for the classical model a user would build instead (``classical_*``: TF-IDF
   word and character n-grams and a linear SVM, ``C`` chosen on the validation split, param
-  ``classical_c``; ``steps/classical.py``), trained on the same train split and scored on the
-  same test rows, and for the base model with its new, untrained head (``baseline_*``, same seed
-  as finetune): what fine-tuning gains over both is visible in one run;
+  ``classical_c``; ``hf_finetune/tasks/text_classification/classical.py``), trained on the same
+  train split and scored on the same test rows, and for the base model with its new, untrained
+  head (``baseline_*``, same seed as finetune): what fine-tuning gains over both is visible in one run;
 - artifacts ``evaluation/confusion_matrix.png``, ``evaluation/classification_report.json``,
   ``evaluation/predictions.parquet`` (text, label, prediction, class probabilities),
   ``evaluation/misclassified.csv`` and, for two classes, the precision-recall and ROC curves

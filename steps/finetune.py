@@ -1,4 +1,7 @@
-"""finetune: tokenized splits -> a fine-tuned sequence classifier (Hugging Face ``Trainer``).
+"""finetune: tokenized splits -> the task's model, fine-tuned (Hugging Face ``Trainer``).
+
+The task (``task``) gives the model, the features, collator, loss and per-epoch metrics; what is
+listed below is for the text-classification task where it differs by task.
 
 Reads: ``--tokenize_run_id``; that run's ``tokenized/`` splits and label map, and its
 ``base_model`` tag (the model is the one the tokens were made for, whatever the profile says).
@@ -30,8 +33,8 @@ Writes:
   A finished run cannot be resumed, so once ``checkpoint/`` is logged the Trainer state is
   deleted (several times the model's size), unless ``keep_trainer_state: true`` (tag
   ``pipeline.trainer_state``: ``kept`` or ``dropped``);
-- with ``class_weight: balanced``, the training loss weighs each class by
-  ``rows / (classes * rows of the class)`` of the train split (param ``class_weights``);
+- the task's params (text classification, with ``class_weight: balanced``: ``class_weights``,
+  the loss weighing each class by ``rows / (classes * rows of the class)`` of the train split);
 - tags ``base_model``, ``base_model_revision``, ``data_digest`` (carried from upstream).
 
 Several processes (DDP): with ``nproc_per_node`` > 1 the step starts itself again under

@@ -3,7 +3,8 @@
 Reads: ``--evaluate_run_id``; through its upstream tag the finetune run's ``checkpoint/``, and the
 evaluate run's ``evaluation/predictions.parquet`` (the input example and what the model said).
 Writes:
-- logged model ``model`` (MLflow 3: it lives outside the run's artifacts), with a signature that
+- logged model ``model`` (MLflow 3: it lives outside the run's artifacts), with the task's
+  pipeline task, and (for text classification) a signature that
   declares the ``batch_size`` inference param, an input example, ``model_config`` (truncation) and
   explicit ``pip_requirements``. Save modes:
   ``full``: the pipeline is loaded and saved whole;

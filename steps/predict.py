@@ -8,8 +8,9 @@ Reads: ``data`` (a csv, tsv, json, jsonl or parquet file, or a folder of parquet
 ``text_column``, ``model_uri`` (default ``models:/<registered_model>@champion``), ``output``,
 ``engine``, ``batch_size``, ``chunk_rows``, ``spark_master``, ``overwrite``, ``positive_label``.
 Writes: ``output``, a parquet file (engine ``local``) or folder (engine ``spark``): every input
-column, then ``label`` (the predicted class) and ``score`` (for a two-class model, the probability
-of ``positive_label``; otherwise the predicted class's). An input column already named ``label``
+column, then the task's columns (its ``scorer``); for text classification ``label`` (the predicted
+class) and ``score`` (for a two-class model, the probability of ``positive_label``; otherwise the
+predicted class's). An input column already named ``label``
 or ``score`` is kept as ``input_label`` / ``input_score``. ``local`` keeps the input's row order.
 The output appears only when it is complete: it is written under a temporary name beside it and
 renamed at the end, so a failed job leaves no half-written file.

@@ -1,1 +1,1 @@
-"""Tasks: what differs between kinds of model, one module each, behind ``tasks.base.Task``."""
+"""Tasks: what differs between kinds of model, one package each, behind ``tasks.base.Task``."""

@@ -135,17 +135,87 @@ def test_both_mlproject_files_are_generated_from_the_declared_settings(capsys) -
     assert mlproject.main(["--check"]) == 0, capsys.readouterr().out
 
 
+TASK_MODULE = "hf_finetune.tasks.text_classification.task"
+# the code each step hands its config to: whole modules, or (module, "Class.method") for a task's
+# methods, which different steps call
+STEP_CODE: dict[str, list[tuple[str, str | None]]] = {
+    "prepare": [("hf_finetune.corpus", None), ("hf_finetune.sources", None)],
+    "tokenize": [
+        (TASK_MODULE, "TextClassification.label_mapping"),
+        (TASK_MODULE, "TextClassification.encode"),
+    ],
+    "finetune": [
+        ("hf_finetune.training", None),
+        ("hf_finetune.distributed", None),
+        ("hf_finetune.lora", None),
+        (TASK_MODULE, "TextClassification.model_for_training"),
+        (TASK_MODULE, "TextClassification.training_parts"),
+    ],
+    "evaluate": [
+        (TASK_MODULE, "TextClassification.evaluate"),
+        ("hf_finetune.tasks.text_classification.evaluation", None),
+    ],
+    "log_model": [(TASK_MODULE, "TextClassification.example"), ("hf_finetune.save_modes", None)],
+    "register": [
+        ("hf_finetune.registry.gate", None),
+        (TASK_MODULE, "TextClassification.gate_floor"),
+        (TASK_MODULE, "TextClassification.compare"),
+    ],
+    "persist": [
+        ("hf_finetune.registry.gate", None),
+        (TASK_MODULE, "TextClassification.gate_floor"),
+        (TASK_MODULE, "TextClassification.compare"),
+        (TASK_MODULE, "TextClassification.merge_verified"),
+    ],
+    "version_cleanup": [],
+    "predict": [
+        ("hf_finetune.scoring", None),
+        ("hf_finetune.spark", None),
+        ("hf_finetune.filesystems", None),
+        (TASK_MODULE, "TextClassification.scorer"),
+    ],
+}
+
+
+def source_of(module: str, qualified: str | None) -> str:
+    """A module's source, or one function's or method's (``Class.method``)."""
+    import ast
+
+    from hf_finetune import cache
+
+    source = cache.module_source(module)
+    if qualified is None:
+        return source
+    nodes: list[ast.AST] = list(ast.parse(source).body)
+    for part in qualified.split("."):
+        found = [n for n in nodes if getattr(n, "name", None) == part]
+        assert found, f"{module} has no {qualified}"
+        nodes = list(getattr(found[0], "body", []))
+        node = found[0]
+    return ast.get_source_segment(source, node) or ""
+
+
 def test_every_setting_a_steps_code_reads_is_declared_for_that_step() -> None:
     """The cache key and the command line of a step come from the declarations: a ``cfg.<name>``
-    that a step's code reads without a declaration would be missing from both."""
+    that a step's code reads without a declaration would be missing from both, and a changed
+    setting would reuse a stale run. The step's own module, and the library code it hands its
+    config to."""
     from hf_finetune import cache, chain
 
-    for step in chain.STEPS:
-        assert cache.fields_read(cache.module_source(f"steps.{step}")) <= cache.step_fields(step), step
-    # the shared modules that read settings, for the steps that call them
-    assert cache.fields_read(cache.module_source("hf_finetune.corpus")) <= cache.step_fields("prepare")
-    for step in ("register", "persist"):
-        assert cache.fields_read(cache.module_source("hf_finetune.registry.gate")) <= cache.step_fields(step)
+    assert set(STEP_CODE) == {*chain.STEPS, chain.PREDICT}
+    for step, parts in STEP_CODE.items():
+        sources = [cache.module_source(f"steps.{step}")] + [source_of(m, q) for m, q in parts]
+        read = set().union(*(cache.fields_read(source) for source in sources))
+        assert read <= cache.step_fields(step), (step, read - cache.step_fields(step))
+
+
+def test_settings_read_through_a_tasks_own_view_are_seen() -> None:
+    from hf_finetune import cache
+
+    assert cache.fields_read("def f(cfg):\n    return own(cfg).positive_label + cfg.seed\n") == {
+        "positive_label",
+        "seed",
+    }
 
 
 def test_every_entry_point_prints_its_help(capsys) -> None:
