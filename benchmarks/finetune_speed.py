@@ -110,7 +110,7 @@ def child(variant: str, train_rows: int, epochs: float, workdir: Path, test_rows
         frame = splits[name]
         if variant != "recipe":
             tokens = classifier.tokenize_frame(frame, tokenizer, cfg.max_length, label2id)
-            return classifier.to_features(training.by_length(tokens) if name == "validation" else tokens)
+            return classifier.to_features(classifier.by_length(tokens) if name == "validation" else tokens)
         encoded = tokenizer(
             list(frame["text"]), truncation=True, padding="max_length", max_length=RECIPE["max_length"]
         )

@@ -31,15 +31,14 @@ from hf_finetune.tags import (
     REUSED_FROM_TAG,
     STEP_TAG,
 )
+from hf_finetune.tasks import registry
 
+# the few figures printed per step: prepare's, finetune's and each task's own headline metrics
 HEADLINE_METRICS = (
     "rows_clean",
-    "best_val_f1",
+    *(f"best_val_{task.gate_metric}" for task in registry.TASKS.values()),
     "epochs_completed",
-    "test_f1",
-    "classical_f1",
-    "probe_f1",
-    "baseline_f1",
+    *dict.fromkeys(name for task in registry.TASKS.values() for name in task.headline_metrics),
 )
 
 
