@@ -33,7 +33,7 @@ from hf_finetune.tags import (
     UPSTREAM_TAG,
 )
 
-CONFIG_ARTIFACT = "settings.yaml"
+CONFIG_ARTIFACT = "config.yaml"
 
 
 # the tests' way to SIGKILL a step at a named point (README, "Failure behaviour"); never set it
