@@ -33,8 +33,7 @@ from hf_finetune.tags import (
 
 log = logs.logger("report")
 REPORT_PATH = "report/pipeline.html"
-IMAGES = {"confusion_matrix": "Confusion matrix", "pr_curve": "Precision-recall", "roc_curve": "ROC"}
-CURVES = ("val_f1", "val_average_precision", "val_loss", "train_loss")
+LOSSES = ("train_loss", "val_loss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +60,7 @@ class Report:
     images: dict[str, str]  # caption -> data: URI
     gate: dict[str, str]
     version: dict[str, Any]  # name, number, aliases, link; empty when nothing was registered
+    task: str = ""  # the task evaluate ran as ("": the default task)
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -103,8 +103,11 @@ def by_epoch(history: dict[str, list[tuple[int, float]]]) -> dict[str, list[tupl
     }
 
 
-def training_figure(curves: dict[str, list[tuple[float, float]]]) -> bytes:
-    """Validation F1 (and average precision) and the losses against the epoch, as a PNG."""
+def training_figure(
+    curves: dict[str, list[tuple[float, float]]], quality_curves: tuple[str, ...] = ()
+) -> bytes:
+    """The task's validation metrics (``quality_curves``; all but the losses when not given) and
+    the losses against the epoch, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,8 +115,8 @@ def training_figure(curves: dict[str, list[tuple[float, float]]]) -> bytes:
 
     figure, (quality, loss) = plt.subplots(1, 2, figsize=(9.4, 3.4), dpi=100)
     for axes, names, ylabel in (
-        (quality, ("val_f1", "val_average_precision"), "validation"),
-        (loss, ("train_loss", "val_loss"), "loss"),
+        (quality, quality_curves or tuple(n for n in curves if n not in LOSSES), "validation"),
+        (loss, LOSSES, "loss"),
     ):
         for name in names:
             points = sorted(curves.get(name, []))
@@ -143,8 +146,9 @@ def render(report: Report) -> str:
     )
     env.filters["f3"] = lambda value: "–" if value is None else f"{value:.3f}"
     env.filters["pct"] = lambda value: f"{100 * value:.1f} %"
+    task = card.task_named(report.task)
     return env.get_template("pipeline.html.j2").render(
-        r=report, baselines=card.BASELINES, metric_names=card.METRICS
+        r=report, baselines=task.baselines, metric_names=task.metric_names
     )
 
 
@@ -156,14 +160,14 @@ def history(client: Any, run_id: str, names: tuple[str, ...]) -> dict[str, list[
     }
 
 
-def images(run_id: str) -> dict[str, str]:
-    """evaluate's pictures, embedded (those it logged: the curves only for two classes)."""
+def images(run_id: str, figures: dict[str, str]) -> dict[str, str]:
+    """evaluate's pictures, embedded (those of the task's ``figures`` it logged)."""
     import mlflow
 
     found = {}
     with tempfile.TemporaryDirectory(prefix="report-") as tmp:
         listed = {Path(f.path).stem for f in mlflow.MlflowClient().list_artifacts(run_id, chain.EVAL_DIR)}
-        for stem, caption in IMAGES.items():
+        for stem, caption in figures.items():
             if stem in listed:
                 path = artifacts.download(run_id, f"{chain.EVAL_DIR}/{stem}.png", Path(tmp) / stem, link=True)
                 found[caption] = data_uri(path.read_bytes())
@@ -212,7 +216,9 @@ def gather(client: Any, main_run_id: str) -> Report:
         )
     prepare, finetune, evaluate = (sources.get(s) for s in (chain.PREPARE, chain.FINETUNE, chain.EVALUATE))
     register = sources.get(chain.REGISTER)
-    curves = by_epoch(history(client, finetune.info.run_id, CURVES)) if finetune else {}
+    task = card.task_named(evaluate.data.params.get("config.task", "") if evaluate else "")
+    drawn = (*task.quality_curves, *LOSSES)
+    curves = by_epoch(history(client, finetune.info.run_id, drawn)) if finetune else {}
     version: dict[str, Any] = {}
     gate: dict[str, str] = {}
     if register and VERSION_TAG in register.data.tags:
@@ -245,11 +251,12 @@ def gather(client: Any, main_run_id: str) -> Report:
         written=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         steps=steps,
         data=card.data_facts(dict(prepare.data.tags), dict(prepare.data.metrics)) if prepare else {},
-        metrics=card.grouped_metrics(dict(evaluate.data.metrics)) if evaluate else {},
-        training_png=data_uri(training_figure(curves)) if any(curves.values()) else "",
-        images=images(evaluate.info.run_id) if evaluate else {},
+        metrics=card.grouped_metrics(dict(evaluate.data.metrics), task) if evaluate else {},
+        training_png=data_uri(training_figure(curves, task.quality_curves)) if any(curves.values()) else "",
+        images=images(evaluate.info.run_id, task.figures) if evaluate else {},
         gate=gate,
         version=version,
+        task=task.name,
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_finetune import chain, logs, uris
+from hf_finetune.config import FIELDS
 from hf_finetune.tags import (
     BASE_MODEL_TAG,
     BASE_REVISION_TAG,
@@ -26,6 +27,8 @@ from hf_finetune.tags import (
     MODEL_ID_TAG,
     PERSISTED_TAG,
 )
+from hf_finetune.tasks import registry
+from hf_finetune.tasks.base import Task
 
 log = logs.logger("card")
 CARD_FILE = "model_card.md"
@@ -33,12 +36,6 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"  # hf_finetune/
 # A SQL model registry keeps up to 5,000 characters of a version's description; a longer card
 # goes whole into model_card.md and shortened into the description.
 DESCRIPTION_LIMIT = 5000
-METRICS = ("accuracy", "precision", "recall", "f1")
-BASELINES = {
-    "test": "this model",
-    "classical": "TF-IDF + linear SVM (classical baseline)",
-    "baseline": "base model, untrained head",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +53,21 @@ class Facts:
     runs: dict[str, str]  # step -> run ID
     main_run_id: str
     code_version: str
+    task: str = ""  # the task evaluate ran as ("": the default task)
 
 
 # ----------------------------------------------------------------------------- pure functions
-def grouped_metrics(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+def task_named(name: str) -> Task:
+    """The task a run or version says it was (a run from before tasks were recorded: the default)."""
+    return registry.TASKS.get(
+        name or str(FIELDS["task"].default), registry.TASKS[str(FIELDS["task"].default)]
+    )
+
+
+def grouped_metrics(metrics: dict[str, float], task: Task) -> dict[str, dict[str, float]]:
     """evaluate's flat metrics by prefix: ``test_f1`` -> ``{"test": {"f1": ...}}``."""
     groups: dict[str, dict[str, float]] = {}
-    for prefix in (*BASELINES, "probe"):
+    for prefix in (*task.baselines, "probe"):
         values = {k[len(prefix) + 1 :]: v for k, v in metrics.items() if k.startswith(prefix + "_")}
         if values:
             groups[prefix] = values
@@ -104,10 +109,11 @@ def render(facts: Facts) -> str:
     )
     env.filters["f3"] = lambda value: "–" if value is None else f"{value:.3f}"
     env.filters["pct"] = lambda value: f"{100 * value:.1f} %"
+    task = task_named(facts.task)
     return env.get_template("model_card.md.j2").render(
         f=facts,
-        baselines=BASELINES,
-        metric_names=METRICS,
+        baselines=task.baselines,
+        metric_names=task.metric_names,
         base_model=facts.tags.get(BASE_MODEL_TAG, "not recorded"),
         base_revision=facts.tags.get(BASE_REVISION_TAG, ""),
         persisted=facts.tags.get(PERSISTED_TAG) == "true",
@@ -139,6 +145,7 @@ def gather(client: Any, name: str, number: str) -> Facts:
     eval_data = evaluate.data if evaluate else None
     main_run_id = tags.get(MAIN_RUN_TAG, "")
     main_run = client.get_run(main_run_id) if main_run_id else None
+    task = eval_data.params.get("config.task", "") if eval_data else ""
     return Facts(
         name=name,
         version=str(number),
@@ -147,10 +154,11 @@ def gather(client: Any, name: str, number: str) -> Facts:
         labels=sorted(artifacts.id2label_of(tokenize).values()) if tokenize else [],
         positive_label=eval_data.params.get("config.positive_label", "") if eval_data else "",
         data=data_facts(dict(prepare.data.tags) if prepare else {}, prepare_metrics),
-        metrics=grouped_metrics(dict(eval_data.metrics) if eval_data else {}),
+        metrics=grouped_metrics(dict(eval_data.metrics) if eval_data else {}, task_named(task)),
         runs=runs,
         main_run_id=main_run_id,
         code_version=main_run.data.tags.get("mlflow.source.git.commit", "") if main_run else "",
+        task=task,
     )
 
 

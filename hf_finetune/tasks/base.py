@@ -79,6 +79,11 @@ class Task(abc.ABC):
     higher_is_better: ClassVar[bool] = True  # the gate metric's direction
     version_metrics: ClassVar[tuple[str, ...]]  # evaluate's metrics a registered version carries
     headline_metrics: ClassVar[tuple[str, ...]]  # main's summary of one pipeline run
+    # how the model card and the pipeline report show the task's figures
+    metric_names: ClassVar[tuple[str, ...]]  # evaluate's ``<row>_<name>`` columns of the metrics table
+    baselines: ClassVar[dict[str, str]]  # evaluate's metric prefixes -> their rows' captions
+    quality_curves: ClassVar[tuple[str, ...]]  # per-epoch validation metrics drawn beside the losses
+    figures: ClassVar[dict[str, str]]  # evaluate's ``evaluation/<stem>.png`` -> caption
 
     # -- tokenize
     @abc.abstractmethod

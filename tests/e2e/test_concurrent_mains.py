@@ -15,7 +15,7 @@ import mlflow
 import pytest
 
 from tests.conftest import PROJECT_DIR, isolated_env
-from tests.helpers import assert_both_registered_and_the_gate_held
+from tests.recorded import assert_both_registered_and_the_gate_held
 
 pytestmark = pytest.mark.slow
 

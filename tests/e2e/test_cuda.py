@@ -16,7 +16,7 @@ import pytest
 from hf_finetune import devices, training
 from hf_finetune.settings import PROJECT_DIR
 from tests.conftest import deleted_unless_a_test_failed, main_in_store, use_store
-from tests.helpers import child_runs
+from tests.recorded import child_runs
 
 pytestmark = [pytest.mark.cuda, pytest.mark.slow]
 MODEL = "cuda-spam"

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 
 from tests.conftest import PROJECT_DIR
-from tests.helpers import artifact_paths, child_runs
+from tests.recorded import artifact_paths, child_runs
 
 pytestmark = pytest.mark.slow
 

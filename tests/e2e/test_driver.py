@@ -20,7 +20,7 @@ from hf_finetune.settings import BUNDLED_DATA, BUNDLED_DATA_COLUMNS
 from hf_finetune.tags import REUSED_FROM_TAG
 from steps import main as main_step
 from tests.conftest import PROJECT_DIR, deleted_unless_a_test_failed, isolated_env
-from tests.helpers import child_runs
+from tests.recorded import child_runs
 
 pytestmark = pytest.mark.slow
 CACHEABLE = ["prepare", "tokenize", "finetune", "evaluate", "log_model"]

@@ -23,7 +23,7 @@ from hf_finetune.registry import locks
 from hf_finetune.tags import STEP_TAG
 from steps import main as main_step
 from tests.conftest import PROJECT_DIR, isolated_env, use_store
-from tests.helpers import logged_model_status
+from tests.recorded import logged_model_status
 
 pytestmark = pytest.mark.slow
 MODEL = "faults-spam"

@@ -22,7 +22,7 @@ from hf_finetune.tasks import registry
 from steps import log_model, persist, register, version_cleanup
 from steps import main as main_step
 from tests.conftest import PROJECT_DIR
-from tests.helpers import child_runs
+from tests.recorded import child_runs
 
 CLASSIFICATION = registry.TASKS["text-classification"]
 

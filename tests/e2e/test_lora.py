@@ -20,7 +20,7 @@ from hf_finetune.settings import BUNDLED_BASE_MODEL, PROJECT_DIR
 from hf_finetune.tasks.text_classification import classifier
 from steps import evaluate, finetune
 from tests.conftest import deleted_unless_a_test_failed, main_in_store, use_store
-from tests.helpers import artifact_paths, child_runs
+from tests.recorded import artifact_paths, child_runs
 
 pytestmark = pytest.mark.slow
 MODEL = "lora-spam"

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import PROJECT_DIR
-from tests.helpers import artifact_paths, child_runs
+from tests.recorded import artifact_paths, child_runs
 
 pytestmark = pytest.mark.slow
 STEPS = ["prepare", "tokenize", "finetune", "evaluate", "log_model", "register", "persist", "version_cleanup"]

@@ -18,7 +18,7 @@ import pytest
 
 from hf_finetune.tags import REUSED_FROM_TAG, STEP_TAG
 from tests.conftest import PROJECT_DIR, isolated_env
-from tests.helpers import assert_both_registered_and_the_gate_held, child_runs, fresh_postgres_database
+from tests.recorded import assert_both_registered_and_the_gate_held, child_runs, fresh_postgres_database
 from tests.server import as_user, running_server
 
 pytestmark = pytest.mark.slow

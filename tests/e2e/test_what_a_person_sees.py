@@ -17,7 +17,7 @@ import pytest
 from hf_finetune import report, ui
 from hf_finetune.registry import card
 from tests.browser import browser, open_page
-from tests.helpers import child_runs
+from tests.recorded import child_runs
 from tests.server import free_port, serving
 
 pytestmark = pytest.mark.slow

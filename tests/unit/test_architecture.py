@@ -225,3 +225,14 @@ def test_editing_a_library_module_a_step_uses_changes_that_steps_code_hash(
 
     monkeypatch.setattr(cache, "module_source", task_edited)
     assert cache.code_hash("tokenize", specs["tokenize"]) != before["tokenize"]
+
+
+def test_the_card_and_the_report_show_the_figures_of_the_task_the_run_was() -> None:
+    from hf_finetune.registry import card
+
+    assert card.task_named("") is registry.TASKS["text-classification"]  # a run from before tasks
+    assert card.task_named("text-classification").baselines["classical"].startswith("TF-IDF")
+    grouped = card.grouped_metrics(
+        {"test_f1": 0.9, "classical_f1": 0.8, "probe_f1": 0.7, "rows_read": 5.0}, card.task_named("")
+    )
+    assert grouped == {"test": {"f1": 0.9}, "classical": {"f1": 0.8}, "probe": {"f1": 0.7}}

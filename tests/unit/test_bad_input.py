@@ -16,7 +16,7 @@ from hf_finetune import corpus, profiles
 from steps import evaluate, finetune, log_model, persist, prepare, register, tokenize, version_cleanup
 from steps import main as main_step
 from tests.conftest import PROJECT_DIR
-from tests.helpers import registered_models
+from tests.recorded import registered_models
 
 
 def fails_with_one_line(

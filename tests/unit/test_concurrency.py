@@ -29,7 +29,7 @@ from hf_finetune.errors import UserError
 from hf_finetune.registry import locks
 from hf_finetune.tags import HOST_TAG, PID_STARTED_TAG, PID_TAG
 from tests.conftest import PROJECT_DIR, isolated_env
-from tests.helpers import (
+from tests.recorded import (
     POSTGRES_ENV,
     Echo,
     fresh_postgres_database,

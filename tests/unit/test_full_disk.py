@@ -15,7 +15,7 @@ import mlflow
 import pytest
 
 from hf_finetune import cli, save_modes
-from tests.helpers import Echo
+from tests.recorded import Echo
 
 
 def enospc(path: str = "", dst: str = "") -> OSError:

@@ -1,7 +1,7 @@
 """predict, engine local: what it writes and records, in every input format, and every bad input.
 
 The model is a tiny random-init BERT ham/spam classifier logged as log_model logs one and
-registered as champion (``tests.helpers.register_tiny_classifier``): it scores in milliseconds,
+registered as champion (``tests.recorded.register_tiny_classifier``): it scores in milliseconds,
 and what it predicts does not matter here, only that the job carries it through faithfully.
 """
 
@@ -21,7 +21,7 @@ from hf_finetune.tags import MODEL_URI_TAG, MODEL_VERSION_TAG, STEP_TAG
 from hf_finetune.tasks.text_classification import task as tc_task
 from steps import lineage, predict
 from tests.conftest import deleted_unless_a_test_failed, isolated_env, point_hub_cache, use_store
-from tests.helpers import register_tiny_classifier
+from tests.recorded import register_tiny_classifier
 
 NAME = "tiny-spam"
 TEXTS = [

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -123,6 +123,18 @@ class TextClassification(Task):
     gate_metric = "f1"
     version_metrics = ("test_accuracy", "test_precision", "test_recall", "test_f1")
     headline_metrics = ("test_f1", "classical_f1", "baseline_f1", "probe_f1")
+    metric_names = ("accuracy", "precision", "recall", "f1")
+    baselines: ClassVar[dict[str, str]] = {
+        "test": "this model",
+        "classical": "TF-IDF + linear SVM (classical baseline)",
+        "baseline": "base model, untrained head",
+    }
+    quality_curves = ("val_f1", "val_average_precision")
+    figures: ClassVar[dict[str, str]] = {
+        "confusion_matrix": "Confusion matrix",
+        "pr_curve": "Precision-recall",
+        "roc_curve": "ROC",
+    }
     lora_task_type = "SEQ_CLS"  # PEFT keeps the new classifier head trainable beside the adapter
 
     def label_mapping(self, frames: dict[str, pd.DataFrame]) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Small helpers for reading what a pipeline run recorded."""
+"""Reading what a pipeline run recorded, and the few fixtures the tests share to make it."""
 
 from __future__ import annotations
 
