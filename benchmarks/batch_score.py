@@ -70,7 +70,7 @@ def write_csv(texts: list[str], path: Path) -> Path:
 def tiny_registered(name: str, folder: Path, texts: list[str]) -> None:
     """A two-layer, 32-wide BERT with the bundled tokenizer, registered as ``name``'s champion."""
     sys.path.insert(0, str(PROJECT_DIR / "tests"))
-    from helpers import register_tiny_classifier
+    from recorded import register_tiny_classifier
 
     register_tiny_classifier(name, folder, texts)
 
