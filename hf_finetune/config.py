@@ -35,7 +35,7 @@ def check_task_settings(task: str, given: Mapping[str, Any], source: str) -> Non
     """A task's own setting given for another task would change nothing: one line that says so.
     (A profile may hold every task's values; what is given on the command line must fit.)"""
     for name in given:
-        owner = task_of(name)
+        owner = owner_of(name)
         if owner and owner != task:
             raise UserError(
                 f"{name} is a setting of the {owner} task, not of {task}: remove it from {source}, "
@@ -62,7 +62,7 @@ def fields_of(step: str) -> list[str]:
     return [name for name, field in FIELDS.items() if step in field.metadata["steps"]]
 
 
-def task_of(name: str) -> str:
+def owner_of(name: str) -> str:
     """The task whose own setting ``name`` is, or "" for a shared setting."""
     for task in registry.TASKS.values():
         if name in {field.name for field in dataclasses.fields(task.settings)}:

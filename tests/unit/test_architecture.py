@@ -161,8 +161,8 @@ class OtherTask(TextClassification):
 
 def test_every_task_setting_is_declared_once_with_its_task_and_placed_among_the_shared_ones() -> None:
     own = [field.name for field in dataclasses.fields(ClassificationSettings)]
-    assert [config.task_of(name) for name in own] == ["text-classification"] * len(own)
-    assert config.task_of("learning_rate") == ""
+    assert [config.owner_of(name) for name in own] == ["text-classification"] * len(own)
+    assert config.owner_of("learning_rate") == ""
     names = list(config.FIELDS)
     for field in dataclasses.fields(ClassificationSettings):
         assert names.index(field.name) == names.index(field.metadata["after"]) + 1
