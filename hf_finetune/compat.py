@@ -16,6 +16,8 @@ every step, the light ones too.
   (correctness; offline, the hub cannot be asked);
 - ``quick_save_checks``: three checks of MLflow's save answered without their cost (reference ÷
   full log, checkpoint log ÷ ``cp``);
+- ``source_named``: a model logged from a local folder would name that folder as its source,
+  and a served ``llm/v1`` answer says it as its ``model`` (correctness: never a local path);
 - ``hub_offline``: MLflow's model-card and license lookups retry for minutes with no network
   (the default path is offline);
 - ``tokenizers_built_empty``: a reference needs the tokenizer's class, not its vocabulary
@@ -43,7 +45,7 @@ from unittest import mock
 from hf_finetune.errors import UserError
 
 # pipeline tasks MLflow can always serve as pyfunc (its check imports other model families to say so)
-ALWAYS_SERVABLE = ("text-classification",)
+ALWAYS_SERVABLE = ("text-classification", "text-generation")
 SUPPORTED = "mlflow >=3.17,<3.18, transformers <=5.17.0, huggingface_hub 1.x (pyproject.toml)"
 # (module, attribute) of every patch and private call below
 TARGETS = (
@@ -61,6 +63,7 @@ TARGETS = (
     ("transformers.tokenization_utils_base", "PreTrainedTokenizerBase"),
     ("mlflow.projects._project_spec", "load_project"),
     ("mlflow.projects", "_run"),
+    ("mlflow.transformers", "build_flavor_config_from_local_checkpoint"),
 )
 
 
@@ -195,6 +198,23 @@ def quick_save_checks() -> Iterator[None]:
         ):
             module = target(name, "is_peft_model")  # each module bound its own name
             stack.enter_context(mock.patch.object(module, "is_peft_model", is_peft_model))
+        yield
+
+
+@contextmanager
+def source_named(name: str) -> Iterator[None]:
+    """A model logged from a checkpoint folder records ``name`` as its source model, not the
+    folder's path (a temporary one). MLflow reads the source name back only for a model that
+    references its weights (``save_pretrained=False``), never for one whose weights it holds, and
+    an ``llm/v1`` model answers with it as the ``model`` of every response. (A pipeline's model is
+    named by its ``name_or_path``, which the caller sets.)"""
+    module = target("mlflow.transformers", "build_flavor_config_from_local_checkpoint")
+    build = module.build_flavor_config_from_local_checkpoint
+
+    def named(*args: Any, **kwargs: Any) -> Any:
+        return build(*args, **kwargs) | {"source_model_name": name}
+
+    with mock.patch.object(module, "build_flavor_config_from_local_checkpoint", named):
         yield
 
 

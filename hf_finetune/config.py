@@ -16,10 +16,11 @@ from hf_finetune.errors import UserError
 from hf_finetune.settings import Settings
 from hf_finetune.tasks import registry
 from hf_finetune.tasks.text_classification.task import ClassificationSettings
+from hf_finetune.tasks.text_generation.task import GenerationSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(Settings, ClassificationSettings):
+class Config(Settings, ClassificationSettings, GenerationSettings):
     """Every setting of the pipeline: the shared ones and each task's (see ``settings.setting``)."""
 
     def __post_init__(self) -> None:

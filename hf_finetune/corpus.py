@@ -1,7 +1,9 @@
-"""A labelled text corpus, once read (``sources``): checked, cleaned, deduplicated, digested and split.
+"""A text corpus, once read (``sources``): checked, cleaned, deduplicated, digested and split.
 
-The ``prepare`` step logs what this produces; the text-classification task cleans its probe set
-with it, and ``main`` checks a data file with it before any run starts.
+The rows are the task's (``Task.clean``: texts and labels, or prompts and completions); cleaning
+labelled texts is here, beside what every task's rows share (digest, subsample, split). The
+``prepare`` step logs what this produces; the text-classification task cleans its probe set with
+it, and ``main`` checks a data file with it before any run starts.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ import dataclasses
 import hashlib
 import json
 import re
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from hf_finetune.errors import UserError
 from hf_finetune.settings import Settings
 from hf_finetune.sources import load
+
+if TYPE_CHECKING:
+    from hf_finetune.tasks.base import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,24 +102,42 @@ def check_value_types(df: pd.DataFrame, text_column: str, label_column: str) -> 
             )
 
 
-def data_digest(df: pd.DataFrame) -> str:
-    """sha256 over the cleaned (text, label) rows in order: the same data in any format, same digest.
+def data_digest(df: pd.DataFrame, columns: tuple[str, str] = ("label", "text")) -> str:
+    """sha256 over the cleaned rows in order (the pair of ``columns`` of each: a label and its
+    text, or a prompt and its completion): the same data in any format, same digest.
 
     Each row is hashed as a JSON pair, so a text holding a tab or a newline cannot make two
     different row lists hash alike.
     """
     digest = hashlib.sha256()
-    for text, label in zip(df["text"], df["label"], strict=True):
-        digest.update(json.dumps([label, text], ensure_ascii=False).encode() + b"\n")
+    first, second = columns
+    for a, b in zip(df[first], df[second], strict=True):
+        digest.update(json.dumps([a, b], ensure_ascii=False).encode() + b"\n")
     return digest.hexdigest()
 
 
 def split(
-    df: pd.DataFrame, validation_fraction: float, test_fraction: float, seed: int
+    df: pd.DataFrame,
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+    stratify: str | None = "label",
 ) -> dict[str, pd.DataFrame]:
-    """A seeded, stratified train/validation/test split."""
+    """A seeded train/validation/test split, stratified by the column ``stratify`` names."""
     from sklearn.model_selection import train_test_split
 
+    if stratify is None:
+        rest, test = train_test_split(df, test_size=test_fraction, random_state=seed)
+        train, validation = train_test_split(
+            rest, test_size=validation_fraction / (1 - test_fraction), random_state=seed
+        )
+        return {
+            name: part.reset_index(drop=True)
+            for name, part in (("train", train), ("validation", validation), ("test", test))
+        }
+    if stratify != "label":  # (a column of another name; the error messages below speak of labels)
+        parts = split(df.rename(columns={stratify: "label"}), validation_fraction, test_fraction, seed)
+        return {name: part.rename(columns={"label": stratify}) for name, part in parts.items()}
     counts = df["label"].value_counts()
     smallest = int(counts.min())
     needed = max(3, int(1 / min(validation_fraction, test_fraction)) + 1)
@@ -155,21 +179,25 @@ def rare_label_message(df: pd.DataFrame, rare: list[str], common_labels: list[st
     )
 
 
-def subsample(df: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+def subsample(df: pd.DataFrame, max_rows: int, seed: int, stratify: str | None = "label") -> pd.DataFrame:
     """At most ``max_rows`` rows, stratified (``0`` keeps all): for quick runs on big data."""
     if max_rows <= 0 or len(df) <= max_rows:
         return df
     from sklearn.model_selection import train_test_split
 
-    kept, _ = train_test_split(df, train_size=max_rows, stratify=df["label"], random_state=seed)
+    by = df[stratify] if stratify else None
+    kept, _ = train_test_split(df, train_size=max_rows, stratify=by, random_state=seed)
     return kept.sort_index().reset_index(drop=True)
 
 
-def split_metrics(splits: dict[str, pd.DataFrame]) -> dict[str, float]:
+def split_metrics(splits: dict[str, pd.DataFrame], stratify: str | None = "label") -> dict[str, float]:
+    """Rows per split and, for a stratified split, the share of each value in each."""
     metrics: dict[str, float] = {}
     for name, part in splits.items():
         metrics[f"rows_{name}"] = len(part)
-        for label, share in part["label"].value_counts(normalize=True).sort_index().items():
+        if stratify is None:
+            continue
+        for label, share in part[stratify].value_counts(normalize=True).sort_index().items():
             safe = re.sub(r"[^\w.-]", "_", str(label))
             metrics[f"{name}_share_{safe}"] = round(float(share), 6)
     return metrics
@@ -178,8 +206,10 @@ def split_metrics(splits: dict[str, pd.DataFrame]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- reading
 
 
-def prepared(cfg: Settings) -> tuple[pd.DataFrame, CleanStats, dict[str, pd.DataFrame]]:
-    """The cleaned rows, what cleaning dropped, and the splits; a ``UserError`` for unusable data."""
-    cleaned, stats = clean(load(cfg.data, cfg), cfg.text_column, cfg.label_column)
-    cleaned = subsample(cleaned, cfg.max_rows, cfg.seed)
-    return cleaned, stats, split(cleaned, cfg.validation_fraction, cfg.test_fraction, cfg.seed)
+def prepared(cfg: Settings, task: Task) -> tuple[pd.DataFrame, CleanStats, dict[str, pd.DataFrame]]:
+    """The task's cleaned rows, what cleaning dropped, and the splits; a ``UserError`` for
+    unusable data."""
+    cleaned, stats = task.clean(load(cfg.data, cfg), cfg)
+    by = task.stratify_by(cleaned)
+    cleaned = subsample(cleaned, cfg.max_rows, cfg.seed, by)
+    return cleaned, stats, split(cleaned, cfg.validation_fraction, cfg.test_fraction, cfg.seed, by)

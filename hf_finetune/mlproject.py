@@ -51,8 +51,9 @@ name: hf-finetune-pipeline
 docker_env:
   image: hf-finetune-pipeline-base:0.1.0
 """
-# settings whose parameter has a default of its own rather than the profile's
-OWN_DEFAULTS = {"registered_model"}
+# settings whose parameter has a default of its own rather than the profile's (none today: even
+# registered_model's default is the task's, which load_config knows)
+OWN_DEFAULTS: set[str] = set()
 
 
 def default_of(name: str) -> str:

@@ -1,6 +1,8 @@
 """Profiles: ``profiles/<name>.yaml``, and the one helper that merges a config from its layers.
 
-Precedence: ``Config``'s defaults < ``profiles/<profile>.yaml`` < values given on the command line.
+Precedence: ``Config``'s defaults < the task's own defaults (its registered model's name) <
+``profiles/<profile>.yaml`` < the profile's section for the task (a mapping under the task's
+name: the hyperparameters that task needs) < values given on the command line.
 An empty string on the command line means "take it from the profile" (that is how ``mlflow run``
 passes a parameter the user left out). Unknown keys and values of the wrong type are errors that
 name the key and where it came from.
@@ -18,6 +20,7 @@ import yaml
 from hf_finetune.config import FIELDS, Config, check_task_settings
 from hf_finetune.errors import UserError
 from hf_finetune.settings import PROJECT_DIR
+from hf_finetune.tasks import registry
 
 PROFILES_DIR = PROJECT_DIR / "profiles"
 
@@ -70,8 +73,9 @@ def coerce(key: str, value: Any, source: str) -> Any:
     raise UserError(f"{key} in {source} must be {hint.__name__}, got {value!r}")
 
 
-def read_profile(profile: str) -> dict[str, Any]:
-    """Load ``profiles/<profile>.yaml`` as typed values (no merging)."""
+def read_profile(profile: str, task: str | None = None) -> dict[str, Any]:
+    """Load ``profiles/<profile>.yaml`` as typed values: its settings, and over them its section
+    for ``task`` (the profile's own ``task``, or the default, when None)."""
     path = PROFILES_DIR / f"{profile}.yaml"
     if not path.is_file():
         raise UserError(
@@ -84,23 +88,36 @@ def read_profile(profile: str) -> dict[str, Any]:
         raise UserError(f"profile {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UserError(f"profile {path} must be a mapping of setting: value")
-    return {key: coerce(key, value, str(path)) for key, value in raw.items()}
+    sections = {key: raw.pop(key) for key in list(raw) if key in registry.TASKS}
+    for name, section in sections.items():
+        if not isinstance(section, dict):
+            raise UserError(f"{name} in profile {path} must be a mapping of setting: value (for that task)")
+    values = {key: coerce(key, value, str(path)) for key, value in raw.items()}
+    task = task or values.get("task", FIELDS["task"].default)
+    section = sections.get(task, {})
+    return values | {key: coerce(key, value, f"{path} ({task})") for key, value in section.items()}
 
 
 def load_config(profile: str, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults < profile < overrides. ``None`` and ``""`` overrides mean "not given".
+    """Defaults < the task's < profile < its task section < overrides (the module's docstring).
+    ``None`` and ``""`` overrides mean "not given".
 
     ``data_columns`` belongs to the file it was declared with: where a later layer names another
     ``data`` without ``data_columns``, that file is read with its own header row.
     """
+    given = {
+        key: coerce(key, value, "the command line")
+        for key, value in (overrides or {}).items()
+        if value is not None and value != ""
+    }
+    from_profile = read_profile(profile, given.get("task"))
+    task = given.get("task", from_profile.get("task", FIELDS["task"].default))
+    if task not in registry.TASKS:
+        raise UserError(f"unknown task {task!r}: use one of {', '.join(registry.TASKS)}")
     layers: list[dict[str, Any]] = [
         {"data": FIELDS["data"].default, "data_columns": FIELDS["data_columns"].default},
-        read_profile(profile),
-        {
-            key: coerce(key, value, "the command line")
-            for key, value in (overrides or {}).items()
-            if value is not None and value != ""
-        },
+        from_profile,
+        given,
     ]
     values: dict[str, Any] = {}
     columns_of = layers[0]["data"]
@@ -111,5 +128,6 @@ def load_config(profile: str, overrides: Mapping[str, Any] | None = None) -> Con
         elif layer.get("data", columns_of) != columns_of:
             values["data_columns"] = ""
             columns_of = layer["data"]
-    check_task_settings(values.get("task", FIELDS["task"].default), layers[2], "the command line")
+    values.setdefault("registered_model", registry.TASKS[task].registered_model)  # the task's default
+    check_task_settings(task, given, "the command line")
     return Config(**values)

@@ -62,12 +62,21 @@ def installed_versions(adapter: bool = False) -> dict[str, str]:
     return versions
 
 
-def log_candidate(task: Task, checkpoint: Path, save_mode: str, options: dict[str, Any]) -> Any:
+def source_name(base_model: str) -> str:
+    """How a logged model names its source: the base model's hub id, or a folder's name (never
+    a local path, which would mean nothing on another machine)."""
+    return (
+        Path(base_model).name if Path(base_model).is_absolute() or base_model.startswith(".") else base_model
+    )
+
+
+def log_candidate(task: Task, checkpoint: Path, save_mode: str, options: dict[str, Any], source: str) -> Any:
     """Log the fine-tuned model from its checkpoint folder: the pipeline (``full``) or the folder.
 
     ``checkpoint`` must be a folder nobody writes into afterwards (the step's own download): in a
     local artifact store the logged files are hard links to it (``checkpoint`` mode) or to
-    MLflow's staging folder (``full``), so the weights are not copied again.
+    MLflow's staging folder (``full``), so the weights are not copied again. The model names
+    ``source`` (``source_name``) as what it came from, not the folder.
     """
     import mlflow
 
@@ -75,9 +84,10 @@ def log_candidate(task: Task, checkpoint: Path, save_mode: str, options: dict[st
     with compat.hub_offline(), compat.quick_save_checks(), compat.uploads_linked():
         if save_mode == "full":
             pipe = pipeline_of(task, model=str(checkpoint), tokenizer=str(checkpoint))
+            pipe.model.name_or_path = source
             return mlflow.transformers.log_model(pipe, **options)
         # checkpoint: logged by path; the model is never built in this process
-        with compat.linked_checkpoint_copy():
+        with compat.linked_checkpoint_copy(), compat.source_named(source):
             return mlflow.transformers.log_model(str(checkpoint), **options)
 
 
@@ -184,7 +194,7 @@ def log_reference(task: Task, ref: hub.HubReference, name: str, num_labels: int)
         info = mlflow.transformers.log_model(
             reference_pipeline(task, ref, num_labels),
             name=name,
-            task=task.pipeline_task,
+            task=task.mlflow_task,
             save_pretrained=False,
             model_card=hub.model_card(snapshot),  # the cached README, not a hub request
             pip_requirements=pip_requirements(installed_versions()),
@@ -234,6 +244,9 @@ def log_baseline(task: Task, lineage_tags: dict[str, str], num_labels: int) -> s
     base_model = lineage_tags[BASE_MODEL_TAG]
     try:
         ref = hub.reference_for(base_model, lineage_tags[BASE_REVISION_TAG])
+        problem = task.reference_problem(str(hub.snapshot_dir(ref.repo_id, ref.revision)))
+        if problem:
+            raise UserError(f"base model {base_model}: {problem}")
     except UserError as exc:
         log.info(f"baseline not logged by reference: {exc}")
         return f"skipped: {exc}"

@@ -118,11 +118,10 @@ def load_model(model: Model) -> Any:
     return loaded
 
 
-def predict_chunk(model: Any, texts: list[str], batch_size: int) -> pd.DataFrame:
-    """Labels and scores of ``texts``, in their order; scored shortest first (less padding)."""
+def predict_chunk(model: Any, texts: list[str], batch_size: int, scorer: Scorer) -> pd.DataFrame:
+    """What the model says of ``texts``, in their order; scored shortest first (less padding)."""
     order = in_order_of_length(texts)
-    out = model.predict([texts[i] for i in order], params={"batch_size": batch_size})
-    out = pd.DataFrame(out).reset_index(drop=True)
+    out = scorer.predict(model, [texts[i] for i in order], batch_size)
     out.index = order
     return out.sort_index()
 
@@ -142,7 +141,7 @@ def scored_chunks(
                 f"not the first rows' {', '.join(first_columns)}: give every record the same fields"
             )
         texts = ["" if pd.isna(t) else str(t) for t in chunk[cfg.text_column]]
-        predicted = predict_chunk(model, texts, cfg.batch_size)
+        predicted = predict_chunk(model, texts, cfg.batch_size, scorer)
         out = chunk.rename(columns=renamed_inputs(chunk.columns, scorer.outputs)).reset_index(drop=True)
         for name, values in scorer.columns(predicted).items():
             out[name] = values
@@ -150,9 +149,10 @@ def scored_chunks(
 
 
 def write_parquet(
-    frames: Iterable[pd.DataFrame], dst: Path, progress: Any, chunk_rows: int, counted: str
+    frames: Iterable[pd.DataFrame], dst: Path, progress: Any, chunk_rows: int, counted: str | None
 ) -> Counter[str]:
-    """Write ``frames`` to one parquet file; the counts of the values of column ``counted``."""
+    """Write ``frames`` to one parquet file; the counts of the values of column ``counted``
+    (none counted for None)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -176,7 +176,8 @@ def write_parquet(
                     "csv (every value a string)"
                 ) from None
             writer.write_table(table)
-            counts.update(frame[counted])
+            if counted is not None:
+                counts.update(frame[counted])
             progress.update(len(frame))
     finally:
         if writer is not None:

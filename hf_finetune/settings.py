@@ -36,6 +36,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 PEFT_METHODS = ("none", "lora")
 # validation metric that picks the epoch finetune keeps ("last": the final epoch's weights)
 BEST_MODEL_METRICS = ("loss", "f1", "average_precision", "last")
+AUTO_TARGETS = "auto"  # lora_target_modules: found per architecture (``lora.target_modules``)
 EPOCH_CHECKPOINTS = ("best", "all")
 ENGINES = ("local", "spark")
 
@@ -71,8 +72,9 @@ class Settings:
     # what is fine-tuned: one of tasks.registry.TASKS (the steps ask it everything task-specific)
     task: str = setting(
         "text-classification",
-        "the kind of model: text-classification",
-        (TOKENIZE, FINETUNE, EVALUATE, LOG_MODEL, REGISTER, PERSIST, PREDICT),
+        "the kind of model: text-classification or text-generation (a causal language model)",
+        (PREPARE, TOKENIZE, FINETUNE, EVALUATE, LOG_MODEL, REGISTER, PERSIST, VERSION_CLEANUP, PREDICT),
+        EVERYWHERE,
     )
     # data
     data: str = setting(
@@ -146,7 +148,11 @@ class Settings:
     lora_alpha: int = setting(16, "LoRA scaling", (FINETUNE,), STEP_PARAM)
     lora_dropout: float = setting(0.1, "LoRA dropout", (FINETUNE,), STEP_PARAM)
     lora_target_modules: str = setting(
-        "query,value", "comma-separated module names of the base model", (FINETUNE,), STEP_PARAM
+        "auto",
+        "comma-separated module names of the base model, or auto: the attention's query and value "
+        "projections of a known architecture (BERT query,value; GPT-2 c_attn; Llama, Qwen q_proj,v_proj)",
+        (FINETUNE,),
+        STEP_PARAM,
     )
     epoch_checkpoints: str = setting(
         "best", "all: log every epoch's model; best: the kept one only", (FINETUNE,), EVERYWHERE
@@ -156,6 +162,13 @@ class Settings:
     )
     system_metrics_interval_s: float = setting(
         10.0, "seconds between system metric samples", (FINETUNE,), STEP_PARAM
+    )
+    positive_label: str = setting(
+        "spam",
+        "the class whose precision, recall and F1 are reported (text-generation: of the generated "
+        "label, where the completions are a few labels)",
+        (FINETUNE, EVALUATE, REGISTER, PERSIST, PREDICT),
+        EVERYWHERE,
     )
     # evaluation
     checkpoint_epoch: int = setting(
@@ -170,7 +183,10 @@ class Settings:
     # lifecycle
     save_mode: str = setting("full", "full, checkpoint or reference", (LOG_MODEL,), EVERYWHERE)
     registered_model: str = setting(
-        "sms-spam-classifier", "the registered model's name", (REGISTER, VERSION_CLEANUP, PREDICT), EVERYWHERE
+        "sms-spam-classifier",
+        "the registered model's name (by default the task's: sms-spam-classifier, sms-spam-generator)",
+        (REGISTER, VERSION_CLEANUP, PREDICT),
+        EVERYWHERE,
     )
     champion_tolerance: float = setting(
         0.0,

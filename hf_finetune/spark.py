@@ -82,5 +82,7 @@ def score_spark(frame: Any, cfg: Config, model: Model, scorer: Scorer, dst: str)
     renames = renamed_inputs(frame.columns, scorer.outputs)
     inputs = [F.col(f"`{c}`").alias(renames.get(c, c)) for c in frame.columns]
     frame_scored.select(*inputs, *scorer.spark_columns(column)).write.parquet(dst)
+    if scorer.counted is None:
+        return Counter()
     rows = frame.sparkSession.read.parquet(dst).groupBy(scorer.counted).count().collect()
     return Counter({str(r[scorer.counted]): int(r["count"]) for r in rows})

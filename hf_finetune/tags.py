@@ -28,6 +28,8 @@ BASE_MODEL_TAG: Final = "base_model"
 BASE_REVISION_TAG: Final = "base_model_revision"
 BASE_REVISION_SOURCE_TAG: Final = "base_model_revision_source"
 LINEAGE_TAGS = (BASE_MODEL_TAG, BASE_REVISION_TAG, BASE_REVISION_SOURCE_TAG, DATA_DIGEST_TAG)
+PROMPT_TEMPLATE_TAG: Final = "prompt_template"  # text-generation: the template tokenize applied
+TASK_LINEAGE_TAGS = (PROMPT_TEMPLATE_TAG,)  # carried down too, where a task's tokenize set them
 DATA_SOURCE_TAG: Final = "data_source"  # prepare's: the data as given
 DATA_CARD_TAG: Final = "pipeline.data_card"  # prepare's: JSON of the corpus's dataset.yaml, if any
 # finetune
@@ -61,6 +63,13 @@ CANDIDATE_F1_TAG: Final = "gate_candidate_f1"
 CHAMPION_F1_TAG: Final = "gate_champion_f1"
 LOW_TAG: Final = "gate_f1_diff_low"
 HIGH_TAG: Final = "gate_f1_diff_high"
+# ... and the same comparison in every task's terms: the metric's name, both figures, and the
+# interval of the difference turned so that a positive value always means the candidate is better
+GATE_METRIC_TAG: Final = "gate_metric"
+GATE_CANDIDATE_TAG: Final = "gate_candidate"
+GATE_CHAMPION_TAG: Final = "gate_champion"
+GATE_LOW_TAG: Final = "gate_diff_low"
+GATE_HIGH_TAG: Final = "gate_diff_high"
 # persist
 VERIFIED_TAG: Final = "verified"
 # predict: the model a scoring job used, as given and as the registered version it resolved to

@@ -30,6 +30,7 @@ from hf_finetune.tags import (
     PID_TAG,
     PROFILE_TAG,
     STEP_TAG,
+    TASK_LINEAGE_TAGS,
     UPSTREAM_TAG,
 )
 
@@ -83,8 +84,10 @@ def upstream_chain(run: Any) -> dict[str, Any]:
 
 
 def lineage_tags(run: Any) -> dict[str, str]:
-    """The data and base-model tags a step carries down from its upstream run."""
-    return {key: run.data.tags.get(key, "") for key in LINEAGE_TAGS}
+    """The data and base-model tags a step carries down from its upstream run (and a task's own,
+    ``TASK_LINEAGE_TAGS``, where the run has them)."""
+    tags = {key: run.data.tags.get(key, "") for key in LINEAGE_TAGS}
+    return tags | {key: run.data.tags[key] for key in TASK_LINEAGE_TAGS if key in run.data.tags}
 
 
 # A SQL store logs a dataset by looking it up and inserting it when missing, with nothing between

@@ -132,7 +132,7 @@ def make_trainer(
         ]
     return Trainer(
         model=model,
-        args=TrainingArguments(**args),
+        args=TrainingArguments(**(args | parts.arguments)),
         train_dataset=parts.train,
         eval_dataset=parts.validation,
         processing_class=tokenizer,

@@ -91,7 +91,7 @@ def load_for_training(task: Task, cfg: Config, base_model: str, label2id: dict[s
         model = task.model_for_training(resolved, label2id, cfg)
     except OSError as exc:
         raise hub.load_model_error(base_model, exc) from None
-    return model, AutoTokenizer.from_pretrained(resolved)
+    return model, task.prepare_tokenizer(AutoTokenizer.from_pretrained(resolved))
 
 
 def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: str | None = None) -> str:

@@ -33,6 +33,7 @@ import pandas as pd
 from hf_finetune import artifacts, chain, cli, hub, logs, lora, tracking
 from hf_finetune.chain import ADAPTER_DIR, CHECKPOINT_DIR, EXPECTED_FILE, PREDICTIONS_FILE
 from hf_finetune.config import Config
+from hf_finetune.errors import UserError
 from hf_finetune.save_modes import (
     artifact_bytes,
     discard_failed_model,
@@ -41,6 +42,7 @@ from hf_finetune.save_modes import (
     log_baseline,
     log_candidate,
     pip_requirements,
+    source_name,
 )
 from hf_finetune.settings import check_save_mode
 from hf_finetune.tags import (
@@ -81,6 +83,9 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     reference = None
     if cfg.save_mode == "reference":  # before the run: a base model with no hub address is an error
         reference = hub.reference_for(lineage_tags[BASE_MODEL_TAG], lineage_tags[BASE_REVISION_TAG])
+        problem = task.reference_problem(str(hub.snapshot_dir(reference.repo_id, reference.revision)))
+        if problem:
+            raise UserError(f"save_mode reference of base model {lineage_tags[BASE_MODEL_TAG]}: {problem}")
 
     with tracking.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
         if reference is not None:  # the adapter that evaluate evaluated (checkpoint/ is merged)
@@ -94,20 +99,23 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         predictions = pd.read_parquet(
             artifacts.download(upstream.info.run_id, PREDICTIONS_FILE, tmp / "eval")
         )
-        example = task.example(predictions, max_length, size=3)
+        example = task.example(predictions, cfg, max_length, 3, lineage_tags)
         options: dict[str, Any] = {
             "name": MODEL_NAME,
-            "task": task.pipeline_task,
+            "task": task.mlflow_task,
             "signature": example.signature,
-            "input_example": example.inputs,
+            "input_example": example.inputs if example.input_example is None else example.input_example,
             "model_config": example.model_config,
             "pip_requirements": pip_requirements(installed_versions(adapter=reference is not None)),
+            **example.options,
         }
         try:
             if reference is not None:
                 info = log_adapter_reference(task, reference, checkpoint, id2label, options)
             else:
-                info = log_candidate(task, checkpoint, cfg.save_mode, options)
+                info = log_candidate(
+                    task, checkpoint, cfg.save_mode, options, source_name(lineage_tags[BASE_MODEL_TAG])
+                )
         except BaseException:
             discard_failed_model()
             raise
@@ -115,7 +123,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
         client = mlflow.MlflowClient()
         client.set_logged_model_tags(
-            info.model_id, {"role": "candidate", SAVE_MODE_TAG: cfg.save_mode, **lineage_tags}
+            info.model_id,
+            {"role": "candidate", SAVE_MODE_TAG: cfg.save_mode, **lineage_tags},
         )
         if test_metrics:
             mlflow.log_metrics(test_metrics, model_id=info.model_id)

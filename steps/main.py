@@ -100,12 +100,16 @@ def preflight(cfg: Config, data_accepted_before: Callable[[], bool]) -> None:
     with nothing changed should not pay for reading it, nor for importing scikit-learn to split
     it. (A hub dataset is ``prepare``'s to fetch.)
     """
+    import mlflow
+
     from hf_finetune import devices
+    from hf_finetune.registry.models import check_registered_model
 
     check_save_mode(cfg.save_mode, adapter=cfg.peft == "lora")
+    check_registered_model(mlflow.MlflowClient(), cfg.registered_model, registry.task_of(cfg))
     devices.check_precision(cfg.precision, devices.available_device(cfg.device))
     if sources.resolve_data_path(cfg.data) and not data_accepted_before():
-        corpus.prepared(cfg)
+        corpus.prepared(cfg, registry.task_of(cfg))
 
 
 # ----------------------------------------------------------------------------- MLflow

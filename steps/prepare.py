@@ -1,12 +1,14 @@
 """prepare: raw data -> cleaned, stratified train/validation/test parquet splits.
 
 Reads: ``data`` (a csv, tsv, json, jsonl or parquet file, or a Hugging Face hub dataset id),
-with the ``text_column`` and ``label_column`` it names. A csv or tsv file without a header row is
-read with ``data_columns`` as its column names (the bundled UCI file: ``label,text``). A tsv file
-has no quoting (the format has none): a ``"`` is part of the text.
+with the ``text_column`` and ``label_column`` it names (``task`` text-generation: the
+``prompt_column`` and ``completion_column``; it checks ``prompt_template``). A csv or tsv file
+without a header row is read with ``data_columns`` as its column names (the bundled UCI file:
+``label,text``). A tsv file has no quoting (the format has none): a ``"`` is part of the text.
 Writes:
 - artifacts ``splits/{train,validation,test}.parquet`` (columns ``text``, ``label``; labels are
-  strings) and ``splits/stats.json``;
+  strings; text-generation: ``prompt``, ``completion``, split at random unless the completions are
+  a few labels, each on 20 rows or more) and ``splits/stats.json``;
 - one ``mlflow.log_input`` per split (context = split name, with MLflow's dataset digest);
 - metrics: rows read and dropped (empty, duplicate, missing label), rows per split, class share
   per split; tag ``data_digest`` (sha256 of the cleaned rows, independent of the file format),
@@ -29,6 +31,7 @@ from hf_finetune.config import Config
 from hf_finetune.corpus import data_digest, prepared, split_metrics
 from hf_finetune.sources import dataset_card
 from hf_finetune.tags import DATA_CARD_TAG, DATA_DIGEST_TAG, DATA_SOURCE_TAG
+from hf_finetune.tasks import registry
 
 STEP = chain.PREPARE
 log = logs.logger(STEP)
@@ -38,8 +41,10 @@ log = logs.logger(STEP)
 def run(cfg: Config, profile: str) -> str:
     import mlflow
 
-    cleaned, stats, splits = prepared(cfg)
-    digest = data_digest(cleaned)
+    task = registry.task_of(cfg)
+    cleaned, stats, splits = prepared(cfg, task)
+    digest = data_digest(cleaned, task.digest_columns())
+    stratified = task.stratify_by(cleaned)
 
     with tracking.step_run(STEP, profile, cfg) as (run_id, tmp):
         mlflow.set_tag(DATA_DIGEST_TAG, digest)
@@ -48,7 +53,7 @@ def run(cfg: Config, profile: str) -> str:
         if described:
             mlflow.set_tag(DATA_CARD_TAG, json.dumps(described))
         mlflow.log_metrics({k: float(v) for k, v in dataclasses.asdict(stats).items()})
-        mlflow.log_metrics(split_metrics(splits))
+        mlflow.log_metrics(split_metrics(splits, stratified))
         out = tmp / SPLITS_DIR
         out.mkdir()
         for name, part in splits.items():
@@ -56,20 +61,20 @@ def run(cfg: Config, profile: str) -> str:
             with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
                 warnings.simplefilter("ignore", UserWarning)
                 dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
-                    part, source=cfg.data, targets="label", name=f"{Path(cfg.data).stem}-{name}"
+                    part, source=cfg.data, targets=task.target, name=f"{Path(cfg.data).stem}-{name}"
                 )
             tracking.retry_lost_insert_race(functools.partial(mlflow.log_input, dataset, context=name))
         summary = {
             "data_digest": digest,
-            "labels": sorted(cleaned["label"].unique()),
+            "labels": sorted(cleaned[stratified].unique()) if stratified else [],
             "cleaning": dataclasses.asdict(stats),
-            **split_metrics(splits),
+            **split_metrics(splits, stratified),
         }
         (out / STATS_FILE).write_text(json.dumps(summary, indent=2))
         mlflow.log_artifacts(str(out), SPLITS_DIR)
         log.info(
             f"{stats.rows_read} rows read, {stats.dropped_empty} empty and "
-            f"{stats.dropped_duplicate} duplicate texts dropped, "
+            f"{stats.dropped_duplicate} duplicate {task.row_key}s dropped, "
             + ", ".join(f"{n} {len(p)}" for n, p in splits.items())
         )
         return run_id

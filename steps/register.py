@@ -39,6 +39,7 @@ from hf_finetune.chain import CHALLENGER, CHAMPION
 from hf_finetune.config import Config
 from hf_finetune.errors import UserError
 from hf_finetune.registry import card, gate, locks
+from hf_finetune.registry.models import check_registered_model
 from hf_finetune.tags import (
     ALREADY_TAG,
     GATE_REASON_TAG,
@@ -75,9 +76,10 @@ def version_tags(
 ) -> dict[str, str]:
     gated = metrics[f"test_{task.gate_metric}"]
     tags = {
+        TASK_TAG: task.name,
         SAVE_MODE_TAG: save_mode,
         PERSISTED_TAG: str(is_self_contained(save_mode)).lower(),
-        **gate.comparison_tags(decision, gated, int(metrics.get("test_rows", 0))),
+        **gate.comparison_tags(decision, gated, int(metrics.get("test_rows", 0)), task),
     }
     tags |= {k: v for k, v in lineage.items() if v}
     tags |= {name: f"{metrics[name]:.6f}" for name in task.version_metrics if name in metrics}
@@ -108,23 +110,6 @@ def finish_interrupted(client: Any, name: str, version: Any, cfg: Config, work: 
     card.refresh(client, name, version.version)
     card.refresh_others(client, name, [before.get(alias) for alias in done], version.version)
     return ", ".join(done) or "no alias (newer versions came first)"
-
-
-def check_registered_model(client: Any, name: str, task: Task) -> bool:
-    """True if ``name`` exists. A model of another task under that name is an error."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        existing = client.get_registered_model(name)
-    except MlflowException:
-        return False
-    held = existing.tags.get(TASK_TAG)
-    if held and held != task.name:
-        raise UserError(
-            f"registered model {name!r} holds {held} models, not {task.name}: "
-            "choose another --registered_model"
-        )
-    return True
 
 
 def check_logged_model(client: Any, model_id: str) -> None:
@@ -201,7 +186,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
             return run_id
 
         evaluate_run_id = runs[chain.EVALUATE].info.run_id
-        decision = gate.judge(client, name, evaluate_run_id, metrics[f"test_{task.gate_metric}"], cfg, tmp)
+        value = metrics[f"test_{task.gate_metric}"]
+        decision = gate.judge(client, name, evaluate_run_id, value, task.gate_floor(cfg, metrics), cfg, tmp)
         promote = decision.passed and is_self_contained(save_mode)
         tags = version_tags(
             task,

@@ -7,7 +7,16 @@ Writes:
 - tags ``base_model``, ``base_model_revision`` (hub commit, or the sha1 of a local folder's files)
   and ``base_model_revision_source`` (``hub-commit`` or ``content-sha1``),
   ``data_digest`` (carried from prepare);
-- metrics per split: mean tokens per text and the share truncated at ``max_length``.
+- metrics per split: mean tokens per text and the share truncated at ``max_length``, and the
+  rows left out (``<split>_rows_dropped``: text-generation drops a row whose completion and EOS
+  alone do not fit ``max_length``; a long prompt is cut from its start instead, never the
+  completion).
+
+Text-generation: ``tokenized/*.parquet`` hold ``prompt``, ``completion`` (as it follows the
+prompt), ``prompt_text`` (``prompt_template`` applied), ``input_ids`` (formatted prompt, with the
+tokenizer's special tokens, then the completion and EOS), ``attention_mask``, ``completion_start``
+and ``completion_bytes``; the tokenizer gets an EOS (a BERT tokenizer's ``[SEP]``) and a pad
+token where it has none; tag ``prompt_template``, carried down to the registered version.
 
 No padding here: finetune pads each batch to its own longest text, which is far cheaper than
 padding every text to ``max_length``.
@@ -23,8 +32,10 @@ import pandas as pd
 from hf_finetune import artifacts, chain, cli, hub, tracking
 from hf_finetune.chain import LABEL_MAP_FILE, SPLITS, SPLITS_DIR, TOKENIZED_DIR
 from hf_finetune.config import Config
+from hf_finetune.errors import UserError
 from hf_finetune.tags import BASE_MODEL_TAG, BASE_REVISION_SOURCE_TAG, BASE_REVISION_TAG, DATA_DIGEST_TAG
 from hf_finetune.tasks import registry
+from hf_finetune.tasks.base import Task
 
 STEP = chain.TOKENIZE
 UPSTREAM = chain.upstream_param(STEP)
@@ -40,13 +51,14 @@ def length_metrics(name: str, tokenized: pd.DataFrame, max_length: int) -> dict[
 
 
 # ----------------------------------------------------------------------------- MLflow
-def load_tokenizer(base_model: str) -> tuple[Any, str, tuple[str, str]]:
-    """The tokenizer, the resolved location, and the revision actually loaded with its source."""
+def load_tokenizer(base_model: str, task: Task) -> tuple[Any, str, tuple[str, str]]:
+    """The tokenizer (as the task uses it), the resolved location, and the revision actually
+    loaded with its source."""
     from transformers import AutoConfig, AutoTokenizer
 
     resolved = hub.resolve_base_model(base_model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(resolved)
+        tokenizer = task.prepare_tokenizer(AutoTokenizer.from_pretrained(resolved))
         config = AutoConfig.from_pretrained(resolved)
     except OSError as exc:
         raise hub.load_model_error(base_model, exc) from None
@@ -58,7 +70,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
     task = registry.task_of(cfg)
     upstream = tracking.get_upstream(upstream_run_id, chain.PREPARE, UPSTREAM)
-    tokenizer, _, (revision, revision_source) = load_tokenizer(cfg.base_model)
+    tokenizer, _, (revision, revision_source) = load_tokenizer(cfg.base_model, task)
 
     with tracking.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):
         splits_dir = artifacts.download(upstream.info.run_id, SPLITS_DIR, tmp / "in")
@@ -67,9 +79,12 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         out = tmp / TOKENIZED_DIR
         out.mkdir()
         for name, frame in frames.items():
-            tokenized = task.encode(frame, tokenizer, cfg.max_length, label2id)
+            tokenized = task.encode(frame, tokenizer, cfg, label2id)
+            if tokenized.empty:
+                raise UserError(f"no {name} row fits max_length {cfg.max_length} tokens: raise --max_length")
             tokenized.to_parquet(out / f"{name}.parquet", index=False)
             mlflow.log_metrics(length_metrics(name, tokenized, cfg.max_length))
+            mlflow.log_metric(f"{name}_rows_dropped", float(len(frame) - len(tokenized)))
         (out / LABEL_MAP_FILE).write_text(json.dumps(label2id, indent=2))
         mlflow.log_artifacts(str(out), TOKENIZED_DIR)
         mlflow.set_tags(
@@ -78,6 +93,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
                 BASE_REVISION_TAG: revision,
                 BASE_REVISION_SOURCE_TAG: revision_source,
                 DATA_DIGEST_TAG: upstream.data.tags.get(DATA_DIGEST_TAG, ""),
+                **task.lineage(cfg),
             }
         )
         mlflow.log_param("label2id", json.dumps(label2id))

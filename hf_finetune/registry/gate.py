@@ -3,21 +3,22 @@
 ``register`` (for a new version) and ``persist`` (for a version that waited for its weights) ask
 it, under the registered model's lock. The rule:
 
-1. the candidate's test metric (the task's ``gate_metric``: ``test_f1`` for text classification)
-   is at least the task's floor (``min_test_f1``); and
+1. the candidate's test metric (the task's ``gate_metric``: ``test_f1`` for text classification,
+   ``test_bits_per_byte`` for text generation) reaches the task's floor (``min_test_f1``; for
+   text generation the base model's bits per byte on the same rows, a ceiling); and
 2. if there is a champion, the candidate is better than it **on the same rows**: the candidate's
    own test split, less the rows the champion was trained or validated on (found through the
    champion's lineage; a new seed or new data puts some there), which are counted and left out.
-   Both models' predictions on those rows are paired (the task scores them: ``Task.compare``),
-   and a seeded bootstrap of the rows (``paired``) gives a 95 % interval of F1(candidate) -
-   F1(champion). The candidate
-   wins when its F1 is higher **and** the interval's lower end is above ``-champion_tolerance``.
-   With the default tolerance 0 that means measurably better; a model that predicts exactly what
-   the champion predicts never moves the alias.
+   Both models are scored on those rows, each natively (``Task.champion_scores``: its labels, or
+   its bits per byte under its own tokenizer and template), paired (``Task.compare``), and a
+   seeded bootstrap of the rows (``paired``) gives a 95 % interval of the difference. The
+   candidate wins when it is better **and** the interval's least improvement is above
+   ``-champion_tolerance``. With the default tolerance 0 that means measurably better; a model
+   that predicts exactly what the champion predicts never moves the alias.
 
 A champion that cannot be loaded or scored is reported in one line and the candidate is judged
-on rule 1 alone, with the reason recorded. Every version gets the comparison as tags
-(``gate_*``, see ``comparison_tags``).
+on rule 1 alone, with the reason recorded. Every version with a champion gets the comparison,
+whatever its own score, as tags (``gate_*``, see ``comparison_tags``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ from hf_finetune.tags import (
     CHAMPION_F1_TAG,
     COMPARED_TAG,
     EXCLUDED_TAG,
+    GATE_CANDIDATE_TAG,
+    GATE_CHAMPION_TAG,
+    GATE_HIGH_TAG,
+    GATE_LOW_TAG,
+    GATE_METRIC_TAG,
     GATE_REASON_TAG,
     GATE_TAG,
     HIGH_TAG,
@@ -85,23 +91,30 @@ def decide(
     note: str = "",
     metric: str = "f1",
     higher_is_better: bool = True,
+    floor_name: str = "",
 ) -> Gate:
     """The rule of this module's docstring; ``note`` says why there is no comparison, if one was
     expected (a champion that could not be scored). ``metric``: the task's ``gate_metric``, and
     whether more of it is better (otherwise the floor is a ceiling and the difference is turned
     round, so that "better" means the same in every line)."""
     sign = 1.0 if higher_is_better else -1.0
+    floor_name = floor_name or f"min_test_{metric}"
+    label = {"f1": "F1"}.get(metric, metric)
     if sign * (test_f1 - min_test_f1) < 0:
         side = "below" if higher_is_better else "above"
-        return Gate(
-            False, f"test_{metric} {test_f1:.4f} is {side} min_test_{metric} {min_test_f1:.4f}", comparison
-        )
+        reason = f"test_{metric} {test_f1:.4f} is {side} {floor_name} {min_test_f1:.4f}"
+        c = comparison
+        if c is not None and c.rows:
+            reason += (
+                f"; on {c.rows} shared test rows {label} {c.candidate_f1:.4f} vs champion "
+                f"v{c.champion_version}'s {c.champion_f1:.4f}"
+            )
+        return Gate(False, reason, comparison)
     holds = ">=" if higher_is_better else "<="
-    base = f"test_{metric} {test_f1:.4f} {holds} min_test_{metric} {min_test_f1:.4f}"
+    base = f"test_{metric} {test_f1:.4f} {holds} {floor_name} {min_test_f1:.4f}"
     if comparison is None:
         return Gate(True, f"{base}; {note or 'no champion yet'}")
     c = comparison
-    label = {"f1": "F1"}.get(metric, metric)
     versus = (
         f"on {c.rows} shared test rows ({c.excluded} left out) {label} {c.candidate_f1:.4f} vs champion "
         f"v{c.champion_version}'s {c.champion_f1:.4f}, difference {c.diff:+.4f} "
@@ -118,27 +131,43 @@ def decide(
     return Gate(True, f"{base}; better: {versus}", c)
 
 
-def comparison_tags(gate: Gate, test_f1: float, test_rows: int) -> dict[str, str]:
+def comparison_tags(gate: Gate, test_f1: float, test_rows: int, task: Task | None = None) -> dict[str, str]:
     """The gate's tags for a model version: the decision and the comparison behind it (with no
-    champion, the candidate's own figures and empty champion fields)."""
+    champion, the candidate's own figures and empty champion fields), in every task's terms
+    (``gate_metric``, ``gate_candidate``, ``gate_champion``, ``gate_diff_low``/``_high``: the
+    interval turned so that positive means the candidate is better) and, for an F1 gate, also
+    under the F1 names."""
     c = gate.comparison
-    return {
+    metric, higher = (task.gate_metric, task.higher_is_better) if task else ("f1", True)
+    low, high = (0.0, 0.0) if c is None else (c.low, c.high) if higher else (-c.high, -c.low)
+    tags = {
         GATE_TAG: "passed" if gate.passed else "failed",
         GATE_REASON_TAG: gate.reason,
         COMPARED_TAG: c.champion_version if c else "",
         ROWS_TAG: str(c.rows if c else test_rows),
         EXCLUDED_TAG: str(c.excluded if c else 0),
-        CANDIDATE_F1_TAG: f"{c.candidate_f1 if c else test_f1:.6f}",
-        CHAMPION_F1_TAG: f"{c.champion_f1:.6f}" if c else "",
-        LOW_TAG: f"{c.low:.6f}" if c else "",
-        HIGH_TAG: f"{c.high:.6f}" if c else "",
+        GATE_METRIC_TAG: metric,
+        GATE_CANDIDATE_TAG: f"{c.candidate_f1 if c else test_f1:.6f}",
+        GATE_CHAMPION_TAG: f"{c.champion_f1:.6f}" if c else "",
+        GATE_LOW_TAG: f"{low:.6f}" if c else "",
+        GATE_HIGH_TAG: f"{high:.6f}" if c else "",
     }
+    if metric == "f1":
+        tags |= {
+            CANDIDATE_F1_TAG: tags[GATE_CANDIDATE_TAG],
+            CHAMPION_F1_TAG: tags[GATE_CHAMPION_TAG],
+            LOW_TAG: tags[GATE_LOW_TAG],
+            HIGH_TAG: tags[GATE_HIGH_TAG],
+        }
+    return tags
 
 
-def shared_rows(candidate: pd.DataFrame, champion_seen: set[str]) -> tuple[pd.DataFrame, int]:
-    """The candidate's test rows the champion never saw in training or validation, and how many
-    were left out."""
-    seen = candidate["text"].isin(champion_seen)
+def shared_rows(
+    candidate: pd.DataFrame, champion_seen: set[str], key: str = "text"
+) -> tuple[pd.DataFrame, int]:
+    """The candidate's test rows the champion never saw in training or validation (rows named by
+    their ``key`` column), and how many were left out."""
+    seen = candidate[key].isin(champion_seen)
     return candidate[~seen].reset_index(drop=True), int(seen.sum())
 
 
@@ -152,33 +181,33 @@ def champion_version(client: Any, name: str) -> Any | None:
         return None
 
 
-def champion_outputs(task: Task, name: str, version: str, texts: list[str]) -> list[str]:
-    """What the champion says of ``texts``, loaded as a user loads it (pyfunc, from the registry)."""
-    import mlflow
-
-    return task.served_outputs(mlflow.pyfunc.load_model(f"models:/{name}/{version}"), texts)
-
-
-def seen_texts(run_id: str, dst: Path) -> set[str]:
-    """The texts a prepare run gave to training and validation."""
+def seen_texts(run_id: str, dst: Path, key: str = "text") -> set[str]:
+    """The rows (their ``key`` column) a prepare run gave to training and validation."""
     seen: set[str] = set()
     for path in SEEN_SPLITS:
-        seen |= set(pd.read_parquet(artifacts.download(run_id, path, dst))["text"])
+        seen |= set(pd.read_parquet(artifacts.download(run_id, path, dst))[key])
     return seen
 
 
-def judge(client: Any, name: str, evaluate_run_id: str, test_f1: float, cfg: Config, work: Path) -> Gate:
-    """The gate for the model evaluate run ``evaluate_run_id`` scored, against the champion now."""
+def judge(
+    client: Any, name: str, evaluate_run_id: str, test_f1: float, floor: float, cfg: Config, work: Path
+) -> Gate:
+    """The gate for the model evaluate run ``evaluate_run_id`` scored (its ``test_<gate_metric>``,
+    and the task's ``floor`` of its metrics), against the champion now."""
     task = registry.task_of(cfg)
 
     def rule(comparison: Comparison | None, note: str = "") -> Gate:
-        floor = task.gate_floor(cfg)
         return decide(
-            test_f1, floor, comparison, cfg.champion_tolerance, note, task.gate_metric, task.higher_is_better
+            test_f1,
+            floor,
+            comparison,
+            cfg.champion_tolerance,
+            note,
+            task.gate_metric,
+            task.higher_is_better,
+            task.floor_name,
         )
 
-    if test_f1 < task.gate_floor(cfg):
-        return rule(None)
     champion = champion_version(client, name)
     if champion is None:
         return rule(None)
@@ -187,14 +216,15 @@ def judge(client: Any, name: str, evaluate_run_id: str, test_f1: float, cfg: Con
         scored = pd.read_parquet(
             artifacts.download(evaluate_run_id, chain.PREDICTIONS_FILE, work / "candidate")
         )
-        seen = seen_texts(champion.tags["run.prepare"], work / "champion")
-        rows, excluded = shared_rows(scored, seen)
-        said = champion_outputs(task, name, number, rows["text"].tolist()) if len(rows) else []
+        seen = seen_texts(champion.tags["run.prepare"], work / "champion", task.row_key)
+        rows, excluded = shared_rows(scored, seen, task.row_key)
+        uri = f"models:/{name}/{number}"
+        said = task.champion_scores(uri, dict(champion.tags), rows, cfg) if len(rows) else []
     except Exception as exc:  # noqa: BLE001 - any failure to score it means "judge without it"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         note = (
             f"champion v{number} could not be scored ({type(exc).__name__}: {first}); "
-            f"judged on min_test_{task.gate_metric} alone"
+            f"judged on {task.floor_name} alone"
         )
         log.info(note)
         return rule(None, note)
@@ -213,11 +243,25 @@ def judge_version(client: Any, name: str, version: Any, cfg: Config, work: Path)
     current = champion_version(client, name)
     if current is not None and str(current.version) == str(version.version):
         return Gate(True, version.tags.get(GATE_REASON_TAG, "already champion"))
-    test_f1 = float(version.tags[f"test_{registry.task_of(cfg).gate_metric}"])
-    decision = judge(client, name, version.tags[f"run.{chain.EVALUATE}"], test_f1, cfg, work)
-    for key, value in comparison_tags(decision, test_f1, int(version.tags.get(ROWS_TAG, 0))).items():
+    task = registry.task_of(cfg)
+    test_f1 = float(version.tags[f"test_{task.gate_metric}"])
+    floor = task.gate_floor(cfg, version_metrics(version.tags))
+    decision = judge(client, name, version.tags[f"run.{chain.EVALUATE}"], test_f1, floor, cfg, work)
+    rows = int(version.tags.get(ROWS_TAG, 0))
+    for key, value in comparison_tags(decision, test_f1, rows, task).items():
         client.set_model_version_tag(name, version.version, key, value)
     return decision
+
+
+def version_metrics(tags: dict[str, str]) -> dict[str, float]:
+    """A version's metric tags (``test_f1``, ``base_bits_per_byte``, ...) as numbers."""
+    out = {}
+    for key, value in tags.items():
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    return out
 
 
 def move_champion(client: Any, name: str, version: str) -> bool:

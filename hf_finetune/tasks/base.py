@@ -17,11 +17,14 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
 from hf_finetune.settings import Settings
+
+if TYPE_CHECKING:
+    from hf_finetune.corpus import CleanStats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +34,10 @@ class TrainingParts:
     train: list[dict[str, Any]]
     validation: list[dict[str, Any]]
     collator: Any
-    compute_metrics: Callable[[Any], dict[str, float]]
+    compute_metrics: Callable[[Any], dict[str, float]] | None  # None: the validation loss only
     loss: Callable[..., Any] | None = None
     params: dict[str, str] = dataclasses.field(default_factory=dict)  # logged on the finetune run
+    arguments: dict[str, Any] = dataclasses.field(default_factory=dict)  # ``TrainingArguments`` the task sets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,19 +66,26 @@ class Evaluated:
 class Example:
     """What ``log_model`` gives MLflow beside the model, and what persist later checks against."""
 
-    inputs: list[str]
+    inputs: list[str]  # raw texts (a prompt: the message, before the prompt template)
     outputs: list[str]  # what evaluate's model said of ``inputs``
-    signature: Any
+    signature: Any  # None where MLflow sets it itself (an ``llm/v1`` task)
     model_config: dict[str, Any]
     params: dict[str, Any]
+    input_example: Any = None  # what MLflow stores as the input example (default: ``inputs``)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # more ``log_model`` arguments
 
 
 class Task(abc.ABC):
     """A kind of model, as every step sees it."""
 
     name: ClassVar[str]
-    pipeline_task: ClassVar[str]  # the transformers pipeline task, and MLflow's ``task=``
+    pipeline_task: ClassVar[str]  # the transformers pipeline task
+    mlflow_task: ClassVar[str]  # ``log_model``'s ``task=``: the pipeline task, or MLflow's ``llm/v1/...``
     settings: ClassVar[type]  # the dataclass of the task's own settings
+    registered_model: ClassVar[str]  # the registered model's name unless one is given
+    row_key: ClassVar[str]  # prepare's column that names a row: deduplication, the gate's shared rows
+    target: ClassVar[str]  # prepare's column the model learns to give
+    floor_name: ClassVar[str]  # how the gate's reasons name the floor (``gate_floor``)
     gate_metric: ClassVar[str]  # evaluate's ``test_<gate_metric>``: what the gate compares
     higher_is_better: ClassVar[bool] = True  # the gate metric's direction
     version_metrics: ClassVar[tuple[str, ...]]  # evaluate's metrics a registered version carries
@@ -85,16 +96,40 @@ class Task(abc.ABC):
     quality_curves: ClassVar[tuple[str, ...]]  # per-epoch validation metrics drawn beside the losses
     figures: ClassVar[dict[str, str]]  # evaluate's ``evaluation/<stem>.png`` -> caption
 
+    # -- prepare
+    @abc.abstractmethod
+    def clean(self, df: pd.DataFrame, cfg: Settings) -> tuple[pd.DataFrame, CleanStats]:
+        """The rows as read -> the task's columns (``row_key``, ``target``), checked, cleaned and
+        deduplicated; a ``UserError`` in one line for unusable data."""
+
+    def stratify_by(self, frame: pd.DataFrame) -> str | None:
+        """The column whose values every split keeps in proportion (None: a plain random split)."""
+        return self.target
+
+    @abc.abstractmethod
+    def digest_columns(self) -> tuple[str, str]:
+        """The two columns ``data_digest`` hashes, in the order it hashes them."""
+
     # -- tokenize
+    def prepare_tokenizer(self, tokenizer: Any) -> Any:
+        """The base model's tokenizer as this task uses it (the special tokens it needs set)."""
+        return tokenizer
+
+    def lineage(self, cfg: Settings) -> dict[str, str]:
+        """Tags tokenize sets for this task, carried down the chain onto the registered version
+        (``tags.LINEAGE_TAGS``): what a later reader of the model needs to use it."""
+        return {}
+
     @abc.abstractmethod
     def label_mapping(self, frames: dict[str, pd.DataFrame]) -> dict[str, int]:
         """The model's output names and ids, the same whatever order the rows came in."""
 
     @abc.abstractmethod
     def encode(
-        self, frame: pd.DataFrame, tokenizer: Any, max_length: int, label2id: dict[str, int]
+        self, frame: pd.DataFrame, tokenizer: Any, cfg: Settings, label2id: dict[str, int]
     ) -> pd.DataFrame:
-        """One split as model inputs (token ids, not padded), beside the columns it came from."""
+        """One split as model inputs (token ids, not padded, at most ``max_length``), beside the
+        columns it came from; rows that cannot be encoded within it are left out."""
 
     # -- finetune
     @abc.abstractmethod
@@ -127,8 +162,11 @@ class Task(abc.ABC):
         """The ``AutoModelFor...`` class of this task's models."""
 
     @abc.abstractmethod
-    def example(self, predictions: pd.DataFrame, max_length: int, size: int) -> Example:
-        """The input example, signature and call settings ``log_model`` saves with the model."""
+    def example(
+        self, predictions: pd.DataFrame, cfg: Settings, max_length: int, size: int, lineage: dict[str, str]
+    ) -> Example:
+        """The input example, signature and call settings ``log_model`` saves with the model
+        (``lineage``: the tags the chain carried down, ``tags.LINEAGE_TAGS``)."""
 
     @abc.abstractmethod
     def merge_verified(
@@ -140,17 +178,32 @@ class Task(abc.ABC):
     def served_outputs(self, model: Any, inputs: list[str]) -> list[str]:
         """What a model loaded as a user loads it (pyfunc) says of ``inputs``."""
 
+    def reference_problem(self, resolved: str) -> str:
+        """Why the base model at ``resolved``, loaded as the hub has it, would not be the model this
+        task trains on it ("" when it would): a reference to it could not rebuild the model."""
+        return ""
+
     # -- register (the gate)
     @abc.abstractmethod
-    def gate_floor(self, cfg: Settings) -> float:
-        """The least ``test_<gate_metric>`` a champion needs."""
+    def gate_floor(self, cfg: Settings, metrics: dict[str, float]) -> float:
+        """The ``test_<gate_metric>`` a champion must reach (a ceiling where lower is better), of
+        evaluate's (or a version's) ``metrics``."""
+
+    def champion_scores(
+        self, model_uri: str, version_tags: dict[str, str], rows: pd.DataFrame, cfg: Settings
+    ) -> list[Any]:
+        """What ``compare`` needs of the champion at ``model_uri`` on ``rows``: by default what it
+        says of them, loaded as a user loads it (pyfunc)."""
+        import mlflow
+
+        return self.served_outputs(mlflow.pyfunc.load_model(model_uri), rows[self.row_key].tolist())
 
     @abc.abstractmethod
     def compare(
-        self, rows: pd.DataFrame, champion: list[str], cfg: Settings
+        self, rows: pd.DataFrame, champion: list[Any], cfg: Settings
     ) -> tuple[float, float, float, float]:
         """Candidate and champion on the same rows: (candidate, champion, low, high) of the gate
-        metric, with the interval of their difference."""
+        metric, with the interval of their difference (candidate - champion)."""
 
     # -- predict
     @abc.abstractmethod
@@ -163,7 +216,12 @@ class Scorer(abc.ABC):
 
     outputs: ClassVar[tuple[str, ...]]  # the columns predict adds (an input column of that name is kept
     # as ``input_<name>``)
-    counted: ClassVar[str]  # the output column whose values predict counts (``rows_labelled_<value>``)
+    counted: ClassVar[str | None]  # the output column whose values predict counts
+    # (``rows_labelled_<value>``); None: nothing counted (free text)
+
+    def predict(self, model: Any, texts: list[str], batch_size: int) -> pd.DataFrame:
+        """What the pyfunc ``model`` answers for ``texts``, one row each, in their order."""
+        return pd.DataFrame(model.predict(texts, params={"batch_size": batch_size})).reset_index(drop=True)
 
     @abc.abstractmethod
     def columns(self, predicted: pd.DataFrame) -> dict[str, Any]:

@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from hf_finetune.chain import EVALUATE, FINETUNE, PERSIST, PREDICT, REGISTER
+from hf_finetune import corpus
+from hf_finetune.chain import FINETUNE, PERSIST, REGISTER
+from hf_finetune.corpus import CleanStats
 from hf_finetune.errors import UserError
 from hf_finetune.lora import with_lora
 from hf_finetune.settings import EVERYWHERE, Settings, setting
@@ -84,13 +86,6 @@ class ClassificationSettings:
         EVERYWHERE,
         after="best_model_metric",
     )
-    positive_label: str = setting(
-        "spam",
-        "the class whose precision, recall and F1 are reported",
-        (FINETUNE, EVALUATE, REGISTER, PERSIST, PREDICT),
-        EVERYWHERE,
-        after="system_metrics_interval_s",
-    )
     min_test_f1: float = setting(
         0.9,
         "the gate: a champion needs at least this test F1",
@@ -119,7 +114,12 @@ def own(cfg: Settings) -> ClassificationSettings:
 class TextClassification(Task):
     name = NAME
     pipeline_task = "text-classification"
+    mlflow_task = "text-classification"
     settings = ClassificationSettings
+    registered_model = "sms-spam-classifier"
+    row_key = "text"
+    target = "label"
+    floor_name = "min_test_f1"
     gate_metric = "f1"
     version_metrics = ("test_accuracy", "test_precision", "test_recall", "test_f1")
     headline_metrics = ("test_f1", "classical_f1", "baseline_f1", "probe_f1")
@@ -137,13 +137,21 @@ class TextClassification(Task):
     }
     lora_task_type = "SEQ_CLS"  # PEFT keeps the new classifier head trainable beside the adapter
 
+    def clean(self, df: pd.DataFrame, cfg: Settings) -> tuple[pd.DataFrame, CleanStats]:
+        """``text`` and ``label`` (trimmed, lower-case strings) from ``text_column`` and
+        ``label_column``; rows without a label or text dropped, duplicate texts too."""
+        return corpus.clean(df, cfg.text_column, cfg.label_column)
+
+    def digest_columns(self) -> tuple[str, str]:
+        return ("label", "text")
+
     def label_mapping(self, frames: dict[str, pd.DataFrame]) -> dict[str, int]:
         return label_mapping(pd.concat(frames.values())["label"])
 
     def encode(
-        self, frame: pd.DataFrame, tokenizer: Any, max_length: int, label2id: dict[str, int]
+        self, frame: pd.DataFrame, tokenizer: Any, cfg: Settings, label2id: dict[str, int]
     ) -> pd.DataFrame:
-        return tokenize_frame(frame, tokenizer, max_length, label2id)
+        return tokenize_frame(frame, tokenizer, cfg.max_length, label2id)
 
     def model_for_training(self, resolved: str, label2id: dict[str, int], cfg: Settings) -> Any:
         """The base model with a new head for these labels (initialised from ``cfg.seed``), with a
@@ -165,7 +173,7 @@ class TextClassification(Task):
         from transformers import DataCollatorWithPadding
 
         labels = sorted(label2id, key=label2id.__getitem__)
-        positive_label = own(cfg).positive_label
+        positive_label = cfg.positive_label
         weights = class_weights(frames["train"]["label_id"], len(label2id), own(cfg).class_weight)
 
         def compute_metrics(prediction: Any) -> dict[str, float]:
@@ -183,7 +191,7 @@ class TextClassification(Task):
         )
 
     def evaluate(self, job: Evaluation, cfg: Settings) -> Evaluated:
-        return evaluation.evaluate(job, cfg, own(cfg).positive_label)
+        return evaluation.evaluate(job, cfg, cfg.positive_label)
 
     def load_trained(
         self, folder: Path, base_model: str, id2label: dict[int, str], revision: str | None = None
@@ -195,7 +203,9 @@ class TextClassification(Task):
 
         return AutoModelForSequenceClassification
 
-    def example(self, predictions: pd.DataFrame, max_length: int, size: int) -> Example:
+    def example(
+        self, predictions: pd.DataFrame, cfg: Settings, max_length: int, size: int, lineage: dict[str, str]
+    ) -> Example:
         """A few test texts, each label first, and a signature that declares ``batch_size``."""
         from mlflow.models import infer_signature
 
@@ -220,21 +230,21 @@ class TextClassification(Task):
             raise RuntimeError(f"the model predicted no 'label' column: {predicted!r}")
         return [str(label) for label in pd.DataFrame(predicted)["label"]]
 
-    def gate_floor(self, cfg: Settings) -> float:
+    def gate_floor(self, cfg: Settings, metrics: dict[str, float]) -> float:
         return own(cfg).min_test_f1
 
     def compare(
         self, rows: pd.DataFrame, champion: list[str], cfg: Settings
     ) -> tuple[float, float, float, float]:
         labels = sorted(set(rows["label"]) | set(rows["prediction"]))
-        return paired_f1(rows["label"], rows["prediction"], champion, labels, own(cfg).positive_label)
+        return paired_f1(rows["label"], rows["prediction"], champion, labels, cfg.positive_label)
 
     def scorer(self, model: Any, cfg: Settings) -> Scorer:
         try:
             labels = [str(v) for v in model.get_raw_model().model.config.id2label.values()]
         except (AttributeError, NotImplementedError):
             labels = None
-        return LabelScorer(two_class_positive(labels, own(cfg).positive_label))
+        return LabelScorer(two_class_positive(labels, cfg.positive_label))
 
 
 class LabelScorer(Scorer):
