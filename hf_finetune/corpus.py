@@ -8,30 +8,18 @@ it, and ``main`` checks a data file with it before any run starts.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from hf_finetune.errors import UserError
 from hf_finetune.settings import Settings
 from hf_finetune.sources import load
+from hf_finetune.tasks.base import CleanStats, Task
 
-if TYPE_CHECKING:
-    from hf_finetune.tasks.base import Task
-
-
-@dataclasses.dataclass(frozen=True)
-class CleanStats:
-    rows_read: int
-    dropped_missing_label: int
-    dropped_empty: int
-    dropped_duplicate: int
-    conflicting_duplicates: int
-    rows_clean: int
+__all__ = ["CleanStats"]  # declared with the task seam: every task's clean() returns one
 
 
 # ----------------------------------------------------------------------------- pure functions

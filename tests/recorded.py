@@ -157,7 +157,7 @@ def register_tiny_classifier(name: str, folder: Path, texts: list[str]) -> str:
         "pip_requirements": save_modes.pip_requirements(save_modes.installed_versions()),
     }
     with mlflow.start_run():
-        info = save_modes.log_candidate(CLASSIFICATION, folder, "full", options)
+        info = save_modes.log_candidate(CLASSIFICATION, folder, "full", options, "tiny-bert")
     version = mlflow.register_model(info.model_uri, name)
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", version.version)
     return str(version.version)

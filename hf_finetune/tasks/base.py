@@ -17,14 +17,23 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import pandas as pd
 
 from hf_finetune.settings import Settings
 
-if TYPE_CHECKING:
-    from hf_finetune.corpus import CleanStats
+
+@dataclasses.dataclass(frozen=True)
+class CleanStats:
+    """What prepare's cleaning of the rows read kept and dropped (``Task.clean``)."""
+
+    rows_read: int
+    dropped_missing_label: int
+    dropped_empty: int
+    dropped_duplicate: int
+    conflicting_duplicates: int
+    rows_clean: int
 
 
 @dataclasses.dataclass(frozen=True)

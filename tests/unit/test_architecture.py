@@ -130,7 +130,7 @@ def test_no_step_names_a_task() -> None:
     own_settings = {
         field.name for task in registry.TASKS.values() for field in dataclasses.fields(task.settings)
     }
-    assert own_settings >= {"positive_label", "class_weight", "min_test_f1"}
+    assert own_settings >= {"class_weight", "min_test_f1", "prompt_column", "prompt_template"}
     for name, path in project_modules().items():
         if not name.startswith("steps."):
             continue
@@ -178,15 +178,15 @@ def test_a_setting_of_another_task_is_refused_in_one_line(monkeypatch: pytest.Mo
     assert load_config("smoke", {"task": "other-task"}).task == "other-task"  # its defaults are fine
     with pytest.raises(
         UserError,
-        match=r"^positive_label is a setting of the text-classification task, not of other-task: "
+        match=r"^min_test_f1 is a setting of the text-classification task, not of other-task: "
         r"remove it from the command line, or use task text-classification$",
     ):
-        load_config("smoke", {"task": "other-task", "positive_label": "ham"})
+        load_config("smoke", {"task": "other-task", "min_test_f1": "0.5"})
     # and from a step's command line: one line on stderr, exit status 2, before anything runs
-    parser = cli.step_parser("evaluate: test", "finetune_run_id", chain.EVALUATE)
-    argv = ["--finetune_run_id", "abc", "--task", "other-task", "--positive_label", "ham"]
+    parser = cli.step_parser("register: test", "log_model_run_id", chain.REGISTER)
+    argv = ["--log_model_run_id", "abc", "--task", "other-task", "--min_test_f1", "0.5"]
     args = cli.parse_step_args(parser, argv, "finetune_run_id")
-    assert cli.cli(chain.EVALUATE, lambda: str(cli.config_for(args))) == cli.EXIT_USER_ERROR
+    assert cli.cli(chain.REGISTER, lambda: str(cli.config_for(args))) == cli.EXIT_USER_ERROR
 
 
 def test_a_task_is_found_by_the_name_in_the_config() -> None:

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from hf_finetune import corpus, profiles
+from hf_finetune.tasks import registry
 from steps import evaluate, finetune, log_model, persist, prepare, register, tokenize, version_cleanup
 from steps import main as main_step
 from tests.conftest import PROJECT_DIR
@@ -375,7 +376,7 @@ def test_uci_file_with_an_empty_label_drops_and_counts_that_line(tmp_path: Path)
     cfg = profiles.load_config(
         "smoke", {"data": write_uci(tmp_path, ["\tno label here"]), "data_columns": "label,text"}
     )
-    cleaned, stats, _ = corpus.prepared(cfg)
+    cleaned, stats, _ = corpus.prepared(cfg, registry.task_of(cfg))
     assert stats.rows_read == 41 and stats.dropped_missing_label == 1 and len(cleaned) == 40
 
 

@@ -144,6 +144,7 @@ def test_version_tags(mode: str, persisted: str) -> None:
         gate.Gate(True, "fine", comparison(0.93, 0.9, 0.01, 0.05)),
     )
     assert tags == {
+        "task": "text-classification",
         "save_mode": mode,
         "persisted": persisted,
         "gate": "passed",
@@ -151,6 +152,11 @@ def test_version_tags(mode: str, persisted: str) -> None:
         "gate_compared_version": "3",
         "gate_rows": "500",
         "gate_rows_excluded": "7",
+        "gate_metric": "f1",
+        "gate_candidate": "0.930000",
+        "gate_champion": "0.900000",
+        "gate_diff_low": "0.010000",
+        "gate_diff_high": "0.050000",
         "gate_candidate_f1": "0.930000",
         "gate_champion_f1": "0.900000",
         "gate_f1_diff_low": "0.010000",
