@@ -105,8 +105,15 @@ def preflight(cfg: Config, data_accepted_before: Callable[[], bool]) -> None:
     from hf_finetune import devices
     from hf_finetune.registry.models import check_registered_model
 
+    task = registry.task_of(cfg)
     check_save_mode(cfg.save_mode, adapter=cfg.peft == "lora")
-    check_registered_model(mlflow.MlflowClient(), cfg.registered_model, registry.task_of(cfg))
+    check_registered_model(mlflow.MlflowClient(), cfg.registered_model, task)
+    if cfg.save_mode == "reference":
+        from hf_finetune import hub
+
+        problem = task.reference_problem(hub.resolve_base_model(cfg.base_model))
+        if problem:
+            raise UserError(f"save_mode reference of base model {cfg.base_model}: {problem}")
     devices.check_precision(cfg.precision, devices.available_device(cfg.device))
     if sources.resolve_data_path(cfg.data) and not data_accepted_before():
         corpus.prepared(cfg, registry.task_of(cfg))

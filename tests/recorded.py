@@ -161,3 +161,61 @@ def register_tiny_classifier(name: str, folder: Path, texts: list[str]) -> str:
     version = mlflow.register_model(info.model_uri, name)
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", version.version)
     return str(version.version)
+
+
+def bundled_tokenizer() -> Any:
+    """The bundled model's tokenizer as the text-generation task uses it (EOS and pad set)."""
+    from transformers import AutoTokenizer
+
+    from hf_finetune import hub, settings
+    from hf_finetune.tasks.text_generation import causal
+
+    resolved = hub.resolve_base_model(settings.BUNDLED_BASE_MODEL)
+    return causal.with_special_tokens(AutoTokenizer.from_pretrained(resolved))
+
+
+def tiny_decoder(kind: str, folder: Path) -> Path:
+    """A randomly initialised GPT-2 or Llama of two layers with the bundled tokenizer's vocabulary,
+    saved like a hub checkpoint (the architectures users fine-tune, without their weights)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from hf_finetune.tasks.text_generation import causal
+
+    tokenizer = bundled_tokenizer()
+    torch.manual_seed(0)
+    model: Any
+    if kind == "gpt2":
+        config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128)
+        model = GPT2LMHeadModel(config)
+    else:
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=tokenizer.vocab_size,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                num_key_value_heads=2,
+                max_position_embeddings=128,
+            )
+        )
+    causal.align_special_ids(model, tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def in_hub_cache(folder: Path, repo_id: str, hub_cache: Path) -> str:
+    """Place the model files of ``folder`` in ``hub_cache`` as the hub would have downloaded
+    ``repo_id`` (``refs/main`` naming a commit, its snapshot holding the files), so that it loads
+    by its hub id offline; returns the commit."""
+    import hashlib
+    import shutil
+
+    commit = hashlib.sha1(repo_id.encode(), usedforsecurity=False).hexdigest()
+    repo = hub_cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return commit

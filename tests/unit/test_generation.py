@@ -21,43 +21,10 @@ from hf_finetune.settings import BUNDLED_BASE_MODEL
 from hf_finetune.tasks import registry
 from hf_finetune.tasks.text_generation import causal, evaluation
 from hf_finetune.tasks.text_generation.task import DEFAULT_TEMPLATE, check_template, clean_pairs
+from tests.recorded import bundled_tokenizer, tiny_decoder
 
 GENERATION = registry.TASKS["text-generation"]
 PROMPTS = ["WIN a free cruise, reply YES now", "see you at 7, bring the charger", "your parcel is held"]
-
-
-def bundled_tokenizer():  # type: ignore[no-untyped-def]
-    from transformers import AutoTokenizer
-
-    return causal.with_special_tokens(AutoTokenizer.from_pretrained(hub.resolve_base_model(BUNDLED_BASE_MODEL)))
-
-
-def tiny_decoder(kind: str, folder: Path) -> Path:
-    """A randomly initialised GPT-2 or Llama of two layers with the bundled tokenizer's vocabulary,
-    saved like a hub checkpoint (the architectures users fine-tune, without their weights)."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = bundled_tokenizer()
-    torch.manual_seed(0)
-    if kind == "gpt2":
-        config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128)
-        model = GPT2LMHeadModel(config)
-    else:
-        config = LlamaConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-        )
-        model = LlamaForCausalLM(config)
-    causal.align_special_ids(model, tokenizer)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
@@ -256,3 +223,11 @@ def test_the_task_picks_its_registered_model_and_its_profile_section() -> None:
         load_config("smoke", {"prompt_column": "question"})
     with pytest.raises(UserError, match="best_model_metric f1 is a classifier's"):
         load_config("smoke", {"task": "text-generation", "best_model_metric": "f1"})
+
+
+def test_generated_text_that_is_no_label_counts_as_wrong_and_as_not_the_positive_label() -> None:
+    truth = ["spam", "ham", "spam", "ham"]
+    said = ["spam", "hmm", "zzz", "ham"]
+    metrics = evaluation.label_metrics(truth, said, ["ham", "spam"], "spam")
+    assert metrics["accuracy"] == 0.5  # "hmm" is not "ham"
+    assert (metrics["precision"], metrics["recall"]) == (1.0, 0.5)

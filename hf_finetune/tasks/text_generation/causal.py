@@ -261,7 +261,9 @@ def merge_verified(adapter: Path, base: Path, prompts: list[str], max_new_tokens
     """
     from transformers import AutoTokenizer
 
-    tokenizer = with_special_tokens(AutoTokenizer.from_pretrained(adapter))
+    # an adapter is trained on its base's tokens (MLflow keeps no tokenizer beside one)
+    source = adapter if (adapter / "tokenizer_config.json").is_file() else base
+    tokenizer = with_special_tokens(AutoTokenizer.from_pretrained(source))
     model = load_causal(adapter, str(base))
     before = generate(model, tokenizer, prompts, max_new_tokens, 1, "cpu")
     save_merged(model, out)

@@ -42,6 +42,17 @@ def few_labels(completions: pd.Series) -> list[str] | None:
     return values if len(values) <= MAX_LABELS else None
 
 
+def label_metrics(truth: list[str], said: list[str], labels: list[str], positive_label: str) -> dict[str, float]:
+    """Accuracy, precision, recall and F1 of generated labels, as for a classifier: of
+    ``positive_label`` for two labels (a generation that is no label is not the positive one),
+    else macro over the labels. Accuracy counts a generation that is no label as wrong."""
+    accuracy = float(np.mean([t == s for t, s in zip(truth, said, strict=True)]))
+    if len(labels) == 2 and positive_label in labels:
+        other = next(label for label in labels if label != positive_label)
+        said = [s if s == positive_label else other for s in said]  # not the positive label
+    return classification_metrics(truth, said, labels, positive_label) | {"accuracy": accuracy}
+
+
 def prior_bits(train: pd.Series, test: pd.Series) -> float | None:
     """Bits per byte of ``test``'s completions under the train split's frequency of each whole
     completion (the label prior): None if a test completion never occurs in train."""
@@ -138,7 +149,7 @@ def evaluate(job: Evaluation, cfg: Settings, max_new_tokens: int) -> Evaluated:
             metrics["prior_bits_per_byte"] = round(prior, 6)
         truth = [normalised(c) for c in test["completion"]]
         said = [normalised(g) for g in generated]
-        metrics |= prefixed("test", classification_metrics(truth, said, labels, cfg.positive_label))
+        metrics |= prefixed("test", label_metrics(truth, said, labels, cfg.positive_label))
         svm, svm_c = classical.fit(
             frames["train"]["prompt"].tolist(),
             [normalised(c) for c in frames["train"]["completion"]],
@@ -146,10 +157,8 @@ def evaluate(job: Evaluation, cfg: Settings, max_new_tokens: int) -> Evaluated:
             [normalised(c) for c in frames["validation"]["completion"]],
             cfg.positive_label,
         )
-        metrics |= prefixed(
-            "classical",
-            classification_metrics(truth, svm.predict(test["prompt"].tolist()), labels, cfg.positive_label),
-        )
+        classical_said = svm.predict(test["prompt"].tolist())
+        metrics |= prefixed("classical", label_metrics(truth, classical_said, labels, cfg.positive_label))
         params["classical_c"] = str(svm_c)
     scored.assign(bits_per_byte=scored["bits"] / scored["bytes"].clip(lower=1)).to_csv(
         job.out / SAMPLES_FILE, index=False

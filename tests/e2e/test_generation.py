@@ -1,0 +1,189 @@
+"""End to end: ``main`` with ``task=text-generation``, offline, through every step.
+
+Two stores: the bundled MiniLM as a causal LM (the offline stand-in, fully fine-tuned, logged
+``full``), run twice so that the second version meets a champion at the gate; and a tiny
+randomly initialised GPT-2 placed in a hub cache under a hub id, fine-tuned with LoRA and logged
+``reference`` (adapter only), which persist then makes self-contained and verifies. Then predict
+with the champion, and the refusals ``main`` makes before any training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from hf_finetune import chain, tags
+from hf_finetune.registry.card import MAIN_RUN_TAG
+from hf_finetune.tasks.text_generation.task import DEFAULT_TEMPLATE
+from steps import main as main_step
+from steps import predict
+from tests.conftest import deleted_unless_a_test_failed, isolated_env, main_in_store, use_store
+from tests.recorded import artifact_paths, child_runs, in_hub_cache, tiny_decoder
+
+pytestmark = pytest.mark.slow
+GENERATOR = "sms-spam-generator"
+SMOKE = ["--profile", "smoke", "--task", "text-generation"]
+
+
+@pytest.fixture(scope="module")
+def generation_store(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[Path, str, str]]:
+    """Two smoke mains on the stand-in: the first makes v1 champion, the second (another seed,
+    so another split and model) is judged against it. (store, first run, second run)."""
+    root = tmp_path_factory.mktemp("generation-store")
+    with deleted_unless_a_test_failed(request, root):
+        first = main_in_store(root, SMOKE)
+        with pytest.MonkeyPatch.context() as mp:
+            use_store(root, mp)
+            assert main_step.main([*SMOKE, "--seed", "1", "--env_manager", "local"]) == 0
+            client = mlflow.MlflowClient()
+            mains = client.search_runs(
+                [e.experiment_id for e in client.search_experiments()],
+                "tags.`pipeline.step` = 'main'",
+                order_by=["attributes.start_time DESC"],
+            )
+        yield root, first, mains[0].info.run_id
+
+
+@pytest.fixture
+def store(generation_store: tuple[Path, str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    root, first, second = generation_store
+    use_store(root, monkeypatch)
+    return first, second
+
+
+def test_evaluate_measures_bits_per_byte_against_the_base_model_and_the_label_prior(store: tuple[str, str]) -> None:
+    metrics = child_runs(store[0])["evaluate"].data.metrics
+    for name in ("test_bits_per_byte", "base_bits_per_byte", "test_perplexity", "test_exact_match"):
+        assert name in metrics, name
+    assert metrics["test_bits_per_byte"] < metrics["base_bits_per_byte"]
+    assert metrics["test_bits_per_byte"] < metrics["prior_bits_per_byte"]  # it learnt more than the labels' shares
+    assert metrics["test_perplexity"] >= 1.0
+    assert 0.5 <= metrics["test_exact_match"] <= 1.0
+    for name in ("test_f1", "classical_f1", "test_precision", "test_recall"):  # the generated label
+        assert 0.0 <= metrics[name] <= 1.0, name
+    evaluated = child_runs(store[0])["evaluate"].info.run_id
+    samples = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=evaluated, artifact_path="evaluation/generations.csv"))
+    assert {"prompt", "completion", "prediction", "bits_per_byte"} <= set(samples.columns)
+    assert set(samples["completion"].str.strip()) <= {"ham", "spam"}
+
+
+def test_tokenize_applied_the_template_and_the_version_carries_it_with_its_task(store: tuple[str, str]) -> None:
+    runs = child_runs(store[0])
+    assert runs["tokenize"].data.tags[tags.PROMPT_TEMPLATE_TAG] == DEFAULT_TEMPLATE
+    assert runs["tokenize"].data.metrics["test_rows_dropped"] == 0.0
+    version = mlflow.MlflowClient().get_model_version(GENERATOR, "1")
+    assert version.tags["task"] == "text-generation"
+    assert version.tags[tags.PROMPT_TEMPLATE_TAG] == DEFAULT_TEMPLATE
+    assert (version.tags["persisted"], version.tags["verified"], version.tags["gate"]) == ("true", "true", "passed")
+    assert version.tags["gate_metric"] == "bits_per_byte"
+    assert "base_bits_per_byte" in version.tags["gate_reason"]
+    assert mlflow.MlflowClient().get_registered_model(GENERATOR).tags["task"] == "text-generation"
+
+
+def test_the_second_version_was_compared_with_the_champion_each_scored_natively(store: tuple[str, str]) -> None:
+    client = mlflow.MlflowClient()
+    second = client.get_model_version(GENERATOR, "2")
+    assert second.tags[MAIN_RUN_TAG] == store[1]
+    assert second.tags["gate_compared_version"] == "1"
+    assert int(second.tags["gate_rows"]) > 0 and int(second.tags["gate_rows_excluded"]) > 0  # another split
+    low, high = float(second.tags["gate_diff_low"]), float(second.tags["gate_diff_high"])
+    assert low <= high
+    candidate, champion = float(second.tags["gate_candidate"]), float(second.tags["gate_champion"])
+    assert candidate > 0 and champion > 0
+    # the interval is of champion - candidate (positive: the candidate is better) and holds it
+    assert low <= champion - candidate <= high
+    assert "gate_candidate_f1" not in second.tags
+    aliases = {k: str(v) for k, v in client.get_registered_model(GENERATOR).aliases.items()}
+    assert aliases["challenger"] == "2"
+    assert aliases["champion"] == ("2" if second.tags["gate"] == "passed" else "1")
+
+
+def test_the_champion_answers_openai_style_completions_with_its_template_applied(store: tuple[str, str]) -> None:
+    model = mlflow.pyfunc.load_model(f"models:/{GENERATOR}@champion")
+    answers = model.predict(pd.DataFrame({"prompt": ["WIN a prize now, reply YES", "see you at 6"]}))
+    assert [a["object"] for a in answers] == ["text_completion"] * 2
+    assert all(a["choices"][0]["text"].strip() in ("spam", "ham") for a in answers), answers
+    assert not answers[0]["model"].startswith("/")  # the base model's id, never a local path
+    whole = model.predict({"prompt": "URGENT! claim your cash"})[0]["choices"][0]["text"]
+    one = model.predict({"prompt": "URGENT! claim your cash", "max_tokens": 1})[0]["choices"][0]
+    assert one["finish_reason"] == "length" or one["text"] == whole
+    assert whole.startswith(one["text"]) and len(one["text"]) < len(whole) + 1
+
+
+def test_predict_writes_a_completion_for_every_prompt(store: tuple[str, str], tmp_path: Path) -> None:
+    data = tmp_path / "in.csv"
+    pd.DataFrame({"id": [1, 2, 3], "text": ["Free entry! txt WIN", "are you coming?", "ok"]}).to_csv(data, index=False)
+    out = tmp_path / "out.parquet"
+    argv = ["--profile", "smoke", "--task", "text-generation", "--data", str(data), "--output", str(out)]
+    assert predict.main(argv) == 0
+    scored = pd.read_parquet(out)
+    assert list(scored.columns) == ["id", "text", "completion"]
+    assert set(scored["completion"]) <= {"spam", "ham"}
+
+
+def test_main_refuses_a_task_the_registered_model_does_not_hold_before_any_run(
+    store: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = mlflow.MlflowClient()
+    before = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+    argv = ["--profile", "smoke", "--registered_model", GENERATOR, "--env_manager", "local"]
+    assert main_step.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].endswith(
+        f"registered model '{GENERATOR}' holds text-generation models, not text-classification: "
+        "choose another --registered_model (or leave it out: each task has its own default)"
+    )
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == before
+
+
+def test_a_reference_of_the_stand_in_is_refused_before_any_run(
+    store: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*SMOKE, "--peft", "lora", "--save_mode", "reference", "--env_manager", "local"]
+    assert main_step.main(argv) == 2
+    assert "lacks is_decoder=True" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------- LoRA by reference
+@pytest.fixture(scope="module")
+def lora_reference(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[Path, str]]:
+    """A tiny GPT-2 under a hub id, LoRA-fine-tuned and logged by reference."""
+    root = tmp_path_factory.mktemp("gpt2-reference")
+    hub_cache = Path(isolated_env(root)["HF_HOME"]) / "hub"
+    in_hub_cache(tiny_decoder("gpt2", tmp_path_factory.mktemp("tiny-gpt2")), "tiny-org/tiny-gpt2", hub_cache)
+    argv = [*SMOKE, "--base_model", "tiny-org/tiny-gpt2", "--peft", "lora", "--save_mode", "reference"]
+    argv += ["--registered_model", "tiny-generator", "--max_steps", "4"]
+    with deleted_unless_a_test_failed(request, root):
+        yield root, main_in_store(root, argv)
+
+
+def test_a_lora_reference_holds_the_adapter_only_until_persist_folds_it_in_verified(
+    lora_reference: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, run_id = lora_reference
+    use_store(root, monkeypatch)
+    runs = child_runs(run_id)
+    assert "adapter/adapter_config.json" in artifact_paths(runs["finetune"].info.run_id)
+    logged = runs[chain.LOG_MODEL].data
+    assert logged.tags["save_mode"] == "reference"
+    assert logged.metrics["model_artifact_bytes"] < 1_000_000  # the adapter and metadata, no base weights
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("tiny-generator", "1")
+    assert version.tags["base_model"] == "tiny-org/tiny-gpt2"
+    assert (version.tags["persisted"], version.tags["verified"]) == ("true", "true")
+    assert str(client.get_registered_model("tiny-generator").aliases["champion"]) == "1"
+    files = {f.path for f in mlflow.artifacts.list_artifacts(artifact_uri=f"models:/tiny-generator/1")}
+    assert "model" in files  # persist wrote whole weights into the model's own artifacts
+    # persist's verification: the persisted model generates what evaluate's model generated
+    expected = mlflow.artifacts.load_dict(f"runs:/{runs[chain.LOG_MODEL].info.run_id}/expected_predictions.json")
+    model = mlflow.pyfunc.load_model("models:/tiny-generator@champion")
+    said = [a["choices"][0]["text"].strip() for a in model.predict(pd.DataFrame({"prompt": expected["texts"]}))]
+    assert said == expected["labels"]
