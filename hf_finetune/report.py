@@ -61,6 +61,7 @@ class Report:
     gate: dict[str, str]
     version: dict[str, Any]  # name, number, aliases, link; empty when nothing was registered
     task: str = ""  # the task evaluate ran as ("": the default task)
+    samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # greedy generations, if any
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -113,11 +114,12 @@ def training_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (quality, loss) = plt.subplots(1, 2, figsize=(9.4, 3.4), dpi=100)
-    for axes, names, ylabel in (
-        (quality, quality_curves or tuple(n for n in curves if n not in LOSSES), "validation"),
-        (loss, LOSSES, "loss"),
-    ):
+    qualities = quality_curves or tuple(n for n in curves if n not in LOSSES)
+    panels = [(qualities, "validation")] if any(curves.get(n) for n in qualities) else []
+    panels.append((LOSSES, "loss"))  # a task with no validation metric but the loss: one panel
+    figure, axes_row = plt.subplots(1, len(panels), figsize=(9.4, 3.4), dpi=100)
+    axes_list = list(axes_row) if len(panels) > 1 else [axes_row]
+    for axes, (names, ylabel) in zip(axes_list, panels, strict=True):
         for name in names:
             points = sorted(curves.get(name, []))
             if points:
@@ -148,7 +150,10 @@ def render(report: Report) -> str:
     env.filters["pct"] = lambda value: f"{100 * value:.1f} %"
     task = card.task_named(report.task)
     return env.get_template("pipeline.html.j2").render(
-        r=report, baselines=task.baselines, metric_names=task.metric_names
+        r=report,
+        baselines=task.baselines,
+        metric_names=task.metric_names,
+        quality_curves=task.quality_curves,
     )
 
 
@@ -256,6 +261,7 @@ def gather(client: Any, main_run_id: str) -> Report:
         images=images(evaluate.info.run_id, task.figures) if evaluate else {},
         gate=gate,
         version=version,
+        samples=card.generation_samples(evaluate.info.run_id) if evaluate else [],
         task=task.name,
     )
 

@@ -36,6 +36,8 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"  # hf_finetune/
 # A SQL model registry keeps up to 5,000 characters of a version's description; a longer card
 # goes whole into model_card.md and shortened into the description.
 DESCRIPTION_LIMIT = 5000
+METRIC_TITLES = {"f1": "F1", "bits_per_byte": "bits/byte", "exact_match": "exact match"}
+SAMPLES = 5  # greedy generations the card shows, where evaluate wrote them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Facts:
     main_run_id: str
     code_version: str
     task: str = ""  # the task evaluate ran as ("": the default task)
+    samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # generations, if any
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -109,11 +112,16 @@ def render(facts: Facts) -> str:
     )
     env.filters["f3"] = lambda value: "–" if value is None else f"{value:.3f}"
     env.filters["pct"] = lambda value: f"{100 * value:.1f} %"
+    env.filters["title_of"] = lambda name: METRIC_TITLES.get(name, name.replace("_", " "))
+    env.filters["cell"] = lambda text: " ".join(str(text).split()).replace("|", "\\|")[:80]
     task = task_named(facts.task)
     return env.get_template("model_card.md.j2").render(
         f=facts,
         baselines=task.baselines,
         metric_names=task.metric_names,
+        describes=task.describes,
+        usage=task.usage,
+        samples=facts.samples,
         base_model=facts.tags.get(BASE_MODEL_TAG, "not recorded"),
         base_revision=facts.tags.get(BASE_REVISION_TAG, ""),
         persisted=facts.tags.get(PERSISTED_TAG) == "true",
@@ -147,6 +155,7 @@ def gather(client: Any, name: str, number: str) -> Facts:
     main_run = client.get_run(main_run_id) if main_run_id else None
     task = eval_data.params.get("config.task", "") if eval_data else ""
     return Facts(
+        samples=generation_samples(evaluate.info.run_id) if evaluate else [],
         name=name,
         version=str(number),
         aliases=sorted(version.aliases),
@@ -160,6 +169,25 @@ def gather(client: Any, name: str, number: str) -> Facts:
         code_version=main_run.data.tags.get("mlflow.source.git.commit", "") if main_run else "",
         task=task,
     )
+
+
+def generation_samples(evaluate_run_id: str) -> list[dict[str, Any]]:
+    """The first few of evaluate's greedy generations (``evaluation/generations.csv``), if it
+    wrote them: one row per test prompt, its reference completion and what the model generated."""
+    import mlflow
+    import pandas as pd
+
+    if not any(
+        a.path.endswith("generations.csv")
+        for a in mlflow.artifacts.list_artifacts(run_id=evaluate_run_id, artifact_path=chain.EVAL_DIR)
+    ):
+        return []
+    with tempfile.TemporaryDirectory(prefix="card-") as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=evaluate_run_id, artifact_path=f"{chain.EVAL_DIR}/generations.csv", dst_path=tmp
+        )
+        rows = pd.read_csv(path, keep_default_na=False).head(SAMPLES)
+    return rows[["prompt", "completion", "prediction"]].astype(str).to_dict("records")
 
 
 def ours(version: Any) -> bool:

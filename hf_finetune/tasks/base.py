@@ -104,6 +104,8 @@ class Task(abc.ABC):
     baselines: ClassVar[dict[str, str]]  # evaluate's metric prefixes -> their rows' captions
     quality_curves: ClassVar[tuple[str, ...]]  # per-epoch validation metrics drawn beside the losses
     figures: ClassVar[dict[str, str]]  # evaluate's ``evaluation/<stem>.png`` -> caption
+    describes: ClassVar[str]  # the model card's first words: what kind of model it is
+    usage: ClassVar[str]  # the model card's example call of the loaded pyfunc ``model``
 
     # -- prepare
     @abc.abstractmethod

@@ -135,6 +135,9 @@ class TextClassification(Task):
         "pr_curve": "Precision-recall",
         "roc_curve": "ROC",
     }
+    describes = "A text classifier"  # the model card's first words
+    # the card's call of the loaded model
+    usage = 'model.predict(["Your parcel is held: pay the fee at the link"])  # a table: label, score'
     lora_task_type = "SEQ_CLS"  # PEFT keeps the new classifier head trainable beside the adapter
 
     def clean(self, df: pd.DataFrame, cfg: Settings) -> tuple[pd.DataFrame, CleanStats]:

@@ -42,7 +42,9 @@ def few_labels(completions: pd.Series) -> list[str] | None:
     return values if len(values) <= MAX_LABELS else None
 
 
-def label_metrics(truth: list[str], said: list[str], labels: list[str], positive_label: str) -> dict[str, float]:
+def label_metrics(
+    truth: list[str], said: list[str], labels: list[str], positive_label: str
+) -> dict[str, float]:
     """Accuracy, precision, recall and F1 of generated labels, as for a classifier: of
     ``positive_label`` for two labels (a generation that is no label is not the positive one),
     else macro over the labels. Accuracy counts a generation that is no label as wrong."""

@@ -200,6 +200,12 @@ class TextGeneration(Task):
     }
     quality_curves = ()
     figures: ClassVar[dict[str, str]] = {}
+    describes = "A causal language model"  # the model card's first words
+    # the card's call of the loaded model
+    usage = (
+        'model.predict({"prompt": "Your parcel is held: pay the fee at the link", "max_tokens": 8})'
+        '  # OpenAI-style: [0]["choices"][0]["text"]'
+    )
     lora_task_type = "CAUSAL_LM"
 
     def clean(self, df: pd.DataFrame, cfg: Settings) -> tuple[pd.DataFrame, CleanStats]:
