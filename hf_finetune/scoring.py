@@ -151,8 +151,8 @@ def scored_chunks(
 def write_parquet(
     frames: Iterable[pd.DataFrame], dst: Path, progress: Any, chunk_rows: int, counted: str | None
 ) -> Counter[str]:
-    """Write ``frames`` to one parquet file; the counts of the values of column ``counted``
-    (none counted for None)."""
+    """Write ``frames`` to one parquet file; the counts of the values of column ``counted`` (for
+    None, every row under the key "")."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -176,7 +176,9 @@ def write_parquet(
                     "csv (every value a string)"
                 ) from None
             writer.write_table(table)
-            if counted is not None:
+            if counted is None:
+                counts[""] += len(frame)
+            else:
                 counts.update(frame[counted])
             progress.update(len(frame))
     finally:

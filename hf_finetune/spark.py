@@ -77,12 +77,12 @@ def score_spark(frame: Any, cfg: Config, model: Model, scorer: Scorer, dst: str)
     )
     column = f"__prediction_{uuid.uuid4().hex[:8]}"  # the model runs once per row, read twice
     frame_scored = frame.withColumn(
-        column, udf(F.coalesce(F.col(f"`{cfg.text_column}`").cast("string"), F.lit("")))
+        column, udf(scorer.spark_input(F.coalesce(F.col(f"`{cfg.text_column}`").cast("string"), F.lit(""))))
     )
     renames = renamed_inputs(frame.columns, scorer.outputs)
     inputs = [F.col(f"`{c}`").alias(renames.get(c, c)) for c in frame.columns]
     frame_scored.select(*inputs, *scorer.spark_columns(column)).write.parquet(dst)
-    if scorer.counted is None:
-        return Counter()
+    if scorer.counted is None:  # free text: every row under ""
+        return Counter({"": frame.sparkSession.read.parquet(dst).count()})
     rows = frame.sparkSession.read.parquet(dst).groupBy(scorer.counted).count().collect()
     return Counter({str(r[scorer.counted]): int(r["count"]) for r in rows})

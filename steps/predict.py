@@ -8,10 +8,12 @@ Reads: ``data`` (a csv, tsv, json, jsonl or parquet file, or a folder of parquet
 ``text_column``, ``model_uri`` (default ``models:/<registered_model>@champion``), ``output``,
 ``engine``, ``batch_size``, ``chunk_rows``, ``spark_master``, ``overwrite``, ``positive_label``.
 Writes: ``output``, a parquet file (engine ``local``) or folder (engine ``spark``): every input
-column, then the task's columns (its ``scorer``); for text classification ``label`` (the predicted
-class) and ``score`` (for a two-class model, the probability of ``positive_label``; otherwise the
-predicted class's). An input column already named ``label``
-or ``score`` is kept as ``input_label`` / ``input_score``. ``local`` keeps the input's row order.
+column, then the task's columns (its ``scorer``; the task is the model's, whatever ``task``
+says); for text classification ``label`` (the predicted class) and ``score`` (for a two-class
+model, the probability of ``positive_label``; otherwise the predicted class's); for text
+generation ``completion`` (greedy, up to ``max_new_tokens``; ``text_column`` holds the raw
+prompts: the model applies its template). An input column already named like an output (``label``,
+``score``, ``completion``) is kept as ``input_<name>``. ``local`` keeps the input's row order.
 The output appears only when it is complete: it is written under a temporary name beside it and
 renamed at the end, so a failed job leaves no half-written file.
 Run: tags ``pipeline.model_uri`` (as given), ``pipeline.model_version`` (the registered version
@@ -20,8 +22,8 @@ it resolved to when the job started, so a later alias move cannot change what th
 (sha256 of a local input's bytes; of a remote input's file names, sizes and modification times,
 as ``pipeline.input_digest_of`` says); the input with ``mlflow.log_input``; param ``output`` and
 tag ``pipeline.output``; metrics ``rows_scored``, ``rows_per_second``, ``model_load_s`` and
-``rows_labelled_<label>`` per predicted class. ``python -m steps.lineage <run ID>`` prints the
-training chain behind it.
+``rows_labelled_<label>`` per predicted class (a classifier's). ``python -m steps.lineage <run
+ID>`` prints the training chain behind it.
 
 ``local`` streams: it reads, scores and writes ``chunk_rows`` rows at a time, so its memory does
 not grow with the file (a JSON array is the exception: it is read whole; use jsonl). Within a
@@ -35,6 +37,7 @@ on the resolved version; it needs ``pip install -e '.[spark]'`` and Java 17. It 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -103,7 +106,10 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     started = time.perf_counter()
     loaded = load_model(model)
     load_s = time.perf_counter() - started
-    scorer = registry.task_of(cfg).scorer(loaded, cfg)
+    task = registry.task_of_model(loaded, registry.task_of(cfg))  # the model says what it is
+    if task.name != cfg.task:
+        cfg = dataclasses.replace(cfg, task=task.name)
+    scorer = task.scorer(loaded, cfg)
     digest = files.digest(data)
 
     with tracking.step_run(STEP, profile, cfg) as (run_id, _):
@@ -142,11 +148,11 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
                 "rows_scored": rows,
                 "rows_per_second": rows / max(seconds, 1e-9),
                 "model_load_s": load_s,
-                **{metric_name(label): n for label, n in sorted(counts.items())},
+                **{metric_name(label): n for label, n in sorted(counts.items()) if label},
             }
         )
-        shares = ", ".join(f"{label} {n}" for label, n in sorted(counts.items()))
-        log.info(f"wrote {rows} rows to {dst} ({shares}; {rows / max(seconds, 1e-9):.0f} rows/s)")
+        shares = "".join(f"{label} {n}, " for label, n in sorted(counts.items()) if label)
+        log.info(f"wrote {rows} rows to {dst} ({shares}{rows / max(seconds, 1e-9):.0f} rows/s)")
         return run_id
 
 

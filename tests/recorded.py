@@ -219,3 +219,16 @@ def in_hub_cache(folder: Path, repo_id: str, hub_cache: Path) -> str:
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return commit
+
+
+def java_17_or_newer() -> bool:
+    """Whether a Java that Spark 4 runs on is on PATH."""
+    import shutil
+    import subprocess
+
+    java = shutil.which("java")
+    if java is None:
+        return False
+    done = subprocess.run([java, "-version"], capture_output=True, text=True)
+    first = (done.stderr or done.stdout).split('"')
+    return len(first) > 1 and int(first[1].split(".")[0]) >= 17

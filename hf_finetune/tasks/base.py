@@ -238,6 +238,10 @@ class Scorer(abc.ABC):
     def columns(self, predicted: pd.DataFrame) -> dict[str, Any]:
         """``output_columns`` from what the pyfunc model returned for a chunk."""
 
+    def spark_input(self, text: Any) -> Any:
+        """What the Spark UDF of the model is called with, from the text column ``text``."""
+        return text
+
     @abc.abstractmethod
     def spark_columns(self, prediction: Any) -> list[Any]:
         """``output_columns`` as Spark columns, from the UDF's struct column ``prediction``."""

@@ -9,6 +9,7 @@ with the champion, and the refusals ``main`` makes before any training.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from hf_finetune.tasks.text_generation.task import DEFAULT_TEMPLATE
 from steps import main as main_step
 from steps import predict
 from tests.conftest import deleted_unless_a_test_failed, isolated_env, main_in_store, use_store
-from tests.recorded import artifact_paths, child_runs, in_hub_cache, tiny_decoder
+from tests.recorded import artifact_paths, child_runs, in_hub_cache, java_17_or_newer, tiny_decoder
 
 pytestmark = pytest.mark.slow
 GENERATOR = "sms-spam-generator"
@@ -57,36 +58,50 @@ def store(generation_store: tuple[Path, str, str], monkeypatch: pytest.MonkeyPat
     return first, second
 
 
-def test_evaluate_measures_bits_per_byte_against_the_base_model_and_the_label_prior(store: tuple[str, str]) -> None:
+def test_evaluate_measures_bits_per_byte_against_the_base_model_and_the_label_prior(
+    store: tuple[str, str],
+) -> None:
     metrics = child_runs(store[0])["evaluate"].data.metrics
     for name in ("test_bits_per_byte", "base_bits_per_byte", "test_perplexity", "test_exact_match"):
         assert name in metrics, name
     assert metrics["test_bits_per_byte"] < metrics["base_bits_per_byte"]
-    assert metrics["test_bits_per_byte"] < metrics["prior_bits_per_byte"]  # it learnt more than the labels' shares
+    assert (
+        metrics["test_bits_per_byte"] < metrics["prior_bits_per_byte"]
+    )  # it learnt more than the labels' shares
     assert metrics["test_perplexity"] >= 1.0
     assert 0.5 <= metrics["test_exact_match"] <= 1.0
     for name in ("test_f1", "classical_f1", "test_precision", "test_recall"):  # the generated label
         assert 0.0 <= metrics[name] <= 1.0, name
     evaluated = child_runs(store[0])["evaluate"].info.run_id
-    samples = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=evaluated, artifact_path="evaluation/generations.csv"))
+    samples = pd.read_csv(
+        mlflow.artifacts.download_artifacts(run_id=evaluated, artifact_path="evaluation/generations.csv")
+    )
     assert {"prompt", "completion", "prediction", "bits_per_byte"} <= set(samples.columns)
     assert set(samples["completion"].str.strip()) <= {"ham", "spam"}
 
 
-def test_tokenize_applied_the_template_and_the_version_carries_it_with_its_task(store: tuple[str, str]) -> None:
+def test_tokenize_applied_the_template_and_the_version_carries_it_with_its_task(
+    store: tuple[str, str],
+) -> None:
     runs = child_runs(store[0])
     assert runs["tokenize"].data.tags[tags.PROMPT_TEMPLATE_TAG] == DEFAULT_TEMPLATE
     assert runs["tokenize"].data.metrics["test_rows_dropped"] == 0.0
     version = mlflow.MlflowClient().get_model_version(GENERATOR, "1")
     assert version.tags["task"] == "text-generation"
     assert version.tags[tags.PROMPT_TEMPLATE_TAG] == DEFAULT_TEMPLATE
-    assert (version.tags["persisted"], version.tags["verified"], version.tags["gate"]) == ("true", "true", "passed")
+    assert (version.tags["persisted"], version.tags["verified"], version.tags["gate"]) == (
+        "true",
+        "true",
+        "passed",
+    )
     assert version.tags["gate_metric"] == "bits_per_byte"
     assert "base_bits_per_byte" in version.tags["gate_reason"]
     assert mlflow.MlflowClient().get_registered_model(GENERATOR).tags["task"] == "text-generation"
 
 
-def test_the_second_version_was_compared_with_the_champion_each_scored_natively(store: tuple[str, str]) -> None:
+def test_the_second_version_was_compared_with_the_champion_each_scored_natively(
+    store: tuple[str, str],
+) -> None:
     client = mlflow.MlflowClient()
     second = client.get_model_version(GENERATOR, "2")
     assert second.tags[MAIN_RUN_TAG] == store[1]
@@ -104,7 +119,9 @@ def test_the_second_version_was_compared_with_the_champion_each_scored_natively(
     assert aliases["champion"] == ("2" if second.tags["gate"] == "passed" else "1")
 
 
-def test_the_champion_answers_openai_style_completions_with_its_template_applied(store: tuple[str, str]) -> None:
+def test_the_champion_answers_openai_style_completions_with_its_template_applied(
+    store: tuple[str, str],
+) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{GENERATOR}@champion")
     answers = model.predict(pd.DataFrame({"prompt": ["WIN a prize now, reply YES", "see you at 6"]}))
     assert [a["object"] for a in answers] == ["text_completion"] * 2
@@ -116,15 +133,27 @@ def test_the_champion_answers_openai_style_completions_with_its_template_applied
     assert whole.startswith(one["text"]) and len(one["text"]) < len(whole) + 1
 
 
-def test_predict_writes_a_completion_for_every_prompt(store: tuple[str, str], tmp_path: Path) -> None:
+def test_predict_takes_the_task_from_the_model_and_writes_a_completion_per_prompt(
+    store: tuple[str, str], tmp_path: Path
+) -> None:
     data = tmp_path / "in.csv"
-    pd.DataFrame({"id": [1, 2, 3], "text": ["Free entry! txt WIN", "are you coming?", "ok"]}).to_csv(data, index=False)
-    out = tmp_path / "out.parquet"
-    argv = ["--profile", "smoke", "--task", "text-generation", "--data", str(data), "--output", str(out)]
-    assert predict.main(argv) == 0
-    scored = pd.read_parquet(out)
-    assert list(scored.columns) == ["id", "text", "completion"]
-    assert set(scored["completion"]) <= {"spam", "ham"}
+    rows = {"id": [1, 2, 3], "text": ["Free entry! txt WIN", "are you coming?", "ok"]}
+    pd.DataFrame(rows).to_csv(data, index=False)
+    common = ["--profile", "smoke", "--model_uri", f"models:/{GENERATOR}@champion", "--data", str(data)]
+    assert predict.main([*common, "--output", str(tmp_path / "out.parquet")]) == 0  # no --task given
+    local = pd.read_parquet(tmp_path / "out.parquet")
+    assert list(local.columns) == ["id", "text", "completion"]
+    assert set(local["completion"]) <= {"spam", "ham"}
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    run = client.search_runs(experiments, "tags.`pipeline.step` = 'predict'", max_results=1)[0]
+    assert run.data.metrics["rows_scored"] == 3.0
+    if not java_17_or_newer() and not os.environ.get("PIPELINE_REQUIRE_SPARK"):
+        pytest.skip("engine spark needs Java 17 or newer (apt-get install openjdk-17-jre-headless)")
+    pytest.importorskip("pyspark", reason="engine spark needs pip install -e '.[spark]'")
+    assert predict.main([*common, "--output", str(tmp_path / "spark"), "--engine", "spark"]) == 0
+    spark = pd.read_parquet(tmp_path / "spark").set_index("id").loc[local["id"]]
+    assert spark["completion"].tolist() == local["completion"].tolist()
 
 
 def test_main_refuses_a_task_the_registered_model_does_not_hold_before_any_run(
@@ -180,10 +209,14 @@ def test_a_lora_reference_holds_the_adapter_only_until_persist_folds_it_in_verif
     assert version.tags["base_model"] == "tiny-org/tiny-gpt2"
     assert (version.tags["persisted"], version.tags["verified"]) == ("true", "true")
     assert str(client.get_registered_model("tiny-generator").aliases["champion"]) == "1"
-    files = {f.path for f in mlflow.artifacts.list_artifacts(artifact_uri=f"models:/tiny-generator/1")}
+    files = {f.path for f in mlflow.artifacts.list_artifacts(artifact_uri="models:/tiny-generator/1")}
     assert "model" in files  # persist wrote whole weights into the model's own artifacts
     # persist's verification: the persisted model generates what evaluate's model generated
-    expected = mlflow.artifacts.load_dict(f"runs:/{runs[chain.LOG_MODEL].info.run_id}/expected_predictions.json")
+    expected = mlflow.artifacts.load_dict(
+        f"runs:/{runs[chain.LOG_MODEL].info.run_id}/expected_predictions.json"
+    )
     model = mlflow.pyfunc.load_model("models:/tiny-generator@champion")
-    said = [a["choices"][0]["text"].strip() for a in model.predict(pd.DataFrame({"prompt": expected["texts"]}))]
+    said = [
+        a["choices"][0]["text"].strip() for a in model.predict(pd.DataFrame({"prompt": expected["texts"]}))
+    ]
     assert said == expected["labels"]

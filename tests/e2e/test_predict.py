@@ -8,7 +8,6 @@ Spark needs Java 17; without it the Spark test is skipped with that reason, unle
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from hf_finetune.chain import STEPS
 from hf_finetune.settings import BUNDLED_DATA, BUNDLED_DATA_COLUMNS, PROJECT_DIR
 from hf_finetune.tags import MODEL_VERSION_TAG, STEP_TAG
 from steps import predict
+from tests.recorded import java_17_or_newer
 
 pytestmark = pytest.mark.slow
 MODEL = "sms-spam-classifier"  # what the smoke main registers
@@ -41,15 +41,6 @@ def predict_run() -> mlflow.entities.Run:
     experiments = [e.experiment_id for e in client.search_experiments()]
     (run,) = client.search_runs(experiments, f"tags.`{STEP_TAG}` = 'predict'", max_results=1)
     return run
-
-
-def java_17_or_newer() -> bool:
-    java = shutil.which("java")
-    if java is None:
-        return False
-    done = subprocess.run([java, "-version"], capture_output=True, text=True)
-    first = (done.stderr or done.stdout).split('"')
-    return len(first) > 1 and int(first[1].split(".")[0]) >= 17
 
 
 def test_mlflow_run_e_predict_scores_a_file_with_the_champion_and_leads_to_its_chain(

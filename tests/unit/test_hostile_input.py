@@ -91,7 +91,7 @@ def test_emoji_and_right_to_left_texts_survive_byte_for_byte(tmp_path: Path) -> 
     rows = [*base_rows(), *((t, "ham") for t in odd)]
     out = prepared(write(tmp_path, rows))
     assert list(out["text"].iloc[-4:]) == odd
-    tokenizer, _, _ = tokenize.load_tokenizer(BUNDLED_BASE_MODEL, registry.TASKS['text-classification'])
+    tokenizer, _, _ = tokenize.load_tokenizer(BUNDLED_BASE_MODEL, registry.TASKS["text-classification"])
     ids = classifier.tokenize_frame(out.tail(4), tokenizer, 32, {"ham": 0, "spam": 1})["input_ids"]
     assert all(len(seq) > 2 for seq in ids)  # more than [CLS] [SEP]
 
@@ -100,7 +100,7 @@ def test_a_one_megabyte_text_is_kept_and_truncated_at_max_length(tmp_path: Path)
     huge = "win a prize " * (1_000_000 // 12)
     out = prepared(write(tmp_path, [*base_rows(), (huge, "spam")]))
     assert out["text"].str.len().max() == len(huge.strip())
-    tokenizer, _, _ = tokenize.load_tokenizer(BUNDLED_BASE_MODEL, registry.TASKS['text-classification'])
+    tokenizer, _, _ = tokenize.load_tokenizer(BUNDLED_BASE_MODEL, registry.TASKS["text-classification"])
     tokens = classifier.tokenize_frame(out.tail(1), tokenizer, 64, {"ham": 0, "spam": 1})
     assert len(tokens["input_ids"].iloc[0]) == 64
     assert tokenize.length_metrics("t", tokens, 64)["t_truncated_share"] == 1.0

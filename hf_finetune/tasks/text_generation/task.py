@@ -370,6 +370,13 @@ class CompletionScorer(Scorer):
     def columns(self, predicted: pd.DataFrame) -> dict[str, Any]:
         return {"completion": predicted["completion"].astype(str).to_numpy()}
 
+    def spark_input(self, text: Any) -> Any:
+        """The prompt and ``max_tokens`` by name (columns of the completions schema left out stay
+        unset, as in a request that does not send them)."""
+        from pyspark.sql import functions as F
+
+        return F.struct(text.alias("prompt"), F.lit(self.max_new_tokens).cast("long").alias("max_tokens"))
+
     def spark_columns(self, prediction: Any) -> list[Any]:
         from pyspark.sql import functions as F
 

@@ -48,7 +48,9 @@ def test_rows_become_prompt_and_completion_and_bad_rows_are_one_line() -> None:
         clean_pairs(pd.DataFrame({"q": ["a", "b"], "a": ["x", "  "]}), "q", "a")
 
 
-@pytest.mark.parametrize("template", ["no placeholder", "{prompt} and {other}", "{prompt} {", "{prompt}{prompt}"])
+@pytest.mark.parametrize(
+    "template", ["no placeholder", "{prompt} and {other}", "{prompt} {", "{prompt}{prompt}"]
+)
 def test_a_template_without_exactly_one_prompt_field_is_refused(template: str) -> None:
     with pytest.raises(UserError, match=r"must hold \{prompt\} once"):
         check_template(template)
@@ -58,7 +60,9 @@ def test_a_template_without_exactly_one_prompt_field_is_refused(template: str) -
 
 
 def test_the_digest_covers_prompt_and_completion_and_a_free_text_split_is_random() -> None:
-    rows = pd.DataFrame({"prompt": [f"p{i}" for i in range(100)], "completion": [f"c{i}" for i in range(100)]})
+    rows = pd.DataFrame(
+        {"prompt": [f"p{i}" for i in range(100)], "completion": [f"c{i}" for i in range(100)]}
+    )
     changed = rows.assign(completion=rows["completion"].where(rows.index != 5, "other"))
     assert data_digest(rows, GENERATION.digest_columns()) != data_digest(changed, GENERATION.digest_columns())
     assert GENERATION.stratify_by(rows) is None  # 100 different completions: not labels
@@ -66,7 +70,10 @@ def test_the_digest_covers_prompt_and_completion_and_a_free_text_split_is_random
     assert sorted(len(p) for p in parts.values()) == [10, 10, 80]
     labelled = pd.DataFrame({"prompt": [f"p{i}" for i in range(100)], "completion": ["ham", "spam"] * 50})
     assert GENERATION.stratify_by(labelled) == "completion"
-    assert all((p["completion"] == "spam").mean() == 0.5 for p in split(labelled, 0.1, 0.1, 42, "completion").values())
+    assert all(
+        (p["completion"] == "spam").mean() == 0.5
+        for p in split(labelled, 0.1, 0.1, 42, "completion").values()
+    )
 
 
 # ----------------------------------------------------------------------------- tokenize
@@ -208,7 +215,9 @@ def test_a_merged_adapter_generates_what_the_adapter_did(decoder: Path, tmp_path
     assert not lora.is_adapter(merged)
     tokenizer = causal.with_special_tokens(AutoTokenizer.from_pretrained(merged))
     again = causal.generate(causal.load_causal(merged), tokenizer, PROMPTS, 6, 1, "cpu")
-    adapter = causal.generate(causal.load_causal(tmp_path / "adapter", str(decoder)), tokenizer, PROMPTS, 6, 1, "cpu")
+    adapter = causal.generate(
+        causal.load_causal(tmp_path / "adapter", str(decoder)), tokenizer, PROMPTS, 6, 1, "cpu"
+    )
     assert again == adapter
 
 
@@ -216,9 +225,15 @@ def test_a_merged_adapter_generates_what_the_adapter_did(decoder: Path, tmp_path
 def test_the_task_picks_its_registered_model_and_its_profile_section() -> None:
     generation = load_config("smoke", {"task": "text-generation"})
     classification = load_config("smoke", {})
-    assert (generation.registered_model, classification.registered_model) == ("sms-spam-generator", "sms-spam-classifier")
+    assert (generation.registered_model, classification.registered_model) == (
+        "sms-spam-generator",
+        "sms-spam-classifier",
+    )
     assert generation.max_length == 64 and classification.max_length == 32  # smoke's text-generation section
-    assert load_config("smoke", {"task": "text-generation", "registered_model": "mine"}).registered_model == "mine"
+    assert (
+        load_config("smoke", {"task": "text-generation", "registered_model": "mine"}).registered_model
+        == "mine"
+    )
     with pytest.raises(UserError, match="prompt_column is a setting of the text-generation task"):
         load_config("smoke", {"prompt_column": "question"})
     with pytest.raises(UserError, match="best_model_metric f1 is a classifier's"):
