@@ -1,6 +1,10 @@
 """evaluate: the fine-tuned model on the held-out test split, beside its baselines on the same rows.
 
-The task (``task``) evaluates; what it writes, for the text-classification task:
+The task (``task``) evaluates. For text generation (docs/text-generation.md): on the test rows,
+``test_bits_per_byte`` of the completion and the base model's ``base_bits_per_byte``,
+``test_perplexity``, greedy generations' ``test_exact_match``, and where the completions are a few
+labels ``prior_bits_per_byte`` and the generated label's ``test_f1`` etc. beside ``classical_*``;
+artifact ``evaluation/generations.csv``. What it writes for the text-classification task:
 
 Reads: ``--finetune_run_id``; that run's ``checkpoint/`` (the best model), or with
 ``--checkpoint_epoch N`` the model it logged for epoch N (a LoRA epoch: its adapter, loaded onto

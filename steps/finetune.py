@@ -1,7 +1,11 @@
 """finetune: tokenized splits -> the task's model, fine-tuned (Hugging Face ``Trainer``).
 
 The task (``task``) gives the model, the features, collator, loss and per-epoch metrics; what is
-listed below is for the text-classification task where it differs by task.
+listed below is for the text-classification task where it differs by task. For text generation
+(docs/text-generation.md): a causal LM (an encoder such as the bundled MiniLM with
+``is_decoder=True``), the loss on completion tokens only, per-epoch ``val_loss`` alone (no logits
+kept), ``best_model_metric`` ``loss`` or ``last``; with LoRA, the weights the base checkpoint
+lacked (a new LM head) train beside the adapter.
 
 Reads: ``--tokenize_run_id``; that run's ``tokenized/`` splits and label map, and its
 ``base_model`` tag (the model is the one the tokens were made for, whatever the profile says).

@@ -6,7 +6,10 @@ Writes:
 - logged model ``model`` (MLflow 3: it lives outside the run's artifacts), with the task's
   pipeline task, and (for text classification) a signature that
   declares the ``batch_size`` inference param, an input example, ``model_config`` (truncation) and
-  explicit ``pip_requirements``. Save modes:
+  explicit ``pip_requirements`` (text generation: MLflow's ``llm/v1/completions``, whose
+  signature MLflow sets, the ``prompt_template`` the chain carried, greedy decoding up to
+  ``max_new_tokens`` as ``model_config``; the model names the base model as its source, never a
+  local path). Save modes:
   ``full``: the pipeline is loaded and saved whole;
   ``checkpoint``: logged from the checkpoint folder by path, the model never instantiated, its
   weights written once (MLflow alone stages a copy first: here the staging copy is hard links;

@@ -5,7 +5,8 @@ log_model run's ``expected_predictions.json``.
 Writes:
 - for a LoRA adapter by reference: the adapter folded into the base model's weights (the base
   is loaded once for that), checked to give the input example the adapter model's class
-  probabilities (to 1e-5), then written as for a whole model below. MLflow's own
+  probabilities (to 1e-5; a causal LM: exactly its greedy generations, reloaded from disk), then
+  written as for a whole model below. MLflow's own
   ``persist_pretrained_model`` writes adapter-keyed weights that do not load (mlflow #23761);
 - for a reference-only version: the referenced weights and tokenizer files, copied from the hub
   cache (downloaded first only when the hub is reachable) into the logged model's own artifacts

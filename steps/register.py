@@ -3,15 +3,18 @@
 Reads: ``--log_model_run_id``; its ``pipeline.model_uri`` tag, the logged model's status, and the
 test metrics of the evaluate run above it.
 Writes (registry): a new version of ``registered_model`` (created with tag ``task`` if new),
-version tags ``save_mode``, ``persisted``, ``base_model``, ``base_model_revision``,
+version tags ``task``, ``save_mode``, ``persisted``, ``base_model``, ``base_model_revision``,
 ``data_digest``, ``test_accuracy``, ``test_precision``, ``test_recall``, ``test_f1``,
 ``run.<step>`` (the run ID of every step that produced it), the gate's decision and comparison
 (``gate``, ``gate_reason``, ``gate_compared_version``, ``gate_rows``, ``gate_rows_excluded``,
-``gate_candidate_f1``, ``gate_champion_f1``, ``gate_f1_diff_low``, ``gate_f1_diff_high``: see
-``steps/gate.py``: the candidate against the champion on the candidate's own test rows, paired),
+``gate_metric``, ``gate_candidate``, ``gate_champion``, ``gate_diff_low``, ``gate_diff_high``, and
+for an F1 gate also ``gate_candidate_f1``, ``gate_champion_f1``, ``gate_f1_diff_low``,
+``gate_f1_diff_high``: see ``hf_finetune/registry/gate.py``: the candidate against the champion on
+the candidate's own test rows, paired), the lineage tags (and ``prompt_template`` for text
+generation),
 and ``aliases_pending`` until the aliases are set; the version's description is its model card
-(``steps/card.py``, also ``model_card.md`` with the logged model), and the cards of the versions
-the aliases left are rewritten. Alias ``challenger`` always moves to the new
+(``hf_finetune/registry/card.py``, also ``model_card.md`` with the logged model), and the cards
+of the versions the aliases left are rewritten. Alias ``challenger`` always moves to the new
 version; ``champion`` moves only if the gate passes **and** the weights are in the artifact store
 (a reference-only version waits for persist). Stages are not used (deprecated in MLflow 3):
 aliases only.
