@@ -1,7 +1,7 @@
 """End to end: ``main`` with ``task=text-generation``, offline, through every step.
 
 Two stores: the bundled MiniLM as a causal LM (the offline stand-in, fully fine-tuned, logged
-``full``), run twice so that the second version meets a champion at the gate; and a tiny
+``full``, then ``checkpoint``), run twice so that the second version meets a champion at the gate; and a tiny
 randomly initialised GPT-2 placed in a hub cache under a hub id, fine-tuned with LoRA and logged
 ``reference`` (adapter only), which persist then makes self-contained and verifies. Then predict
 with the champion, and the refusals ``main`` makes before any training.
@@ -34,14 +34,16 @@ SMOKE = ["--profile", "smoke", "--task", "text-generation"]
 def generation_store(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Path, str, str]]:
-    """Two smoke mains on the stand-in: the first makes v1 champion, the second (another seed,
-    so another split and model) is judged against it. (store, first run, second run)."""
+    """Two smoke mains on the stand-in: the first makes v1 (logged ``full``) champion, the second
+    (another seed, so another split and model, logged ``checkpoint``: by path, never loaded) is
+    judged against it. (store, first run, second run)."""
     root = tmp_path_factory.mktemp("generation-store")
     with deleted_unless_a_test_failed(request, root):
         first = main_in_store(root, SMOKE)
         with pytest.MonkeyPatch.context() as mp:
             use_store(root, mp)
-            assert main_step.main([*SMOKE, "--seed", "1", "--env_manager", "local"]) == 0
+            second = [*SMOKE, "--seed", "1", "--save_mode", "checkpoint", "--env_manager", "local"]
+            assert main_step.main(second) == 0
             client = mlflow.MlflowClient()
             mains = client.search_runs(
                 [e.experiment_id for e in client.search_experiments()],
@@ -114,6 +116,7 @@ def test_the_second_version_was_compared_with_the_champion_each_scored_natively(
     # the interval is of champion - candidate (positive: the candidate is better) and holds it
     assert low <= champion - candidate <= high
     assert "gate_candidate_f1" not in second.tags
+    assert (second.tags["save_mode"], second.tags["verified"]) == ("checkpoint", "true")
     aliases = {k: str(v) for k, v in client.get_registered_model(GENERATOR).aliases.items()}
     assert aliases["challenger"] == "2"
     assert aliases["champion"] == ("2" if second.tags["gate"] == "passed" else "1")
