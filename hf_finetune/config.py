@@ -27,6 +27,9 @@ class Config(Settings, ClassificationSettings, GenerationSettings):
         Settings.__post_init__(self)
         if self.task not in registry.TASKS:
             raise UserError(f"unknown task {self.task!r}: use one of {', '.join(registry.TASKS)}")
+        shared_default = next(f.default for f in dataclasses.fields(Settings) if f.name == "registered_model")
+        if self.registered_model == shared_default:  # not chosen: the task's own name
+            object.__setattr__(self, "registered_model", registry.TASKS[self.task].registered_model)
         validate = getattr(registry.TASKS[self.task].settings, "__post_init__", None)
         if validate is not None:  # the task's own checks of its own settings
             validate(self)

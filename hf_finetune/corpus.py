@@ -195,9 +195,19 @@ def split_metrics(splits: dict[str, pd.DataFrame], stratify: str | None = "label
 
 
 def prepared(cfg: Settings, task: Task) -> tuple[pd.DataFrame, CleanStats, dict[str, pd.DataFrame]]:
-    """The task's cleaned rows, what cleaning dropped, and the splits; a ``UserError`` for
-    unusable data."""
+    """The task's cleaned rows, what cleaning dropped, and the splits (stratified by the column
+    ``stratified_by`` names, or at random); a ``UserError`` for unusable data."""
     cleaned, stats = task.clean(load(cfg.data, cfg), cfg)
     by = task.stratify_by(cleaned)
     cleaned = subsample(cleaned, cfg.max_rows, cfg.seed, by)
-    return cleaned, stats, split(cleaned, cfg.validation_fraction, cfg.test_fraction, cfg.seed, by)
+    splits = split(cleaned, cfg.validation_fraction, cfg.test_fraction, cfg.seed, by)
+    cleaned.attrs[STRATIFIED_BY] = by
+    return cleaned, stats, splits
+
+
+STRATIFIED_BY = "stratified_by"  # the cleaned rows' attribute: the column the split kept in proportion
+
+
+def stratified_by(cleaned: pd.DataFrame) -> str | None:
+    """The column ``prepared`` stratified its split by (None: a random split)."""
+    return cleaned.attrs.get(STRATIFIED_BY)

@@ -254,8 +254,9 @@ def _looks_like_jsonl(path: Path) -> bool:
         return f.read(1).strip() != b"["
 
 
-def read_hub(dataset_id: str, split_name: str, label_column: str) -> pd.DataFrame:
-    """Load a hub dataset split; ClassLabel columns become their names (0 -> "ham")."""
+def read_hub(dataset_id: str, split_name: str) -> pd.DataFrame:
+    """Load a hub dataset split; ClassLabel columns become their names (0 -> "ham"): a label
+    column, or a completion column of labels."""
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is a dependency
@@ -269,12 +270,12 @@ def read_hub(dataset_id: str, split_name: str, label_column: str) -> pd.DataFram
             "offline, pass a local file with --data instead"
         ) from None
     df = ds.to_pandas()
-    feature = ds.features.get(label_column)
-    if isinstance(feature, datasets.ClassLabel):
-        df[label_column] = [feature.int2str(int(v)) for v in df[label_column]]
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            df[name] = [feature.int2str(int(v)) for v in df[name]]
     return df
 
 
 def load(data: str, cfg: Settings) -> pd.DataFrame:
     path = resolve_data_path(data)
-    return read_file(path, cfg.data_columns) if path else read_hub(data, cfg.hub_split, cfg.label_column)
+    return read_file(path, cfg.data_columns) if path else read_hub(data, cfg.hub_split)

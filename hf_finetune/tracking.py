@@ -41,8 +41,9 @@ CONFIG_ARTIFACT = "config.yaml"
 KILL_AT_ENV = "PIPELINE_TEST_KILL_AT"
 
 
-def get_upstream(run_id: str | None, expected_step: str, flag: str) -> Any:
-    """Return the finished run ``run_id`` of ``expected_step``, or raise a ``UserError``."""
+def get_upstream(run_id: str | None, expected_step: str, flag: str, task: str | None = None) -> Any:
+    """Return the finished run ``run_id`` of ``expected_step`` (made for ``task``, where given and
+    the run recorded its task), or raise a ``UserError``."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -66,6 +67,12 @@ def get_upstream(run_id: str | None, expected_step: str, flag: str) -> Any:
         raise UserError(
             f"run {run_id} (--{flag}) is {run.info.status}, not FINISHED: "
             f"rerun {expected_step} and pass the new run ID"
+        )
+    made_for = run.data.params.get("config.task")
+    if task and made_for and made_for != task:
+        raise UserError(
+            f"run {run_id} (--{flag}) is a {made_for} run, not {task}: pass --task {made_for}, "
+            f"or the run ID of a {task} {expected_step} run"
         )
     return run
 

@@ -47,7 +47,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     import mlflow
 
     task = registry.task_of(cfg)
-    upstream = tracking.get_upstream(upstream_run_id, chain.FINETUNE, UPSTREAM)
+    upstream = tracking.get_upstream(upstream_run_id, chain.FINETUNE, UPSTREAM, cfg.task)
     tokenize_run_id = upstream.data.tags[UPSTREAM_TAG]
     client = mlflow.MlflowClient()
     device = devices.available_device(cfg.device)

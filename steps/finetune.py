@@ -104,7 +104,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
 
     task = registry.task_of(cfg)
     world = world_from_env(os.environ)
-    upstream = tracking.get_upstream(upstream_run_id, chain.TOKENIZE, UPSTREAM)
+    upstream = tracking.get_upstream(upstream_run_id, chain.TOKENIZE, UPSTREAM, cfg.task)
     base_model = upstream.data.tags[BASE_MODEL_TAG]  # the model the tokens were made for
     cfg = dataclasses.replace(cfg, base_model=base_model)  # so the logged config says so too
     device = devices.available_device(cfg.device)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cli.config_for(args)
         if cfg.nproc_per_node > 1 and "RANK" not in os.environ:
             # bad input fails here, in one line, before any training process starts
-            tracking.get_upstream(args.upstream_run_id, chain.TOKENIZE, UPSTREAM)
+            tracking.get_upstream(args.upstream_run_id, chain.TOKENIZE, UPSTREAM, cfg.task)
             status = relaunch(cfg.nproc_per_node, argv)
             if status:
                 raise SystemExit(status)

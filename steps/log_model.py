@@ -72,7 +72,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     import mlflow
 
     task = registry.task_of(cfg)
-    upstream = tracking.get_upstream(upstream_run_id, chain.EVALUATE, UPSTREAM)
+    upstream = tracking.get_upstream(upstream_run_id, chain.EVALUATE, UPSTREAM, cfg.task)
     runs = tracking.upstream_chain(upstream)
     adapter = "finetune" in runs and runs["finetune"].data.tags.get(PEFT_TAG) == "lora"
     check_save_mode(cfg.save_mode, adapter=adapter)

@@ -106,6 +106,8 @@ def persist_in_place(
     task: Task | None = None,
     id2label: dict[int, str] | None = None,
     texts: list[str] | None = None,
+    cfg: Config | None = None,
+    tags: dict[str, str] | None = None,
 ) -> bool:
     """Make a reference-only model self-contained in its own artifacts. False if it already was.
 
@@ -125,14 +127,14 @@ def persist_in_place(
     snapshot = hub.local_snapshot(flavor["source_model_name"], flavor["source_model_revision"])
     staged = tmp / "persist"
     if flavor.get(PEFT_KEY):
-        if task is None or id2label is None or not texts:
-            raise ValueError("persisting a LoRA adapter needs its task, labels and texts to compare")
+        if task is None or id2label is None or not texts or cfg is None:
+            raise ValueError("persisting a LoRA adapter needs its task, labels, texts and config")
         adapter = Path(
             mlflow.artifacts.download_artifacts(
                 artifact_uri=f"{location.rstrip('/')}/{flavor[PEFT_KEY]}", dst_path=str(tmp / "adapter")
             )
         )
-        merged = task.merge_verified(adapter, snapshot, id2label, texts, tmp / "merged")
+        merged = task.merge_verified(adapter, snapshot, id2label, texts, tmp / "merged", cfg, tags or {})
         plan = files_to_copy(sorted(p.name for p in merged.iterdir() if p.is_file()))
         source_dir = merged
     else:
@@ -182,7 +184,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
     client = mlflow.MlflowClient()
     task = registry.task_of(cfg)
-    upstream = tracking.get_upstream(upstream_run_id, chain.REGISTER, UPSTREAM)
+    upstream = tracking.get_upstream(upstream_run_id, chain.REGISTER, UPSTREAM, cfg.task)
     name = upstream.data.tags[REGISTERED_MODEL_TAG]
     number = upstream.data.tags[VERSION_TAG]
     try:
@@ -206,7 +208,9 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         else:
             tokenize_run = tracking.upstream_chain(log_model_run)["tokenize"]
             id2label = artifacts.id2label_of(tokenize_run)
-            copied = persist_in_place(model_id, tmp, task, id2label, expected["texts"])
+            copied = persist_in_place(
+                model_id, tmp, task, id2label, expected["texts"], cfg, dict(version.tags)
+            )
             verify(task, name, number, expected["texts"], expected["labels"], tmp)
         client.set_model_version_tag(name, number, PERSISTED_TAG, "true")
         client.set_model_version_tag(name, number, VERIFIED_TAG, "true")

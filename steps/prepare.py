@@ -28,7 +28,7 @@ from pathlib import Path
 from hf_finetune import chain, cli, logs, tracking, uris
 from hf_finetune.chain import SPLITS_DIR, STATS_FILE
 from hf_finetune.config import Config
-from hf_finetune.corpus import data_digest, prepared, split_metrics
+from hf_finetune.corpus import data_digest, prepared, split_metrics, stratified_by
 from hf_finetune.sources import dataset_card
 from hf_finetune.tags import DATA_CARD_TAG, DATA_DIGEST_TAG, DATA_SOURCE_TAG
 from hf_finetune.tasks import registry
@@ -44,7 +44,7 @@ def run(cfg: Config, profile: str) -> str:
     task = registry.task_of(cfg)
     cleaned, stats, splits = prepared(cfg, task)
     digest = data_digest(cleaned, task.digest_columns())
-    stratified = task.stratify_by(cleaned)
+    stratified = stratified_by(cleaned)
 
     with tracking.step_run(STEP, profile, cfg) as (run_id, tmp):
         mlflow.set_tag(DATA_DIGEST_TAG, digest)

@@ -145,7 +145,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
     task = registry.task_of(cfg)
     client = mlflow.MlflowClient()
-    upstream = tracking.get_upstream(upstream_run_id, chain.LOG_MODEL, UPSTREAM)
+    upstream = tracking.get_upstream(upstream_run_id, chain.LOG_MODEL, UPSTREAM, cfg.task)
     model_uri = upstream.data.tags[MODEL_URI_TAG]
     check_logged_model(client, upstream.data.tags[MODEL_ID_TAG])
     runs = tracking.upstream_chain(upstream)

@@ -69,7 +69,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
     import mlflow
 
     task = registry.task_of(cfg)
-    upstream = tracking.get_upstream(upstream_run_id, chain.PREPARE, UPSTREAM)
+    upstream = tracking.get_upstream(upstream_run_id, chain.PREPARE, UPSTREAM, cfg.task)
     tokenizer, _, (revision, revision_source) = load_tokenizer(cfg.base_model, task)
 
     with tracking.step_run(STEP, profile, cfg, upstream.info.run_id) as (run_id, tmp):

@@ -100,8 +100,9 @@ def decide(
     sign = 1.0 if higher_is_better else -1.0
     floor_name = floor_name or f"min_test_{metric}"
     label = {"f1": "F1"}.get(metric, metric)
-    if sign * (test_f1 - min_test_f1) < 0:
-        side = "below" if higher_is_better else "above"
+    # a floor is reached (>=); a ceiling (lower is better: the base model's figure) must be beaten (<)
+    if (test_f1 < min_test_f1) if higher_is_better else not test_f1 < min_test_f1:
+        side = "below" if higher_is_better else "not below"
         reason = f"test_{metric} {test_f1:.4f} is {side} {floor_name} {min_test_f1:.4f}"
         c = comparison
         if c is not None and c.rows:
@@ -110,7 +111,7 @@ def decide(
                 f"v{c.champion_version}'s {c.champion_f1:.4f}"
             )
         return Gate(False, reason, comparison)
-    holds = ">=" if higher_is_better else "<="
+    holds = ">=" if higher_is_better else "<"
     base = f"test_{metric} {test_f1:.4f} {holds} {floor_name} {min_test_f1:.4f}"
     if comparison is None:
         return Gate(True, f"{base}; {note or 'no champion yet'}")

@@ -181,9 +181,17 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def merge_verified(
-        self, adapter: Path, base: Path, id2label: dict[int, str], inputs: list[str], out: Path
+        self,
+        adapter: Path,
+        base: Path,
+        id2label: dict[int, str],
+        inputs: list[str],
+        out: Path,
+        cfg: Settings,
+        tags: dict[str, str],
     ) -> Path:
-        """Fold ``adapter`` into ``base`` at ``out``; fail unless the merge predicts the same."""
+        """Fold ``adapter`` into ``base`` at ``out``; fail unless the merge predicts the same on
+        ``inputs`` (as the version with ``tags`` is called)."""
 
     @abc.abstractmethod
     def served_outputs(self, model: Any, inputs: list[str]) -> list[str]:

@@ -82,7 +82,8 @@ def test_eos_ends_every_completion_and_only_the_completion_is_learnt() -> None:
     rows = pd.DataFrame({"prompt": [PROMPTS[0], "ok"], "completion": ["spam", " ham"]})
     encoded, dropped = causal.encode_rows(rows, tokenizer, 64, DEFAULT_TEMPLATE)
     assert dropped == 0
-    assert encoded["completion"].tolist() == [" spam", " ham"]  # one space after "Answer:", not two
+    assert encoded["completion"].tolist() == ["spam", " ham"]  # as given
+    assert encoded["completion_text"].tolist() == [" spam", " ham"]  # one space after "Answer:", not two
     for row, feature in zip(encoded.itertuples(), causal.to_features(encoded), strict=True):
         ids, start = list(row.input_ids), row.completion_start
         assert ids[-1] == tokenizer.eos_token_id
@@ -90,7 +91,7 @@ def test_eos_ends_every_completion_and_only_the_completion_is_learnt() -> None:
         assert ids[:start] == tokenizer(row.prompt_text)["input_ids"]  # as the pipeline tokenizes it
         assert feature["labels"][:start] == [causal.IGNORE] * start
         assert feature["labels"][start:] == ids[start:]
-        assert row.completion_bytes == len(row.completion.encode("utf-8"))
+        assert row.completion_bytes == len(row.completion_text.encode("utf-8"))
     batch = causal.CompletionCollator(tokenizer.pad_token_id)(causal.to_features(encoded))
     shorter = int(np.argmin([len(i) for i in encoded["input_ids"]]))
     assert len(encoded["input_ids"][shorter]) < batch["input_ids"].shape[1]
@@ -169,7 +170,7 @@ def test_the_gate_on_a_lower_is_better_metric_turns_the_interval_for_its_neutral
     assert (tags["gate_diff_low"], tags["gate_diff_high"]) == ("0.050000", "0.150000")  # positive: better
     assert "gate_candidate_f1" not in tags
     worse = gate.decide(9.0, 8.0, comparison, 0.0, "", "bits_per_byte", False, "base_bits_per_byte")
-    assert not worse.passed and "is above base_bits_per_byte" in worse.reason
+    assert not worse.passed and "is not below base_bits_per_byte" in worse.reason
     assert "shared test rows" in worse.reason  # compared even so
 
 
@@ -246,3 +247,61 @@ def test_generated_text_that_is_no_label_counts_as_wrong_and_as_not_the_positive
     metrics = evaluation.label_metrics(truth, said, ["ham", "spam"], "spam")
     assert metrics["accuracy"] == 0.5  # "hmm" is not "ham"
     assert (metrics["precision"], metrics["recall"]) == (1.0, 0.5)
+
+
+def trained_tokenizer(kind: str) -> object:
+    """A small tokenizer trained here on the corpus: byte-level BPE (GPT-2's kind) or BPE after a
+    word-start marker (SentencePiece's kind, Llama's and Mistral's), with an end-of-text token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from hf_finetune.settings import BUNDLED_DATA, PROJECT_DIR
+
+    lines = (PROJECT_DIR / BUNDLED_DATA).read_text(encoding="utf-8").splitlines()[:2000]
+    tok = Tokenizer(models.BPE())
+    if kind == "byte-level":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        alphabet = []
+    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["</s>"], initial_alphabet=alphabet)
+    tok.train_from_iterator([*lines, DEFAULT_TEMPLATE.format(prompt="x") + " spam ham"], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>")
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "metaspace"])
+def test_the_completion_is_tokenized_as_it_follows_the_prompt_whatever_the_tokenizer(kind: str) -> None:
+    tokenizer = causal.with_special_tokens(trained_tokenizer(kind))
+    rows = pd.DataFrame({"prompt": ["WIN cash now", "see you at 7"], "completion": ["spam", "ham"]})
+    encoded, _ = causal.encode_rows(rows, tokenizer, 64, DEFAULT_TEMPLATE)
+    for row in encoded.itertuples():
+        together = tokenizer(row.prompt_text + row.completion_text)["input_ids"]
+        ids = list(row.input_ids)
+        assert ids[:-1] == together  # exactly the ids of prompt and completion as one text
+        assert ids[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(ids[row.completion_start : -1]).strip() == row.completion
+
+
+def test_a_step_refuses_an_upstream_run_of_another_task_in_one_line() -> None:
+    import mlflow
+
+    from hf_finetune import tracking
+
+    with mlflow.start_run(tags={"pipeline.step": "prepare"}) as run:
+        mlflow.log_param("config.task", "text-generation")
+    assert tracking.get_upstream(run.info.run_id, "prepare", "prepare_run_id", "text-generation")
+    with pytest.raises(UserError, match=r"is a text-generation run, not text-classification: pass --task"):
+        tracking.get_upstream(run.info.run_id, "prepare", "prepare_run_id", "text-classification")
+
+
+def test_a_first_version_must_beat_its_base_model_and_a_missing_base_figure_passes_nothing() -> None:
+    tied = gate.decide(0.5, 0.5, None, 0.0, "", "bits_per_byte", False, "base_bits_per_byte")
+    assert not tied.passed and "is not below base_bits_per_byte" in tied.reason
+    assert gate.decide(0.4, 0.5, None, 0.0, "", "bits_per_byte", False, "base_bits_per_byte").passed
+    floor = GENERATION.gate_floor(Config(task="text-generation"), {"test_bits_per_byte": 0.4})
+    assert not gate.decide(0.4, floor, None, 0.0, "", "bits_per_byte", False).passed
+    assert Config(task="text-generation").registered_model == "sms-spam-generator"
+    assert Config(task="text-generation", registered_model="mine").registered_model == "mine"

@@ -68,8 +68,8 @@ def test_the_gate_decision(
 @pytest.mark.parametrize(
     ("loss", "ceiling", "candidate", "champion", "low", "high", "passed", "why"),
     [
-        (1.5, 1.0, 1.5, 0.0, 0.0, 0.0, False, "test_loss 1.5000 is above min_test_loss 1.0000"),
-        (0.8, 1.0, 0.8, 0.9, -0.15, -0.05, True, "test_loss 0.8000 <= min_test_loss 1.0000; better"),
+        (1.5, 1.0, 1.5, 0.0, 0.0, 0.0, False, "test_loss 1.5000 is not below min_test_loss 1.0000"),
+        (0.8, 1.0, 0.8, 0.9, -0.15, -0.05, True, "test_loss 0.8000 < min_test_loss 1.0000; better"),
         (0.8, 1.0, 0.8, 0.9, -0.15, 0.02, False, "not measurably better (interval reaches +0.0000)"),
         (0.95, 1.0, 0.95, 0.9, 0.01, 0.09, False, "not better"),
     ],

@@ -143,7 +143,7 @@ def test_hub_ids_are_recognised(data: str) -> None:
 
 def test_hub_dataset_offline_is_a_clear_error() -> None:
     with pytest.raises(UserError, match=r"cannot load hub dataset 'ucirvine/sms_spam'.*local file"):
-        sources.read_hub("ucirvine/sms_spam", "train", "label")
+        sources.read_hub("ucirvine/sms_spam", "train")
 
 
 def test_unreadable_and_wrong_kind_files(tmp_path: Path) -> None:

@@ -223,7 +223,14 @@ class TextClassification(Task):
         return Example(texts, chosen["prediction"].tolist(), signature, model_config(max_length), params)
 
     def merge_verified(
-        self, adapter: Path, base: Path, id2label: dict[int, str], inputs: list[str], out: Path
+        self,
+        adapter: Path,
+        base: Path,
+        id2label: dict[int, str],
+        inputs: list[str],
+        out: Path,
+        cfg: Settings,
+        tags: dict[str, str],
     ) -> Path:
         return merge_verified(adapter, base, id2label, inputs, out)
 

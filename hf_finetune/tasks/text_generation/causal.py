@@ -84,22 +84,44 @@ def fit_row(prompt: list[int], completion: list[int], max_length: int, lead: int
     return prompt[:lead] + prompt[len(prompt) - (room - lead) :]
 
 
+def completion_ids(prompt: list[int], whole: list[int], alone: list[int], special: set[int]) -> list[int]:
+    """The completion's token ids as they follow the prompt's: the tail of prompt + completion
+    tokenized together where the prompt's ids begin it (BPE and SentencePiece tokenizers: no
+    spurious word-start token), else the completion tokenized alone (a tokenizer that closes the
+    prompt with a special token, as BERT's ``[SEP]``, which generation then continues after)."""
+    if whole[: len(prompt)] != prompt:
+        return alone
+    tail = whole[len(prompt) :]
+    while tail and tail[-1] in special:  # an end token the tokenizer adds itself; EOS is ours
+        tail = tail[:-1]
+    return tail or alone
+
+
 def encode_rows(
     frame: pd.DataFrame, tokenizer: Any, max_length: int, template: str
 ) -> tuple[pd.DataFrame, int]:
     """Token ids of formatted prompt + completion + EOS, not padded, and where the completion
-    starts; and how many rows were dropped because their completion alone does not fit."""
+    starts; and how many rows were dropped because their completion alone does not fit.
+    ``completion`` stays as given; ``completion_text`` is it as it follows the formatted prompt."""
     texts = [template.format(prompt=p) for p in frame["prompt"]]
     completions = [joined(t, c) for t, c in zip(texts, frame["completion"], strict=True)]
     prompts = tokenizer(texts, add_special_tokens=True)["input_ids"]
-    answers = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    wholes = tokenizer([t + c for t, c in zip(texts, completions, strict=True)], add_special_tokens=True)
+    alone = tokenizer(completions, add_special_tokens=False)["input_ids"]
     special = set(tokenizer.all_special_ids)
     rows: list[dict[str, Any]] = []
     dropped = 0
-    for raw, text, completion, p, c in zip(
-        frame["prompt"], texts, completions, prompts, answers, strict=True
+    for raw, given, text, completion, p, whole, c in zip(
+        frame["prompt"],
+        frame["completion"],
+        texts,
+        completions,
+        prompts,
+        wholes["input_ids"],
+        alone,
+        strict=True,
     ):
-        ids_c = [*c, tokenizer.eos_token_id]
+        ids_c = [*completion_ids(p, whole, c, special), tokenizer.eos_token_id]
         lead = 1 if p and p[0] in special else 0
         ids_p = fit_row(p, ids_c, max_length, lead)
         if ids_p is None:
@@ -109,7 +131,8 @@ def encode_rows(
         rows.append(
             {
                 "prompt": raw,
-                "completion": completion,
+                "completion": given,
+                "completion_text": completion,
                 "prompt_text": text,
                 "input_ids": ids,
                 "attention_mask": [1] * len(ids),
@@ -117,8 +140,8 @@ def encode_rows(
                 "completion_bytes": len(completion.encode("utf-8")),
             }
         )
-    columns = ["prompt", "completion", "prompt_text", "input_ids", "attention_mask", "completion_start"]
-    return pd.DataFrame(rows, columns=[*columns, "completion_bytes"]), dropped
+    columns = ["prompt", "completion", "completion_text", "prompt_text", "input_ids", "attention_mask"]
+    return pd.DataFrame(rows, columns=[*columns, "completion_start", "completion_bytes"]), dropped
 
 
 def to_features(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -214,15 +237,22 @@ def bits_per_byte(nats: np.ndarray, n_bytes: np.ndarray) -> float:
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int, device: str
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    device: str,
+    ids: list[list[int]] | None = None,
 ) -> list[str]:
-    """Greedy completions of the formatted ``prompts``, in their order: batches of similar length,
-    padded on the left (the position ids follow the mask), the prompt cut off, decoded."""
+    """Greedy completions of the formatted ``prompts`` (or of the prompts' token ``ids``, as
+    tokenize made and cut them), in their order: batches of similar length, padded on the left
+    (the position ids follow the mask), the prompt cut off, decoded."""
     import torch
 
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    encoded = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    encoded = ids if ids is not None else tokenizer(prompts, add_special_tokens=True)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
     out: list[str] = [""] * len(prompts)
     model.to(device).eval()

@@ -105,9 +105,10 @@ def evaluate(job: Evaluation, cfg: Settings, max_new_tokens: int) -> Evaluated:
     tokens = int(
         sum(len(ids) - int(s) for ids, s in zip(test["input_ids"], test["completion_start"], strict=True))
     )
-    generated = generate(
-        model, tokenizer, test["prompt_text"].tolist(), max_new_tokens, cfg.eval_batch_size, job.device
-    )
+    prompt_ids = [
+        list(ids[: int(s)]) for ids, s in zip(test["input_ids"], test["completion_start"], strict=True)
+    ]
+    generated = generate(model, tokenizer, [], max_new_tokens, cfg.eval_batch_size, job.device, prompt_ids)
     metrics = {
         "test_bits_per_byte": round(bits_per_byte(nats, n_bytes), 6),
         "test_perplexity": round(math.exp(nats.sum() / max(1, tokens)), 6),
@@ -136,17 +137,17 @@ def evaluate(job: Evaluation, cfg: Settings, max_new_tokens: int) -> Evaluated:
     scored = pd.DataFrame(
         {
             "prompt": test["prompt"].to_numpy(),
-            "completion": test["completion"].to_numpy(),
+            "completion": test["completion"].to_numpy(),  # as given: each model joins it to its template
             "prediction": [g.strip() for g in generated],
             "bits": nats / math.log(2),
             "bytes": n_bytes,
             "base_bits": base_nats / math.log(2),
         }
     )
-    labels = few_labels(frames["train"]["completion"])
+    labels = few_labels(frames["train"]["completion"])  # prior and bytes: as the model saw them
     params: dict[str, str] = {}
     if labels is not None and set(map(normalised, test["completion"])) <= set(labels):
-        prior = prior_bits(frames["train"]["completion"], test["completion"])
+        prior = prior_bits(frames["train"]["completion_text"], test["completion_text"])
         if prior is not None:
             metrics["prior_bits_per_byte"] = round(prior, 6)
         truth = [normalised(c) for c in test["completion"]]

@@ -301,9 +301,20 @@ class TextGeneration(Task):
         )
 
     def merge_verified(
-        self, adapter: Path, base: Path, id2label: dict[int, str], inputs: list[str], out: Path
+        self,
+        adapter: Path,
+        base: Path,
+        id2label: dict[int, str],
+        inputs: list[str],
+        out: Path,
+        cfg: Settings,
+        tags: dict[str, str],
     ) -> Path:
-        return merge_verified(adapter, base, inputs, 8, out)
+        """The merge generates exactly what the adapter did, on the inputs as served: inside the
+        version's prompt template, up to ``max_new_tokens``."""
+        template = tags.get(PROMPT_TEMPLATE_TAG) or "{prompt}"
+        prompts = [template.format(prompt=text) for text in inputs]
+        return merge_verified(adapter, base, prompts, own(cfg).max_new_tokens, out)
 
     def served_outputs(self, model: Any, inputs: list[str]) -> list[str]:
         answered = model.predict(pd.DataFrame({"prompt": inputs}))
@@ -319,7 +330,9 @@ class TextGeneration(Task):
         return ""
 
     def gate_floor(self, cfg: Settings, metrics: dict[str, float]) -> float:
-        return float(metrics.get("base_bits_per_byte", math.inf))
+        """The base model's bits per byte on the same rows: a ceiling the fine-tune must be below
+        (none recorded: nothing passes)."""
+        return float(metrics.get("base_bits_per_byte", -math.inf))
 
     def champion_scores(
         self, model_uri: str, version_tags: dict[str, str], rows: pd.DataFrame, cfg: Settings
@@ -331,9 +344,12 @@ class TextGeneration(Task):
         model, tokenizer = parts["model"], with_special_tokens(parts["tokenizer"])
         template = version_tags.get(PROMPT_TEMPLATE_TAG) or "{prompt}"
         longest = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        tokenize_run = version_tags.get(f"run.{TOKENIZE}")
+        if tokenize_run:  # as the champion was evaluated: its own max_length
+            longest = int(mlflow.MlflowClient().get_run(tokenize_run).data.params["config.max_length"])
         encoded, dropped = encode_rows(rows[["prompt", "completion"]], tokenizer, longest, template)
         if dropped:
-            raise RuntimeError(f"{dropped} rows do not fit the champion's {longest} positions")
+            raise RuntimeError(f"{dropped} of the rows do not fit the champion's max_length {longest}")
         nats = completion_nats(model, encoded, tokenizer.pad_token_id, "cpu")
         return list(zip(nats / math.log(2), encoded["completion_bytes"], strict=True))
 
