@@ -105,9 +105,8 @@ def evaluate(job: Evaluation, cfg: Settings, max_new_tokens: int) -> Evaluated:
     tokens = int(
         sum(len(ids) - int(s) for ids, s in zip(test["input_ids"], test["completion_start"], strict=True))
     )
-    prompt_ids = [
-        list(ids[: int(s)]) for ids, s in zip(test["input_ids"], test["completion_start"], strict=True)
-    ]
+    starts = zip(test["input_ids"], test["completion_start"], strict=True)
+    prompt_ids = [np.asarray(ids)[: int(start)].tolist() for ids, start in starts]  # as scored
     generated = generate(model, tokenizer, [], max_new_tokens, cfg.eval_batch_size, job.device, prompt_ids)
     metrics = {
         "test_bits_per_byte": round(bits_per_byte(nats, n_bytes), 6),
