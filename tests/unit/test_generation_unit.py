@@ -141,6 +141,8 @@ def test_greedy_generation_in_left_padded_batches_is_what_one_at_a_time_gives(de
     alone = [causal.generate(model, tokenizer, [p], 5, 1, "cpu")[0] for p in prompts]
     assert batched == alone
     assert tokenizer.padding_side == "right"  # left padding was for generation only
+    ids = [tokenizer(p)["input_ids"] for p in prompts]  # as tokenize made them, given by id
+    assert causal.generate(model, tokenizer, [], 5, 3, "cpu", ids) == batched
 
 
 def test_the_label_prior_and_the_paired_bits_per_byte() -> None:

@@ -254,7 +254,7 @@ def generate(
     tokenizer.padding_side = "left"
     encoded = ids if ids is not None else tokenizer(prompts, add_special_tokens=True)["input_ids"]
     order = np.argsort([len(ids) for ids in encoded], kind="stable")
-    out: list[str] = [""] * len(prompts)
+    out: list[str] = [""] * len(encoded)
     model.to(device).eval()
     try:
         with torch.inference_mode():
