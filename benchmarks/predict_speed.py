@@ -93,7 +93,7 @@ def register(folder: Path, max_length: int, texts: list[str]) -> None:
         "pip_requirements": save_modes.pip_requirements(save_modes.installed_versions()),
     }
     with mlflow.start_run():
-        info = save_modes.log_candidate(CLASSIFICATION, folder, "full", options)
+        info = save_modes.log_candidate(CLASSIFICATION, folder, "full", options, "bench/bert")
     version = mlflow.register_model(info.model_uri, NAME)
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", version.version)
 

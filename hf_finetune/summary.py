@@ -39,6 +39,17 @@ def describe(
             else "."
         )
     ]
+    if "test_bits_per_byte" in metrics:  # a language model: its completion's bits per byte first
+        beside = [
+            f"{label} {metrics[key]:.3f}"
+            for key, label in (("base_bits_per_byte", "base model"), ("prior_bits_per_byte", "label prior"))
+            if key in metrics
+        ]
+        lines.append(
+            f"Test bits per byte **{metrics['test_bits_per_byte']:.3f}** (lower is better"
+            + (f"; same rows: {', '.join(beside)})" if beside else ")")
+            + (f", exact match {metrics['test_exact_match']:.3f}." if "test_exact_match" in metrics else ".")
+        )
     if "test_f1" in metrics:
         baselines = [
             f"{label} {metrics[key]:.3f}"

@@ -51,11 +51,17 @@ def parse_target(target: str) -> tuple[str, str | None, str | None] | None:
     return parsed
 
 
+def one_line(value: str) -> str:
+    """A setting's value as one line: quoted, with its escapes, where it holds line breaks (a
+    prompt template)."""
+    return json.dumps(value) if any(c in value for c in "\n\r\t") else value
+
+
 def describe(step: str, run: Any, reused_by: str | None = None) -> list[str]:
     """The lines printed for one step run."""
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     read = sorted(cache.step_fields(step)) if step in chain.STEPS else []
-    settings = ", ".join(f"{k}={params[f'config.{k}']}" for k in read if f"config.{k}" in params)
+    settings = ", ".join(f"{k}={one_line(params[f'config.{k}'])}" for k in read if f"config.{k}" in params)
     code_hash = json.loads(tags[INPUTS_TAG])["code"][:12] if INPUTS_TAG in tags else "-"
     lines = [
         f"{step:<16} {run.info.run_id}  {run.info.status}"

@@ -154,7 +154,14 @@ def test_predict_takes_the_task_from_the_model_and_writes_a_completion_per_promp
     if not java_17_or_newer() and not os.environ.get("PIPELINE_REQUIRE_SPARK"):
         pytest.skip("engine spark needs Java 17 or newer (apt-get install openjdk-17-jre-headless)")
     pytest.importorskip("pyspark", reason="engine spark needs pip install -e '.[spark]'")
-    assert predict.main([*common, "--output", str(tmp_path / "spark"), "--engine", "spark"]) == 0
+    from pyspark.sql import SparkSession
+
+    try:
+        assert predict.main([*common, "--output", str(tmp_path / "spark"), "--engine", "spark"]) == 0
+    finally:  # its Python workers run in this store's folder, deleted with the module
+        session = SparkSession.getActiveSession()
+        if session is not None:
+            session.stop()
     spark = pd.read_parquet(tmp_path / "spark").set_index("id").loc[local["id"]]
     assert spark["completion"].tolist() == local["completion"].tolist()
 

@@ -227,6 +227,25 @@ def test_the_parent_run_says_in_a_few_sentences_what_it_did() -> None:
     assert "Test F1 **0.961** (same rows: TF-IDF + linear SVM 0.960, untrained base model 0.303)" in text
     assert "`m` version 3 (challenger, champion); gate passed: better." in text
     assert "report/pipeline.html" in text and SECRET not in text
+    generator = describe(
+        "smoke",
+        cfg,
+        {"prepare": "ran"},
+        {
+            "test_bits_per_byte": 0.116,
+            "base_bits_per_byte": 8.2,
+            "prior_bits_per_byte": 0.222,
+            "test_exact_match": 0.9,
+            "test_f1": 0.889,
+            "classical_f1": 0.938,
+        },
+        {},
+    )
+    assert (
+        "Test bits per byte **0.116** (lower is better; same rows: base model 8.200, label prior 0.222), "
+        "exact match 0.900." in generator
+    )
+    assert "Test F1 **0.889** (same rows: TF-IDF + linear SVM 0.938)." in generator
 
 
 def test_the_report_loads_whole_in_a_real_browser(tmp_path: Path) -> None:
