@@ -137,7 +137,10 @@ def test_the_champion_answers_openai_style_completions_with_its_template_applied
 
 
 def test_predict_takes_the_task_from_the_model_and_writes_a_completion_per_prompt(
-    store: tuple[str, str], tmp_path: Path
+    store: tuple[str, str],
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = tmp_path / "in.csv"
     rows = {"id": [1, 2, 3], "text": ["Free entry! txt WIN", "are you coming?", "ok"]}
@@ -154,14 +157,10 @@ def test_predict_takes_the_task_from_the_model_and_writes_a_completion_per_promp
     if not java_17_or_newer() and not os.environ.get("PIPELINE_REQUIRE_SPARK"):
         pytest.skip("engine spark needs Java 17 or newer (apt-get install openjdk-17-jre-headless)")
     pytest.importorskip("pyspark", reason="engine spark needs pip install -e '.[spark]'")
-    from pyspark.sql import SparkSession
-
-    try:
-        assert predict.main([*common, "--output", str(tmp_path / "spark"), "--engine", "spark"]) == 0
-    finally:  # its Python workers run in this store's folder, deleted with the module
-        session = SparkSession.getActiveSession()
-        if session is not None:
-            session.stop()
+    # Spark's JVM, started here, lives as long as pytest, and so does the folder its Python
+    # workers start in: never this module's store, deleted after it
+    monkeypatch.chdir(tmp_path_factory.getbasetemp())
+    assert predict.main([*common, "--output", str(tmp_path / "spark"), "--engine", "spark"]) == 0
     spark = pd.read_parquet(tmp_path / "spark").set_index("id").loc[local["id"]]
     assert spark["completion"].tolist() == local["completion"].tolist()
 
