@@ -23,56 +23,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import quality  # beside this file: one `main` in a fresh store
+
 TARGETS = {  # figure: (target, better)
     "generated_f1_median": (0.95, "higher"),
     "bpb_over_base_max": (1.0, "lower"),
     "bpb_over_prior_max": (1.0, "lower"),
     "main_wall_s_max": (900.0, "lower"),
 }
-METRICS = ("test_f1", "classical_f1", "test_bits_per_byte", "base_bits_per_byte", "prior_bits_per_byte",
-           "test_exact_match", "test_rows")  # fmt: skip
 
 
 def one_main(profile: str, seed: int) -> dict[str, Any]:
-    """`main` once in a fresh store; its evaluate metrics and wall time."""
-    import mlflow
-
-    with tempfile.TemporaryDirectory(prefix="bench-generation-quality-") as tmp:
-        root = Path(tmp)
-        uri = f"sqlite:///{root / 'mlflow.db'}"
-        env = os.environ | {
-            "MLFLOW_TRACKING_URI": uri,
-            "HF_HUB_OFFLINE": "1",
-            "HF_HOME": str(root / "hf"),
-            "PYTHONPATH": str(PROJECT_DIR),
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-        command = [sys.executable, "-m", "steps.main", "--profile", profile, "--task", "text-generation"]
-        start = time.perf_counter()
-        done = subprocess.run(
-            [*command, "--seed", str(seed)], cwd=root, env=env, capture_output=True, text=True
-        )
-        wall = time.perf_counter() - start
-        if done.returncode != 0:
-            raise SystemExit(f"main --seed {seed} failed:\n{done.stderr[-3000:]}")
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        experiments = [e.experiment_id for e in client.search_experiments()]
-        evaluate = client.search_runs(experiments, "tags.`pipeline.step` = 'evaluate'")[0]
-    return {"seed": seed, "wall_s": wall, **{m: evaluate.data.metrics[m] for m in METRICS}}
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.4f} [{min(values):.4f}, {max(values):.4f}]"
+    return quality.one_main(profile, seed, "--task", "text-generation")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     generated = [r["test_f1"] for r in runs]
     classical = [r["classical_f1"] for r in runs]
     gaps = [100 * (r["test_f1"] - r["classical_f1"]) for r in runs]
-    print(f"generated-label F1 median [range] {spread(generated)}; classical {spread(classical)}")
+    print(
+        f"generated-label F1 median [range] {quality.spread(generated)}; "
+        f"classical {quality.spread(classical)}"
+    )
     figures = {
         "generated_f1_median": statistics.median(generated),
         "generated_f1_min": min(generated),

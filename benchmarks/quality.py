@@ -43,8 +43,9 @@ def folder_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
-def one_main(profile: str, seed: int) -> dict[str, Any]:
-    """`main` once in a fresh store; its evaluate metrics, wall time and the store's size."""
+def one_main(profile: str, seed: int, *arguments: str) -> dict[str, Any]:
+    """`main` once in a fresh store, with ``arguments`` after the profile and seed: its evaluate
+    run's metrics, its wall time and what it left in the store."""
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
@@ -57,14 +58,9 @@ def one_main(profile: str, seed: int) -> dict[str, Any]:
             "PYTHONPATH": str(PROJECT_DIR),
             "TOKENIZERS_PARALLELISM": "false",
         }
+        command = [sys.executable, "-m", "steps.main", "--profile", profile, "--seed", str(seed), *arguments]
         start = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "steps.main", "--profile", profile, "--seed", str(seed)],
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
         if done.returncode != 0:
             raise SystemExit(f"main --seed {seed} failed:\n{done.stderr[-3000:]}")
@@ -72,9 +68,7 @@ def one_main(profile: str, seed: int) -> dict[str, Any]:
         experiments = [e.experiment_id for e in client.search_experiments()]
         evaluate = client.search_runs(experiments, "tags.`pipeline.step` = 'evaluate'")[0]
         store = folder_mb(root / "mlruns") + (root / "mlflow.db").stat().st_size / 2**20
-    m = evaluate.data.metrics
-    return {"seed": seed, "wall_s": wall, "store_mb": store, "test_f1": m["test_f1"],
-            "classical_f1": m["classical_f1"], "test_rows": m["test_rows"]}  # fmt: skip
+    return {"seed": seed, "wall_s": wall, "store_mb": store, **evaluate.data.metrics}
 
 
 def spread(values: list[float]) -> str:
