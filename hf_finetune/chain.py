@@ -32,6 +32,9 @@ CHAIN: tuple[tuple[str, str | None], ...] = (
 STEPS = tuple(step for step, _ in CHAIN)
 # batch scoring with a registered model: an entry point of its own, after the chain, not in it
 PREDICT: Final = "predict"
+# champion moved back to an earlier version, recorded: an entry point of its own too
+ROLLBACK: Final = "rollback"
+BESIDE = (PREDICT, ROLLBACK)  # the entry points beside the chain
 
 
 def upstream_param(step: str) -> str:

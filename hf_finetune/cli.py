@@ -148,11 +148,12 @@ def config_for(args: StepArgs) -> Config:
 def step_main(
     step: str,
     doc: str | None,
-    upstream: str,
+    upstream: str | None,
     run: Callable[[str | None, Config, str], str],
     argv: list[str] | None,
 ) -> int:
-    """The whole CLI of a step that takes the run ID of the step before it."""
+    """The whole CLI of a step: the run ID of the step before it (``upstream``, its flag; None for
+    an entry point beside the chain), ``--profile`` and the settings it reads."""
     parser = step_parser(doc, upstream, step)
     args = parse_step_args(parser, argv, upstream)
     return cli(step, lambda: run(args.upstream_run_id, config_for(args), args.profile))

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from hf_finetune import cli
-from hf_finetune.chain import CHAIN, FINETUNE, PREDICT, RESUME_PARAM, VERSION_CLEANUP
+from hf_finetune.chain import BESIDE, CHAIN, FINETUNE, RESUME_PARAM, VERSION_CLEANUP
 from hf_finetune.config import FIELDS
 from hf_finetune.settings import EVERYWHERE, FROM_PROFILE, NO_RUN, PROJECT_DIR, STEP_PARAM
 
@@ -26,7 +26,8 @@ ROOT_HEADER = """\
 #   prepare ─► tokenize ─► finetune ─► evaluate ─► log_model ─► register ─► persist ─► version_cleanup
 #
 # `main` runs the chain; each step also runs alone from the run ID of the step before it.
-# `predict` scores a file with a registered model (the champion by default); it is not in the chain.
+# `predict` scores a file with a registered model (the champion by default); `rollback` moves the
+# champion back to an earlier version, recorded. Neither is in the chain.
 # A setting's default, from-profile, means "take it from profiles/<profile>.yaml".
 # Generated from the settings in hf_finetune/ by `make mlproject`: edit them there, not this file.
 name: hf-finetune-pipeline
@@ -83,13 +84,14 @@ def entry_point_parameters(env_manager_default: str) -> dict[str, dict[str, str 
         if step == FINETUNE:
             params[RESUME_PARAM] = NO_RUN  # a killed run to resume from (main finds it itself)
         entry_points[step] = params
-    # batch scoring: after the chain, not in it
-    predict: dict[str, str | None] = {"profile": "local"}
-    entry_points[PREDICT] = predict | {
-        name: default_of(name)
-        for name, field in FIELDS.items()
-        if PREDICT in field.metadata["steps"] and field.metadata["param"] in (STEP_PARAM, EVERYWHERE)
-    }
+    # batch scoring and rollback: beside the chain, not in it
+    for step in BESIDE:
+        beside: dict[str, str | None] = {"profile": "local"}
+        entry_points[step] = beside | {
+            name: default_of(name)
+            for name, field in FIELDS.items()
+            if step in field.metadata["steps"] and field.metadata["param"] in (STEP_PARAM, EVERYWHERE)
+        }
     return entry_points
 
 

@@ -62,6 +62,7 @@ class Report:
     version: dict[str, Any]  # name, number, aliases, link; empty when nothing was registered
     task: str = ""  # the task evaluate ran as ("": the default task)
     samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # greedy generations, if any
+    moves: list[str] = dataclasses.field(default_factory=list)  # the champion's last moves, one line each
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -226,8 +227,10 @@ def gather(client: Any, main_run_id: str) -> Report:
     curves = by_epoch(history(client, finetune.info.run_id, drawn)) if finetune else {}
     version: dict[str, Any] = {}
     gate: dict[str, str] = {}
+    moves: list[str] = []
     if register and VERSION_TAG in register.data.tags:
         name, number = register.data.tags[REGISTERED_MODEL_TAG], register.data.tags[VERSION_TAG]
+        moves = card.last_moves(client, name)
         gate = {
             "decision": register.data.tags.get(GATE_TAG, ""),
             "reason": register.data.tags.get(GATE_REASON_TAG, ""),
@@ -263,6 +266,7 @@ def gather(client: Any, main_run_id: str) -> Report:
         version=version,
         samples=card.generation_samples(evaluate.info.run_id) if evaluate else [],
         task=task.name,
+        moves=moves,
     )
 
 

@@ -19,9 +19,11 @@ from hf_finetune.chain import (
     PREDICT,
     PREPARE,
     REGISTER,
+    ROLLBACK,
     TOKENIZE,
     VERSION_CLEANUP,
 )
+from hf_finetune.chain import STEPS as CHAIN_STEPS
 from hf_finetune.errors import UserError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -73,7 +75,7 @@ class Settings:
     task: str = setting(
         "text-classification",
         "the kind of model: text-classification or text-generation (a causal language model)",
-        (PREPARE, TOKENIZE, FINETUNE, EVALUATE, LOG_MODEL, REGISTER, PERSIST, VERSION_CLEANUP, PREDICT),
+        (*CHAIN_STEPS, PREDICT, ROLLBACK),
         EVERYWHERE,
     )
     # data
@@ -185,7 +187,7 @@ class Settings:
     registered_model: str = setting(
         "sms-spam-classifier",
         "the registered model's name (by default the task's: sms-spam-classifier, sms-spam-generator)",
-        (REGISTER, VERSION_CLEANUP, PREDICT),
+        (REGISTER, VERSION_CLEANUP, PREDICT, ROLLBACK),
         EVERYWHERE,
     )
     champion_tolerance: float = setting(
@@ -201,11 +203,28 @@ class Settings:
         (VERSION_CLEANUP,),
         EVERYWHERE,
     )
+    keep_champions: int = setting(
+        3,
+        "version_cleanup never deletes one of the last this many champions (what a rollback goes back to)",
+        (VERSION_CLEANUP,),
+        EVERYWHERE,
+    )
     dry_run: bool = setting(
         False, "version_cleanup: print the plan, change nothing", (VERSION_CLEANUP,), STEP_PARAM
     )
     delete_registered_model: bool = setting(
         False, "version_cleanup: delete the whole registered model", (VERSION_CLEANUP,), STEP_PARAM
+    )
+    # rollback
+    to_version: int = setting(
+        0,
+        "rollback: the version champion goes back to (0: the last earlier champion that still exists "
+        "and was not rolled back from)",
+        (ROLLBACK,),
+        STEP_PARAM,
+    )
+    reason: str = setting(
+        "", "rollback: why (required; kept in the champion's history)", (ROLLBACK,), STEP_PARAM
     )
     # batch scoring (predict)
     model_uri: str = setting(
@@ -304,6 +323,10 @@ class Settings:
                 f"keep_last={self.keep_last} must be at least 1: to delete every version, "
                 "pass --delete_registered_model true"
             )
+        if self.keep_champions < 1:
+            raise UserError(f"keep_champions={self.keep_champions} must be at least 1 (the champion itself)")
+        if self.to_version < 0:
+            raise UserError(f"to_version={self.to_version} must be a version (0: the earlier champion)")
         if not 0 <= self.champion_tolerance <= 1:
             raise UserError("champion_tolerance must be between 0 and 1")
         if not self.registered_model.strip():

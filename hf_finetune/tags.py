@@ -72,6 +72,10 @@ GATE_LOW_TAG: Final = "gate_diff_low"
 GATE_HIGH_TAG: Final = "gate_diff_high"
 # persist
 VERIFIED_TAG: Final = "verified"
+# rollback: on the version champion was moved away from (the rollback run's ID, and why); only an
+# explicit rollback to a version so marked makes it champion again
+ROLLED_BACK_TAG: Final = "rolled_back_by"
+ROLLED_BACK_REASON_TAG: Final = "rolled_back_reason"
 # predict: the model a scoring job used, as given and as the registered version it resolved to
 MODEL_VERSION_TAG: Final = "pipeline.model_version"  # with MODEL_URI_TAG
 # the registry lock (a registered model of its own)

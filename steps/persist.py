@@ -36,7 +36,7 @@ from hf_finetune import artifacts, chain, cli, compat, files, hub, logs, trackin
 from hf_finetune.chain import CHAMPION, EXPECTED_FILE
 from hf_finetune.config import Config
 from hf_finetune.errors import UserError
-from hf_finetune.registry import card, gate, locks
+from hf_finetune.registry import card, gate, history, locks
 from hf_finetune.tags import (
     GATE_TAG,
     MODEL_ID_TAG,
@@ -217,12 +217,16 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         promoted = False
         # the champion read and move, and the cards that say who holds which alias: one step
         with locks.registry_lock(client, name):
+            history.observe(client, name)  # a move by hand since the last look, recorded first
             if version.tags.get(GATE_TAG) == "passed":
                 decision = gate.judge_version(client, name, version, cfg, tmp / "gate")
                 previous = client.get_registered_model(name).aliases.get(CHAMPION)
-                promoted = decision.passed and gate.move_champion(client, name, number)
+                promoted = decision.passed and gate.move_champion(
+                    client, name, number, "persist", decision.reason, run_id
+                )
                 if promoted:
                     card.refresh_others(client, name, [previous], number)
+            history.seen(client, name)
             card.refresh(client, name, number)  # it holds its weights now, and may be champion
         mlflow.set_tags(
             {

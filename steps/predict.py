@@ -157,9 +157,7 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = cli.step_parser(__doc__, step=STEP)
-    args = cli.parse_step_args(parser, argv)
-    return cli.cli(STEP, lambda: run(None, cli.config_for(args), args.profile))
+    return cli.step_main(STEP, __doc__, None, run, argv)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from hf_finetune import chain, cli, logs, tracking
 from hf_finetune.chain import CHALLENGER, CHAMPION
 from hf_finetune.config import Config
 from hf_finetune.errors import UserError
-from hf_finetune.registry import card, gate, locks
+from hf_finetune.registry import card, gate, history, locks
 from hf_finetune.registry.models import check_registered_model
 from hf_finetune.tags import (
     ALREADY_TAG,
@@ -62,6 +62,7 @@ from hf_finetune.tasks.base import Task
 STEP = chain.REGISTER
 log = logs.logger(STEP)
 UPSTREAM = chain.upstream_param(STEP)
+NEWEST = "the newest version"  # why challenger moves
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -91,7 +92,7 @@ def version_tags(
 
 
 # ----------------------------------------------------------------------------- MLflow
-def finish_interrupted(client: Any, name: str, version: Any, cfg: Config, work: Path) -> str:
+def finish_interrupted(client: Any, name: str, version: Any, cfg: Config, work: Path, run_id: str) -> str:
     """Set the aliases an interrupted register meant to set on ``version``; say which it set.
 
     ``challenger`` only if no newer version has come since (it names the newest candidate);
@@ -102,12 +103,14 @@ def finish_interrupted(client: Any, name: str, version: Any, cfg: Config, work: 
     newest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     done = []
     if CHALLENGER in wanted and int(version.version) == newest:
-        client.set_registered_model_alias(name, CHALLENGER, version.version)
+        history.move(client, name, CHALLENGER, version.version, "gate", NEWEST, run_id)
         done.append(CHALLENGER)
     if CHAMPION in wanted:
         decision = gate.judge_version(client, name, version, cfg, work)
-        if decision.passed:
-            gate.move_champion(client, name, version.version)
+        moved = decision.passed and gate.move_champion(
+            client, name, version.version, "gate", decision.reason, run_id
+        )
+        if moved:
             done.append(CHAMPION)
     client.delete_model_version_tag(name, version.version, PENDING_TAG)
     card.refresh(client, name, version.version)
@@ -162,9 +165,12 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         locks.registry_lock(client, name),
     ):
         exists = check_registered_model(client, name, task)
+        if exists:
+            history.observe(client, name)  # a move by hand since the last look, recorded first
         earlier = already_registered(client, name, upstream.info.run_id) if exists else None
         if earlier is not None and PENDING_TAG in earlier.tags:
-            where = finish_interrupted(client, name, earlier, cfg, tmp)
+            where = finish_interrupted(client, name, earlier, cfg, tmp, run_id)
+            history.seen(client, name)
             mlflow.set_tags(
                 {
                     GATE_TAG: earlier.tags.get(GATE_TAG, ""),
@@ -211,20 +217,20 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
                 client.create_registered_model(name, tags={TASK_TAG: task.name})
             version = mlflow.register_model(model_uri, name, tags=tags)
             tracking.kill_point("register.version_created")
-            client.set_registered_model_alias(name, CHALLENGER, version.version)
+            history.move(client, name, CHALLENGER, version.version, "gate", NEWEST, run_id)
             if promote:
-                gate.move_champion(client, name, version.version)
+                gate.move_champion(client, name, version.version, "gate", decision.reason, run_id)
             client.delete_model_version_tag(name, version.version, PENDING_TAG)
         except BaseException:  # leave the registry as it was, then fail
-            if version is not None:
-                client.delete_model_version(name, version.version)  # and the aliases it took
+            if version is not None:  # the aliases back where they were, recorded, then the version
+                back = f"register of v{version.version} failed: given back"
+                for alias in (CHALLENGER, CHAMPION):
+                    history.move(client, name, alias, before.get(alias), "gate", back, run_id)
+                client.delete_model_version(name, version.version)
             if not exists:
                 client.delete_registered_model(name)
-            else:  # give the aliases back to the versions that held them
-                for alias, number in before.items():
-                    if alias in (CHALLENGER, CHAMPION):
-                        client.set_registered_model_alias(name, alias, number)
             raise
+        history.seen(client, name)
         card.refresh(client, name, version.version)
         moved = [CHALLENGER, CHAMPION] if promote else [CHALLENGER]
         card.refresh_others(client, name, [before.get(alias) for alias in moved], version.version)

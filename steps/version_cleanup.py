@@ -1,12 +1,16 @@
 """version_cleanup: delete old versions of the registered model, never one an alias points to.
 
-Reads: ``registered_model``, ``keep_last``, ``dry_run``, ``delete_registered_model`` from the
-config; ``--persist_run_id`` (optional: the chain passes it, to record where the run sits).
-Writes (registry): deletes every version that is neither among the newest ``keep_last`` nor named
-by an alias. The plan and the deletions run under the registered model's lock (see
-``registry_lock``), so no register or persist of the same name moves an alias meanwhile; each
-version's aliases are read again just before it is deleted, so one set by hand is kept too.
-``dry_run`` prints the plan and changes nothing.
+Reads: ``registered_model``, ``keep_last``, ``keep_champions``, ``dry_run``,
+``delete_registered_model`` from the config; ``--persist_run_id`` (optional: the chain passes it,
+to record where the run sits).
+Writes (registry): deletes every version that is neither among the newest ``keep_last``, nor named
+by an alias, nor one of the last ``keep_champions`` champions (from the champion's history,
+``hf_finetune/registry/history.py``: what a rollback goes back to). The plan and the deletions run
+under the registered model's lock (see ``registry_lock``), so no register or persist of the same
+name moves an alias meanwhile; each version's aliases are read again just before it is deleted, so
+one set by hand is kept too.
+``dry_run`` prints the plan and the champions it protects, and changes nothing (not even the
+history: a move by hand is recorded by the next step that changes the registry).
 ``delete_registered_model=true`` deletes the whole registered model, aliases and all, and prints
 every version it deleted; nothing else ever does.
 Writes (run): metrics ``versions_before``, ``versions_deleted``, ``versions_kept``; artifact
@@ -26,7 +30,7 @@ from hf_finetune import chain, cli, logs, tracking
 from hf_finetune.chain import PLAN_FILE
 from hf_finetune.config import Config
 from hf_finetune.errors import UserError
-from hf_finetune.registry import locks
+from hf_finetune.registry import history, locks
 
 STEP = chain.VERSION_CLEANUP
 log = logs.logger(STEP)
@@ -35,9 +39,13 @@ UPSTREAM = chain.upstream_param(STEP)
 
 # ----------------------------------------------------------------------------- pure functions
 def versions_to_delete(
-    versions: Iterable[int | str], keep_last: int, aliases: Mapping[str, int | str]
+    versions: Iterable[int | str],
+    keep_last: int,
+    aliases: Mapping[str, int | str],
+    champions: Iterable[int] = (),
 ) -> list[int]:
-    """Versions outside the newest ``keep_last`` that no alias names, oldest first.
+    """Versions outside the newest ``keep_last`` that no alias names and that are not among
+    ``champions`` (the last few, kept for a rollback), oldest first.
 
     Versions compare as ints: the registry returns them as strings in some APIs and ints in
     others, and "10" < "9" as strings would delete the wrong ones.
@@ -45,7 +53,7 @@ def versions_to_delete(
     if keep_last < 1:
         raise ValueError("keep_last must be at least 1")
     numbers = sorted({int(v) for v in versions}, reverse=True)
-    protected = {int(v) for v in aliases.values()} | set(numbers[:keep_last])
+    protected = {int(v) for v in aliases.values()} | set(numbers[:keep_last]) | set(champions)
     return sorted(v for v in numbers if v not in protected)
 
 
@@ -69,8 +77,13 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         tracking.step_run(STEP, profile, cfg, upstream.info.run_id if upstream else None) as (run_id, tmp),
         locks.registry_lock(client, name),  # no alias moves while the plan is made and carried out
     ):
+        # a move by hand since the last look, recorded first (read only, in a dry run)
+        moves = history.read(client, name) if cfg.dry_run else history.observe(client, name)
         versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
         aliases = dict(client.get_registered_model(name).aliases)  # search leaves aliases empty
+        # the last keep_champions champions that still exist: a rollback's targets
+        champions = [v for v in history.champions_latest_first(moves) if v in versions][: cfg.keep_champions]
+        protected: list[int] = []  # champions kept that keep_last and the aliases would not have kept
         if cfg.delete_registered_model:
             plan = sorted(versions)
             log.info(f"deleting registered model {name!r} with versions {plan} and aliases {aliases}")
@@ -78,7 +91,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
                 client.delete_registered_model(name)
             deleted = [] if cfg.dry_run else plan
         else:
-            plan = versions_to_delete(versions, cfg.keep_last, aliases)
+            plan = versions_to_delete(versions, cfg.keep_last, aliases, champions)
+            protected = sorted(set(versions_to_delete(versions, cfg.keep_last, aliases)) - set(plan))
             deleted = []
             for number in plan if not cfg.dry_run else []:
                 current = client.get_model_version(name, str(number))
@@ -89,8 +103,12 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
                 deleted.append(number)
             verb = "would delete" if cfg.dry_run else "deleted"
             log.info(
-                f"{name}: {verb} {plan or 'nothing'}; kept the newest {cfg.keep_last} and aliased {aliases}"
+                f"{name}: {verb} {plan or 'nothing'}; kept the newest {cfg.keep_last}, aliased {aliases}"
+                f" and the last {cfg.keep_champions} champions {champions}"
+                + (f" (protected from deletion: {protected})" if protected else "")
             )
+            if not cfg.dry_run:
+                history.seen(client, name)
         (tmp / PLAN_FILE).write_text(
             json.dumps(
                 {
@@ -98,6 +116,9 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
                     "versions": sorted(versions),
                     "aliases": aliases,
                     "keep_last": cfg.keep_last,
+                    "keep_champions": cfg.keep_champions,
+                    "champions": champions,
+                    "protected": protected,
                     "planned": plan,
                     "deleted": deleted,
                     "dry_run": cfg.dry_run,

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from hf_finetune import chain, logs, uris
+from hf_finetune.chain import CHAMPION
 from hf_finetune.config import FIELDS
+from hf_finetune.registry import history
 from hf_finetune.tags import (
     BASE_MODEL_TAG,
     BASE_REVISION_TAG,
@@ -57,6 +59,7 @@ class Facts:
     code_version: str
     task: str = ""  # the task evaluate ran as ("": the default task)
     samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # generations, if any
+    moves: list[str] = dataclasses.field(default_factory=list)  # the champion's last moves, one line each
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -168,7 +171,14 @@ def gather(client: Any, name: str, number: str) -> Facts:
         main_run_id=main_run_id,
         code_version=main_run.data.tags.get("mlflow.source.git.commit", "") if main_run else "",
         task=task,
+        moves=last_moves(client, name),
     )
+
+
+def last_moves(client: Any, name: str) -> list[str]:
+    """The last few moves of ``champion`` (``registry/history.py``), one line each, oldest first."""
+    moves = history.done(history.read(client, name), CHAMPION)
+    return [history.describe(m) for m in moves][-history.LAST_MOVES :]
 
 
 def generation_samples(evaluate_run_id: str) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ import pandas as pd
 from hf_finetune import artifacts, chain, logs
 from hf_finetune.chain import CHAMPION
 from hf_finetune.config import Config
+from hf_finetune.registry import history
 from hf_finetune.tags import (
     CANDIDATE_F1_TAG,
     CHAMPION_F1_TAG,
@@ -46,6 +47,8 @@ from hf_finetune.tags import (
     GATE_TAG,
     HIGH_TAG,
     LOW_TAG,
+    ROLLED_BACK_REASON_TAG,
+    ROLLED_BACK_TAG,
     ROWS_TAG,
 )
 from hf_finetune.tasks import registry
@@ -244,6 +247,8 @@ def judge_version(client: Any, name: str, version: Any, cfg: Config, work: Path)
     current = champion_version(client, name)
     if current is not None and str(current.version) == str(version.version):
         return Gate(True, version.tags.get(GATE_REASON_TAG, "already champion"))
+    if rolled_back(dict(version.tags)):  # only a rollback to it may promote it
+        return Gate(False, f"v{version.version} was {rolled_back(dict(version.tags))}")
     task = registry.task_of(cfg)
     test_f1 = float(version.tags[f"test_{task.gate_metric}"])
     floor = task.gate_floor(cfg, version_metrics(version.tags))
@@ -265,10 +270,21 @@ def version_metrics(tags: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def move_champion(client: Any, name: str, version: str) -> bool:
-    """Point ``champion`` of ``name`` at ``version``: the one place the alias moves. Call it under
-    the registered model's lock, after the gate passed. Returns whether the alias moved."""
-    if str(client.get_registered_model(name).aliases.get(CHAMPION)) == str(version):
+def rolled_back(tags: dict[str, str]) -> str:
+    """Why a version was rolled back from ("" if it was not): such a version is never promoted
+    again by a gate or a persist, only by a rollback to it."""
+    if ROLLED_BACK_TAG not in tags:
+        return ""
+    reason = tags.get(ROLLED_BACK_REASON_TAG, "")
+    return f"rolled back from by run {tags[ROLLED_BACK_TAG]}" + (f" ({reason})" if reason else "")
+
+
+def move_champion(client: Any, name: str, version: str, how: str, reason: str, run_id: str) -> bool:
+    """Point ``champion`` of ``name`` at ``version``, recorded in the history (``how``: gate,
+    persist or rollback; ``reason``: why; ``run_id``: the step's run): the one place the alias
+    moves. Call it under the registered model's lock, after the gate passed. A version rolled back
+    from moves only by a rollback. Returns whether the alias moved."""
+    if how != "rollback" and rolled_back(dict(client.get_model_version(name, str(version)).tags)):
+        log.info(f"{name} v{version} was rolled back from: only a rollback makes it champion again")
         return False
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-    return True
+    return history.move(client, name, CHAMPION, version, how, reason, run_id)

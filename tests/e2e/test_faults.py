@@ -158,9 +158,11 @@ def test_full_disk_while_logging_the_model(store: Path, client: mlflow.MlflowCli
     """The artifact store's models folder is a 4 MB tmpfs: the weights (~90 MB) cannot fit."""
     champion = champion_version(client)
     versions = len(client.search_model_versions(f"name = '{MODEL}'"))
-    (experiment,) = {
+    (experiment,) = {  # the pipeline's (the champion's history has an experiment of its own)
         run.info.experiment_id
-        for run in client.search_runs([e.experiment_id for e in client.search_experiments()])
+        for run in client.search_runs(
+            [e.experiment_id for e in client.search_experiments()], "tags.`pipeline.step` = 'main'"
+        )
     }
     models = store / "mlruns" / experiment / "models"
     prefix = tmpfs_over(models)

@@ -18,7 +18,8 @@ from hf_finetune.settings import PROJECT_DIR
 from hf_finetune.tasks import registry
 from hf_finetune.tasks.text_classification.task import ClassificationSettings, TextClassification
 
-ENTRY_POINTS = {*chain.STEPS, chain.PREDICT, "main"}
+ENTRY_POINTS = {*chain.STEPS, *chain.BESIDE, "main"}
+READERS = {"lineage", "history"}  # the user commands the README names, beside the entry points
 MAX_LINES = 400
 
 
@@ -38,9 +39,9 @@ def imports_of(name: str) -> set[str]:
     return cache.imported_project_modules(project_modules()[name].read_text(encoding="utf-8"))
 
 
-def test_steps_holds_the_entry_points_and_lineage_only() -> None:
+def test_steps_holds_the_entry_points_and_the_readers_only() -> None:
     names = {path.stem for path in (PROJECT_DIR / "steps").iterdir() if path.suffix == ".py"}
-    assert names == ENTRY_POINTS | {"lineage", "__init__"}
+    assert names == ENTRY_POINTS | READERS | {"__init__"}
     assert not [
         path.name
         for path in (PROJECT_DIR / "steps").iterdir()

@@ -167,7 +167,8 @@ STEP_CODE: dict[str, list[tuple[str, str | None]]] = {
         (TASK_MODULE, "TextClassification.compare"),
         (TASK_MODULE, "TextClassification.merge_verified"),
     ],
-    "version_cleanup": [],
+    "version_cleanup": [("hf_finetune.registry.history", None)],
+    "rollback": [("hf_finetune.registry.history", None)],  # gate.rolled_back takes tags, not the config
     "predict": [
         ("hf_finetune.scoring", None),
         ("hf_finetune.spark", None),
@@ -202,7 +203,7 @@ def test_every_setting_a_steps_code_reads_is_declared_for_that_step() -> None:
     config to."""
     from hf_finetune import cache, chain
 
-    assert set(STEP_CODE) == {*chain.STEPS, chain.PREDICT}
+    assert set(STEP_CODE) == {*chain.STEPS, *chain.BESIDE}
     for step, parts in STEP_CODE.items():
         sources = [cache.module_source(f"steps.{step}")] + [source_of(m, q) for m, q in parts]
         read = set().union(*(cache.fields_read(source) for source in sources))
