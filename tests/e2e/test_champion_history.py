@@ -47,13 +47,18 @@ def finished(process: subprocess.Popen[str], code: int = 0) -> str:
     return output
 
 
+def aliases(client: mlflow.MlflowClient) -> dict[str, str]:
+    """The aliases as strings: a SQL store gives ints, the server strings."""
+    return {alias: str(v) for alias, v in client.get_registered_model(NAME).aliases.items()}
+
+
 def story(start: Start, client: mlflow.MlflowClient) -> None:
     main = ["--profile", "smoke", "--registered_model", NAME]
     marks = [time.time()]
     finished(start("main", main))  # v1: the first champion, through the gate
     marks.append(time.time())
     finished(start("main", [*main, "--save_mode", "checkpoint"]))  # v2: the same model, not better
-    assert client.get_registered_model(NAME).aliases == {"champion": "1", "challenger": "2"}
+    assert aliases(client) == {"champion": "1", "challenger": "2"}
     client.set_registered_model_alias(NAME, "champion", "2")  # by hand, outside the pipeline
     by_hand = time.time()
 
@@ -74,7 +79,7 @@ def story(start: Start, client: mlflow.MlflowClient) -> None:
     finished(third)
     marks.append(time.time())
     # as if one after the other, in either order: v3 lost to whichever champion it met
-    assert client.get_registered_model(NAME).aliases == {"champion": "1", "challenger": "3"}
+    assert aliases(client) == {"champion": "1", "challenger": "3"}
     v3 = client.get_model_version(NAME, "3")
     assert v3.tags["gate"] == "failed" and v3.tags["gate_compared_version"] in ("1", "2")
     assert client.get_model_version(NAME, "2").tags[ROLLED_BACK_TAG]
@@ -83,7 +88,7 @@ def story(start: Start, client: mlflow.MlflowClient) -> None:
     dry = finished(start("version_cleanup", [*cleanup, "--dry_run", "true"]))
     assert "protected from deletion: [2]" in dry  # a champion before: kept for a rollback
     finished(start("version_cleanup", [*cleanup, "--keep_champions", "1"]))
-    assert sorted(v.version for v in client.search_model_versions(f"name = '{NAME}'")) == ["1", "3"]
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")) == ["1", "3"]
 
     moves = history.read(client, NAME)
     champions = history.done(moves, "champion")
