@@ -59,6 +59,9 @@ DATA = card.data_facts(
 )
 
 
+MOVE_LINE = "2026-12-01T09:30:00.000000Z  champion v1 -> v2  gate (run " + "e" * 32 + "): better than v1"
+
+
 def made_up_report(png: str = "") -> report.Report:
     return report.Report(
         title="main local",
@@ -98,6 +101,7 @@ def made_up_report(png: str = "") -> report.Report:
             "gone": False,
             "link": "/#/models/sms-spam-classifier/versions/2",
         },
+        moves=[MOVE_LINE],
     )
 
 
@@ -124,6 +128,7 @@ def made_up_facts() -> card.Facts:
         runs={step: f"{i}" * 32 for i, step in enumerate(STEPS[:5])},
         main_run_id="f" * 32,
         code_version="c0ffee",
+        moves=[MOVE_LINE],
     )
 
 
@@ -161,6 +166,9 @@ def test_the_report_says_what_a_reviewer_looks_for_and_no_secret() -> None:
         "challenger, champion",
         "4128",
         "87.5 %",
+        "Champion history",
+        MOVE_LINE.replace(">", "&gt;"),
+        "python -m steps.history sms-spam-classifier",
     ):
         assert expected in html, expected
     assert SECRET not in html and "alice" not in html and "bob" not in html
@@ -196,6 +204,9 @@ def test_the_model_card_says_what_the_model_is_how_good_and_where_from() -> None
         "f" * 32,
         "c0ffee",
         "| prepare | `" + "0" * 32 + "` |",
+        "## Champion history",
+        f"- {MOVE_LINE}",
+        "`python -m steps.history sms-spam-classifier`",
     ):
         assert expected in text, expected
     assert SECRET not in text and "alice" not in text
