@@ -39,6 +39,10 @@ BENCHMARKS = {  # script: (arguments for the full run, arguments for --quick)
     "log_modes_generation.py": (["--repeat", "3"], ["--sizes", "tiny", "--repeat", "1"]),
     "generation_quality.py": ([], ["--profile", "smoke", "--seeds", "42"]),
     "generation_speed.py": ([], ["--train-rows", "64", "--prompts", "8", "--repeat", "1"]),
+    "sweep_overhead.py": (
+        [],
+        ["--profile", "smoke", "--space", "sweeps/smoke.yaml", "--trials", "2", "--workers", "0"],
+    ),
 }
 QUICK_AT_ONCE = 2  # --quick: scripts running at once
 NOT_MEASURED: tuple[str, ...] = ()  # figures the issue asks for that no script measures yet

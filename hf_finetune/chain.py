@@ -34,7 +34,9 @@ STEPS = tuple(step for step, _ in CHAIN)
 PREDICT: Final = "predict"
 # champion moved back to an earlier version, recorded: an entry point of its own too
 ROLLBACK: Final = "rollback"
-BESIDE = (PREDICT, ROLLBACK)  # the entry points beside the chain
+# trials of prepare -> tokenize -> finetune through main, then the best one through the rest
+SWEEP: Final = "sweep"
+BESIDE = (PREDICT, ROLLBACK, SWEEP)  # the entry points beside the chain
 
 
 def upstream_param(step: str) -> str:

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from hf_finetune import cli
-from hf_finetune.chain import BESIDE, CHAIN, FINETUNE, RESUME_PARAM, VERSION_CLEANUP
+from hf_finetune.chain import BESIDE, CHAIN, FINETUNE, RESUME_PARAM, SWEEP, VERSION_CLEANUP
 from hf_finetune.config import FIELDS
 from hf_finetune.settings import EVERYWHERE, FROM_PROFILE, NO_RUN, PROJECT_DIR, STEP_PARAM
 
@@ -27,7 +27,8 @@ ROOT_HEADER = """\
 #
 # `main` runs the chain; each step also runs alone from the run ID of the step before it.
 # `predict` scores a file with a registered model (the champion by default); `rollback` moves the
-# champion back to an earlier version, recorded. Neither is in the chain.
+# champion back to an earlier version, recorded; `sweep` tries settings with Optuna and sends the
+# best on through the chain. None of them is in the chain.
 # A setting's default, from-profile, means "take it from profiles/<profile>.yaml".
 # Generated from the settings in hf_finetune/ by `make mlproject`: edit them there, not this file.
 name: hf-finetune-pipeline
@@ -84,9 +85,9 @@ def entry_point_parameters(env_manager_default: str) -> dict[str, dict[str, str 
         if step == FINETUNE:
             params[RESUME_PARAM] = NO_RUN  # a killed run to resume from (main finds it itself)
         entry_points[step] = params
-    # batch scoring and rollback: beside the chain, not in it
+    # batch scoring, rollback and sweeps: beside the chain, not in it; a sweep takes main's too
     for step in BESIDE:
-        beside: dict[str, str | None] = {"profile": "local"}
+        beside: dict[str, str | None] = dict(main) if step == SWEEP else {"profile": "local"}
         entry_points[step] = beside | {
             name: default_of(name)
             for name, field in FIELDS.items()

@@ -28,6 +28,7 @@ from hf_finetune.tags import (
     REGISTERED_MODEL_TAG,
     RESUMED_FROM_TAG,
     REUSED_FROM_TAG,
+    SWEEP_RUN_TAG,
     VERSION_TAG,
 )
 
@@ -63,6 +64,7 @@ class Report:
     task: str = ""  # the task evaluate ran as ("": the default task)
     samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # greedy generations, if any
     moves: list[str] = dataclasses.field(default_factory=list)  # the champion's last moves, one line each
+    sweep_run_id: str = ""  # the sweep whose best trial this main ran, if one did
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -267,6 +269,7 @@ def gather(client: Any, main_run_id: str) -> Report:
         samples=card.generation_samples(evaluate.info.run_id) if evaluate else [],
         task=task.name,
         moves=moves,
+        sweep_run_id=parent.data.tags.get(SWEEP_RUN_TAG, ""),
     )
 
 

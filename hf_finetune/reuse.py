@@ -19,6 +19,7 @@ from hf_finetune.tags import (
     KEY_TAG,
     LAST_CHECKPOINT_TAG,
     PROFILE_TAG,
+    PRUNED_TAG,
     REUSED_FROM_TAG,
     STEP_TAG,
     UPSTREAM_TAG,
@@ -74,15 +75,16 @@ def newest_runs(
 
 
 def find_cached(client: Any, experiment_ids: list[str], step: str, key: str) -> Any | None:
-    """The newest finished run of ``step`` with this cache key in these experiments, if any."""
+    """The newest finished run of ``step`` with this cache key in these experiments, if any; a
+    finetune a sweep's pruner cut short (``pipeline.pruned``) never counts."""
     runs = newest_runs(
         client,
         experiment_ids,
         step,
         f"tags.`{KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
-        1,
+        20,
     )
-    return runs[0] if runs else None
+    return next((run for run in runs if PRUNED_TAG not in run.data.tags), None)
 
 
 def previous_inputs(client: Any, experiment_id: str, step: str) -> list[dict[str, Any]]:

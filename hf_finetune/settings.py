@@ -20,6 +20,7 @@ from hf_finetune.chain import (
     PREPARE,
     REGISTER,
     ROLLBACK,
+    SWEEP,
     TOKENIZE,
     VERSION_CLEANUP,
 )
@@ -115,9 +116,9 @@ class Settings:
         -1, "optimizer steps; overrides num_train_epochs when > 0", (FINETUNE,), EVERYWHERE
     )
     learning_rate: float = setting(1e-4, "peak learning rate (linear decay to 0)", (FINETUNE,), EVERYWHERE)
-    weight_decay: float = setting(0.01, "AdamW weight decay", (FINETUNE,))
+    weight_decay: float = setting(0.01, "AdamW weight decay", (FINETUNE,), EVERYWHERE)
     warmup_fraction: float = setting(
-        0.1, "share of the steps spent warming the learning rate up", (FINETUNE,)
+        0.1, "share of the steps spent warming the learning rate up", (FINETUNE,), EVERYWHERE
     )
     train_batch_size: int = setting(32, "texts per training batch (per process)", (FINETUNE,), EVERYWHERE)
     eval_batch_size: int = setting(64, "texts per prediction batch", (FINETUNE, EVALUATE))
@@ -146,8 +147,8 @@ class Settings:
         (FINETUNE,),
         EVERYWHERE,
     )
-    lora_r: int = setting(8, "LoRA rank", (FINETUNE,), STEP_PARAM)
-    lora_alpha: int = setting(16, "LoRA scaling", (FINETUNE,), STEP_PARAM)
+    lora_r: int = setting(8, "LoRA rank", (FINETUNE,), EVERYWHERE)
+    lora_alpha: int = setting(16, "LoRA scaling", (FINETUNE,), EVERYWHERE)
     lora_dropout: float = setting(0.1, "LoRA dropout", (FINETUNE,), STEP_PARAM)
     lora_target_modules: str = setting(
         "auto",
@@ -225,6 +226,23 @@ class Settings:
     )
     reason: str = setting(
         "", "rollback: why (required; kept in the champion's history)", (ROLLBACK,), STEP_PARAM
+    )
+    # sweeps (steps/sweep.py, hf_finetune/sweeps.py)
+    space: str = setting(
+        "sweeps/default.yaml", "sweep: the search space (YAML over the settings' names)", (SWEEP,), STEP_PARAM
+    )
+    n_trials: int = setting(8, "sweep: the study's trials in all, however many workers", (SWEEP,), STEP_PARAM)
+    storage: str = setting(
+        "sqlite:///sweep.db",
+        "sweep: Optuna's storage (an RDB URL; postgresql://... for several machines)",
+        (SWEEP,),
+        STEP_PARAM,
+    )
+    study_name: str = setting(
+        "",
+        "sweep: the study ('': derived from the space, data, task, base model, profile)",
+        (SWEEP,),
+        STEP_PARAM,
     )
     # batch scoring (predict)
     model_uri: str = setting(
@@ -323,6 +341,8 @@ class Settings:
                 f"keep_last={self.keep_last} must be at least 1: to delete every version, "
                 "pass --delete_registered_model true"
             )
+        if self.n_trials < 1:
+            raise UserError(f"n_trials={self.n_trials} must be at least 1")
         if self.keep_champions < 1:
             raise UserError(f"keep_champions={self.keep_champions} must be at least 1 (the champion itself)")
         if self.to_version < 0:

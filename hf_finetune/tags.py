@@ -80,3 +80,7 @@ ROLLED_BACK_REASON_TAG: Final = "rolled_back_reason"
 MODEL_VERSION_TAG: Final = "pipeline.model_version"  # with MODEL_URI_TAG
 # the registry lock (a registered model of its own)
 LOCK_FOR_TAG: Final = "pipeline.lock_for"
+# sweeps (hf_finetune/sweeps.py)
+PRUNED_TAG: Final = "pipeline.pruned"  # on a finetune the pruner stopped: never a cache hit
+TRIAL_TAG: Final = "pipeline.sweep_trial"  # on a trial's main run: its number in the study
+SWEEP_RUN_TAG: Final = "pipeline.sweep_run_id"  # on the best trial's main run: the sweep that chose it

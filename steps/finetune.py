@@ -39,7 +39,10 @@ Writes:
   ``pipeline.trainer_state``: ``kept`` or ``dropped``);
 - the task's params (text classification, with ``class_weight: balanced``: ``class_weights``,
   the loss weighing each class by ``rows / (classes * rows of the class)`` of the train split);
-- tags ``base_model``, ``base_model_revision``, ``data_digest`` (carried from upstream).
+- tags ``base_model``, ``base_model_revision``, ``data_digest`` (carried from upstream);
+- run by a sweep's trial (``steps/sweep.py``): each epoch's validation metric reported to the
+  trial, and where Optuna's pruner stops it, tag ``pipeline.pruned`` (the run still ends FINISHED,
+  and is never reused from the cache).
 
 Several processes (DDP): with ``nproc_per_node`` > 1 the step starts itself again under
 ``torchrun`` (``python -m torch.distributed.run --standalone``), one process per device; you may
@@ -57,7 +60,7 @@ import shutil
 import sys
 from typing import Any
 
-from hf_finetune import artifacts, chain, cli, devices, hub, logs, tracking
+from hf_finetune import artifacts, chain, cli, devices, hub, logs, sweeps, tracking
 from hf_finetune.chain import ADAPTER_DIR, CHECKPOINT_DIR, RESUME_DIR, RESUME_PARAM
 from hf_finetune.checkpoints import EpochCheckpoints, _callbacks, drop_trainer_state, prepare_resume
 from hf_finetune.config import Config
@@ -131,6 +134,8 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str, resume_run_id: s
             if parts.params:
                 mlflow.log_params(parts.params)
         callbacks = [*_callbacks(run_id), epochs.callback()] if run_id else []
+        if run_id and world.size == 1:  # a sweep's trial (several processes: not pruned, each must stop)
+            callbacks += sweeps.pruning_callbacks(task.validation_metric)
         args = training_arguments(cfg, device, str(work_dir / RESUME_DIR), world)
         trainer = make_trainer(cfg, model, tokenizer, parts, callbacks, args)
         resume_from, resumed_step = None, 0

@@ -120,11 +120,21 @@ def preflight(cfg: Config, data_accepted_before: Callable[[], bool]) -> None:
 
 
 # ----------------------------------------------------------------------------- MLflow
-def run(args: cli.StepArgs, env_manager: str, force: str = "") -> str:
+def steps_until(until: str) -> tuple[tuple[str, str | None], ...]:
+    """The chain up to and including ``until`` (all of it for "" or none)."""
+    if until in ("", "none"):
+        return CHAIN
+    if until not in STEP_NAMES:
+        raise UserError(f"until names unknown step {until!r}: use one of {', '.join(STEP_NAMES)}")
+    return CHAIN[: STEP_NAMES.index(until) + 1]
+
+
+def run(args: cli.StepArgs, env_manager: str, force: str = "", until: str = "") -> str:
     import mlflow
 
     child_env_manager(env_manager, {})  # a misspelt one fails before any run starts
     forced = forced_steps(force)
+    steps = steps_until(until)
     cfg = cli.config_for(args)
     declared = declared_parameters()
     specs = cache.entry_point_specs()
@@ -162,7 +172,7 @@ def run(args: cli.StepArgs, env_manager: str, force: str = "") -> str:
         mlflow.set_tags({"pipeline.env_manager": env_manager, "pipeline.force": force or "none"})
         upstream: str | None = None
         reused = 0
-        for step, upstream_param in CHAIN:
+        for step, upstream_param in steps:
             params = step_parameters(declared[step], args.profile, args.overrides, upstream_param, upstream)
             found = Lookups()
             if step not in chain.ALWAYS_RUN:
@@ -191,6 +201,14 @@ def run(args: cli.StepArgs, env_manager: str, force: str = "") -> str:
                 upstream = launch(step, params, env_manager, experiment_id, found.key_tags)
             mlflow.set_tag(f"pipeline.{step}_run_id", upstream)
         assert upstream is not None  # CHAIN is not empty
+        if len(steps) < len(CHAIN):  # --until: a sweep's trial, or a look at the first steps
+            mlflow.log_metric("steps_reused", float(reused))
+            ran = ", ".join(step for step, _ in steps)
+            mlflow.set_tag(
+                "mlflow.note.content", f"Stopped after {steps[-1][0]} (--until): {ran}; {reused} reused."
+            )
+            log.info(f"done after {steps[-1][0]} (--until); {reused} of {len(steps)} steps reused")
+            return parent.info.run_id
         metrics = client.get_run(parent_tag(upstream, chain.EVALUATE)).data.metrics
         headline = registry.task_of(cfg).headline_metrics
         summary: dict[str, float] = {k: metrics[k] for k in headline if k in metrics}
@@ -217,9 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="rerun these steps and all after them (comma-separated), or all; none (the default)",
     )
+    parser.add_argument(
+        "--until",
+        default="",
+        help="stop after this step (a sweep's trials stop after finetune); none (default): the whole chain",
+    )
     ns, _ = parser.parse_known_args(argv)
     args = cli.parse_step_args(parser, argv)
-    return cli.cli(STEP, lambda: run(args, ns.env_manager or "", ns.force or ""))
+    return cli.cli(STEP, lambda: run(args, ns.env_manager or "", ns.force or "", ns.until or ""))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from hf_finetune.tags import (
     DATA_SOURCE_TAG,
     MODEL_ID_TAG,
     PERSISTED_TAG,
+    SWEEP_RUN_TAG,
 )
 from hf_finetune.tasks import registry
 from hf_finetune.tasks.base import Task
@@ -60,6 +61,7 @@ class Facts:
     task: str = ""  # the task evaluate ran as ("": the default task)
     samples: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # generations, if any
     moves: list[str] = dataclasses.field(default_factory=list)  # the champion's last moves, one line each
+    sweep_run_id: str = ""  # the sweep whose best trial main ran, if one did
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -172,6 +174,7 @@ def gather(client: Any, name: str, number: str) -> Facts:
         code_version=main_run.data.tags.get("mlflow.source.git.commit", "") if main_run else "",
         task=task,
         moves=last_moves(client, name),
+        sweep_run_id=main_run.data.tags.get(SWEEP_RUN_TAG, "") if main_run else "",
     )
 
 

@@ -97,6 +97,10 @@ class Task(abc.ABC):
     floor_name: ClassVar[str]  # how the gate's reasons name the floor (``gate_floor``)
     gate_metric: ClassVar[str]  # evaluate's ``test_<gate_metric>``: what the gate compares
     higher_is_better: ClassVar[bool] = True  # the gate metric's direction
+    # finetune's per-epoch validation metric a sweep optimises and prunes on (``val_<name>``,
+    # ``best_val_<name>``), and its direction: never the test split
+    validation_metric: ClassVar[str]
+    validation_higher_is_better: ClassVar[bool] = True
     version_metrics: ClassVar[tuple[str, ...]]  # evaluate's metrics a registered version carries
     headline_metrics: ClassVar[tuple[str, ...]]  # main's summary of one pipeline run
     # how the model card and the pipeline report show the task's figures

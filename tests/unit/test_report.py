@@ -129,6 +129,7 @@ def made_up_facts() -> card.Facts:
         main_run_id="f" * 32,
         code_version="c0ffee",
         moves=[MOVE_LINE],
+        sweep_run_id="d" * 32,
     )
 
 
@@ -206,6 +207,7 @@ def test_the_model_card_says_what_the_model_is_how_good_and_where_from() -> None
         "| prepare | `" + "0" * 32 + "` |",
         "## Champion history",
         f"- {MOVE_LINE}",
+        "best trial of the sweep run `" + "d" * 32 + "`",
         "`python -m steps.history sms-spam-classifier`",
     ):
         assert expected in text, expected

@@ -121,6 +121,7 @@ class TextClassification(Task):
     target = "label"
     floor_name = "min_test_f1"
     gate_metric = "f1"
+    validation_metric = "f1"
     version_metrics = ("test_accuracy", "test_precision", "test_recall", "test_f1")
     headline_metrics = ("test_f1", "classical_f1", "baseline_f1", "probe_f1")
     metric_names = ("accuracy", "precision", "recall", "f1")

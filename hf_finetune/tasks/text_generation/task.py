@@ -176,6 +176,7 @@ class TextGeneration(Task):
     floor_name = "base_bits_per_byte"  # a first version must beat its base model on the same rows
     gate_metric = "bits_per_byte"
     higher_is_better = False
+    validation_metric, validation_higher_is_better = "loss", False  # finetune keeps no logits
     version_metrics = (
         "test_bits_per_byte",
         "base_bits_per_byte",
@@ -183,14 +184,8 @@ class TextGeneration(Task):
         "test_exact_match",
         "test_f1",
     )
-    headline_metrics = (
-        "test_bits_per_byte",
-        "base_bits_per_byte",
-        "prior_bits_per_byte",
-        "test_exact_match",
-        "test_f1",
-        "classical_f1",
-    )
+    headline_metrics = ("test_bits_per_byte", "base_bits_per_byte", "prior_bits_per_byte", "test_exact_match",
+                        "test_f1", "classical_f1")  # fmt: skip
     metric_names = ("bits_per_byte", "exact_match", "accuracy", "precision", "recall", "f1")
     baselines: ClassVar[dict[str, str]] = {
         "test": "this model",

@@ -1,0 +1,133 @@
+"""Benchmark: what a sweep's trial spends outside its finetune step, and two workers on one study.
+
+One sweep (``steps.sweep``) of ``--trials`` trials on the profile (default ``local``), a fresh child
+process on a fresh tracking store and Optuna storage, the space ``--space``. For each trial: the
+wall time of its ``main --until finetune`` run and of the finetune run inside it; the fraction
+outside finetune is ``1 - finetune / trial`` (process starts, cache look-ups, MLflow's bookkeeping:
+what the sweep adds to training). Then, with ``--workers 2``, two sweeps started at once on one
+new study: every trial number run once, none lost, and one registration.
+
+    python benchmarks/sweep_overhead.py                                    # local, 3 trials, 2 workers
+    python benchmarks/sweep_overhead.py --profile smoke --space sweeps/smoke.yaml --trials 3
+
+Figures: ``outside_finetune_fraction_median[<profile>]`` (target <= 0.10 on ``local``) with its
+range, ``trial_s_median``; ``two_workers_trials_lost``, ``two_workers_trials_repeated`` and
+``two_workers_registrations_besides_one`` (how far from exactly one registration): targets 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def sweep_in_store(root: Path, profile: str, space: str, trials: int, workers: int) -> list[str]:
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(root / "hf"),
+        "PYTHONPATH": str(PROJECT_DIR),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    command = [sys.executable, "-m", "steps.sweep", "--profile", profile, "--space", str(PROJECT_DIR / space),
+               "--n_trials", str(trials), "--storage", f"sqlite:///{root / 'sweep.db'}",
+               "--registered_model", "bench-sweep"]  # fmt: skip
+    import mlflow
+
+    mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).search_experiments()  # the store's schema, before a race
+    started = [subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(workers)]  # fmt: skip
+    outputs = [p.communicate()[0] for p in started]
+    for process, output in zip(started, outputs, strict=True):
+        if process.returncode != 0:
+            raise SystemExit(f"sweep failed:\n{output[-3000:]}")
+    return outputs
+
+
+def trial_times(root: Path) -> list[tuple[float, float]]:
+    """(trial main's wall s, its finetune's wall s) for every trial that trained."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    out = []
+    for run in client.search_runs(experiments, "tags.`pipeline.sweep_trial` != 'warm-up'", max_results=500):
+        if "pipeline.sweep_run_id" in run.data.tags:  # the best trial's whole chain: not a trial
+            continue
+        finetune = client.get_run(run.data.tags["pipeline.finetune_run_id"])
+        if finetune.data.tags.get("mlflow.parentRunId") != run.info.run_id:  # reused, not trained here
+            continue
+        out.append(((run.info.end_time - run.info.start_time) / 1000,
+                    (finetune.info.end_time - finetune.info.start_time) / 1000))  # fmt: skip
+    return out
+
+
+def study_facts(root: Path) -> tuple[list[int], int]:
+    """The trial numbers in the study, and how many versions were registered."""
+    import mlflow
+    import optuna
+
+    storage = f"sqlite:///{root / 'sweep.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    return sorted(t.number for t in study.trials), len(client.search_model_versions("name = 'bench-sweep'"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="local")
+    parser.add_argument("--space", default="sweeps/default.yaml")
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="0: no two-worker run")
+    args = parser.parse_args(argv)
+    lines: list[dict[str, Any]] = []
+
+    def figure(name: str, value: float, target: float | None, better: str, unit: str) -> None:
+        named = f"{name}[{args.profile}]"
+        lines.append({"benchmark": "sweep_overhead", "figure": named, "value": round(value, 4),
+                      "target": target, "better": better, "unit": unit})  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        sweep_in_store(Path(tmp), args.profile, args.space, args.trials, 1)
+        times = trial_times(Path(tmp))
+    outside = [1 - finetune / trial for trial, finetune in times]
+    print(f"{'trial s':>9}{'finetune s':>12}{'outside':>9}")
+    for (trial, finetune), share in zip(times, outside, strict=True):
+        print(f"{trial:>9.1f}{finetune:>12.1f}{share:>9.3f}")
+    target = 0.10 if args.profile == "local" else None
+    figure("outside_finetune_fraction_median", statistics.median(outside), target, "lower", "fraction")
+    figure("outside_finetune_fraction_min", min(outside), None, "lower", "fraction")
+    figure("outside_finetune_fraction_max", max(outside), None, "lower", "fraction")
+    figure("trial_s_median", statistics.median(t for t, _ in times), None, "lower", "s")
+    if args.workers >= 2:
+        with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+            sweep_in_store(Path(tmp), args.profile, args.space, args.trials, args.workers)
+            numbers, registered = study_facts(Path(tmp))
+        print(f"{args.workers} workers: trial numbers {numbers}, {registered} registration(s)")
+        figure(
+            "two_workers_trials_lost",
+            float(len(set(range(args.trials)) - set(numbers))),
+            0.0,
+            "lower",
+            "trials",
+        )
+        figure("two_workers_trials_repeated", float(len(numbers) - len(set(numbers))), 0.0, "lower", "trials")
+        figure("two_workers_registrations_besides_one", float(abs(registered - 1)), 0.0, "lower", "versions")
+    print()
+    for line in lines:
+        print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

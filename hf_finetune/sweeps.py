@@ -1,0 +1,226 @@
+"""Hyper-parameter sweeps: the search space, the study's name and storage, and pruning.
+
+The ``sweep`` entry point (``steps/sweep.py``) runs Optuna trials of prepare -> tokenize ->
+finetune through ``main`` and its step cache, then the best trial alone through the rest of the
+chain. What it shares with ``finetune`` lives here:
+
+- the search space: a YAML file of settings by their own names, each a range (``low``, ``high``,
+  ``log``) or ``choices``, and optionally ``when`` (only where other settings have these values:
+  LoRA's ``r`` and ``alpha`` where ``peft`` is ``lora``). Every value is checked against the
+  settings' own validation before any trial starts;
+- the study's default name, derived from what makes two sweeps comparable (the space, the data's
+  digest, the task, the base model, the profile, the settings given), so that the same command
+  resumes a study and a change starts another;
+- the pruning callback ``finetune`` adds when a sweep's trial runs it: the trial's validation
+  metric is reported to the study each epoch, and a trial Optuna's pruner stops ends FINISHED,
+  tagged ``pipeline.pruned`` (such a run is never a cache hit: its training was cut short).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from hf_finetune.chain import FINETUNE, PREPARE, TOKENIZE
+from hf_finetune.errors import UserError
+from hf_finetune.tags import PRUNED_TAG
+
+STORAGE_ENV = "PIPELINE_SWEEP_STORAGE"  # set for a trial's main: where its study is
+STUDY_ENV = "PIPELINE_SWEEP_STUDY"
+TRIAL_ENV = "PIPELINE_SWEEP_TRIAL_ID"  # Optuna's trial ID (not its number)
+TUNED = (PREPARE, TOKENIZE, FINETUNE)  # a sweep's name must be read by one of these
+HEARTBEAT_S = 30  # a worker's trial is alive while its heartbeat is younger than GRACE_S
+GRACE_S = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimension:
+    """One setting of the space."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+    when: tuple[tuple[str, str], ...] = ()  # (setting, value): only where all hold
+
+    def values(self) -> list[Any]:
+        """The values to check: the ends of a range, or every choice."""
+        return list(self.choices) if self.choices else [self.low, self.high]
+
+    def suggest(self, trial: Any, kind: type) -> Any:
+        if self.choices:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if kind is int:
+            return trial.suggest_int(self.name, int(self.low or 0), int(self.high or 0), log=self.log)
+        return trial.suggest_float(self.name, float(self.low or 0), float(self.high or 0), log=self.log)
+
+    def applies(self, settings: dict[str, Any]) -> bool:
+        return all(str(settings.get(key)).lower() == str(value).lower() for key, value in self.when)
+
+
+# ----------------------------------------------------------------------------- pure functions
+def number(value: Any) -> Any:
+    """``1e-5`` as YAML 1.1 reads it (a string: it wants ``1.0e-5``) -> the number meant."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_space(text: str, where: str) -> list[Dimension]:
+    """A space's YAML -> its dimensions. Its shape only; ``check_space`` checks the values."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(
+            f"{where} must map setting names to ranges, e.g. learning_rate: {{low: 1e-5, high: 1e-3}}"
+        )
+    dims = []
+    for name, spec in raw.items():
+        if not isinstance(spec, dict) or not ({"low", "high"} <= set(spec) or "choices" in spec):
+            raise UserError(f"{where}: {name} needs low and high, or choices")
+        unknown = set(spec) - {"low", "high", "log", "choices", "when"}
+        if unknown:
+            raise UserError(f"{where}: {name} has unknown keys {', '.join(sorted(unknown))}")
+        when = spec.get("when") or {}
+        if not isinstance(when, dict):
+            raise UserError(f"{where}: {name}'s when must map settings to values, e.g. when: {{peft: lora}}")
+        choices = tuple(spec.get("choices") or ())
+        if "choices" in spec and not choices:
+            raise UserError(f"{where}: {name}'s choices are empty")
+        low, high = number(spec.get("low")), number(spec.get("high"))
+        if not choices and not (
+            isinstance(low, int | float) and isinstance(high, int | float) and low < high
+        ):
+            raise UserError(f"{where}: {name} needs numbers low < high (got {low!r}, {high!r})")
+        if spec.get("log") and not choices and float(low or 0) <= 0:
+            raise UserError(f"{where}: {name} is log-uniform, so low must be above 0")
+        dims.append(Dimension(str(name), low, high, bool(spec.get("log")), choices,
+                              tuple((str(k), str(v)) for k, v in when.items())))  # fmt: skip
+    return dims
+
+
+def study_name(space_text: str, digest: str, task: str, base_model: str, profile: str,
+               settings: dict[str, str]) -> str:  # fmt: skip
+    """The default study name: the same command resumes its study; a change starts another."""
+    identity = json.dumps([space_text, digest, task, base_model, profile, sorted(settings.items())])
+    return f"sweep-{task}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+
+
+def trial_settings(
+    dims: list[Dimension], trial: Any, fixed: dict[str, Any], kinds: dict[str, type]
+) -> dict[str, Any]:
+    """The values a trial tries: every dimension that applies to the settings (the fixed ones and
+    those suggested before it, in the space's order)."""
+    chosen: dict[str, Any] = {}
+    for dim in dims:
+        if dim.applies(fixed | chosen):
+            chosen[dim.name] = dim.suggest(trial, kinds[dim.name])
+    return chosen
+
+
+# ----------------------------------------------------------------------------- checks and Optuna
+def check_space(dims: list[Dimension], where: str, profile: str, overrides: dict[str, str]) -> None:
+    """Every name a setting that a tuned step reads and main passes on, and every value one the
+    settings accept: refused in one line before any trial starts."""
+    import dataclasses
+
+    from hf_finetune.config import FIELDS
+    from hf_finetune.profiles import load_config
+    from hf_finetune.settings import EVERYWHERE
+
+    fixed = dataclasses.asdict(load_config(profile, overrides))
+    for dim in dims:
+        field = FIELDS.get(dim.name)
+        if field is None:
+            raise UserError(f"{where}: {dim.name} is not a setting: use the settings' own names (--help)")
+        if field.metadata["param"] != EVERYWHERE or not set(field.metadata["steps"]) & set(TUNED):
+            raise UserError(
+                f"{where}: {dim.name} is not a setting of prepare, tokenize or finetune that main passes on: "
+                "a trial would not change with it"
+            )
+        for key, _ in dim.when:
+            if key not in FIELDS:
+                raise UserError(f"{where}: {dim.name}'s when names {key}, which is not a setting")
+        if not dim.applies(fixed):  # e.g. LoRA's rank in a sweep without LoRA: never suggested
+            continue
+        for value in dim.values():
+            try:
+                load_config(profile, overrides | {dim.name: str(value)})
+            except UserError as exc:
+                raise UserError(f"{where}: {dim.name}={value} is refused by the settings: {exc}") from None
+
+
+def connect(url: str) -> Any:
+    """Optuna's RDB storage at ``url``, with a heartbeat: a killed worker's trial is marked failed
+    after ``GRACE_S`` and tried again once by another worker."""
+    import time
+
+    import optuna
+
+    for attempt in range(2):  # workers starting together on a new database race to make its tables
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure to open it is the user's storage
+            if attempt == 0:
+                time.sleep(1.0)
+                continue
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"the sweep storage {url} does not connect ({first}): check --storage") from None
+    raise AssertionError("unreachable")
+
+
+def pruning_callbacks(metric: str) -> list[Any]:
+    """For ``finetune``: a callback reporting ``eval_<metric>`` to the sweep's trial each epoch and
+    stopping the training when the pruner says so; none outside a sweep."""
+    if not os.environ.get(TRIAL_ENV):
+        return []
+    import mlflow
+    import optuna
+    from transformers import TrainerCallback
+
+    study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=os.environ[STORAGE_ENV])
+    trial = optuna.trial.Trial(study, int(os.environ[TRIAL_ENV]))
+
+    class Pruning(TrainerCallback):
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                        **kwargs: Any) -> None:  # fmt: skip
+            value = (metrics or {}).get(f"eval_{metric}")
+            if value is None or not state.is_world_process_zero:
+                return
+            trial.report(float(value), step=round(state.epoch or 0))
+            if trial.should_prune():
+                mlflow.set_tag(PRUNED_TAG, f"epoch {round(state.epoch or 0)}")
+                control.should_training_stop = True
+
+    return [Pruning()]
+
+
+def space_file(value: str) -> Path:
+    """The space's path: as given, else under the project (``sweeps/default.yaml``)."""
+    from hf_finetune.settings import PROJECT_DIR
+
+    path = Path(value).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = PROJECT_DIR / path
+    if not path.is_file():
+        raise UserError(
+            f"search space {value} not found: give --space a YAML file (e.g. sweeps/default.yaml)"
+        )
+    return path

@@ -1,0 +1,113 @@
+"""Sweeps on the smoke profile: trials through main's cache, one registration per study, a
+resumed study, and two workers on one study at once (SQLite storage)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from hf_finetune.tags import REUSED_FROM_TAG, STEP_TAG, TRIAL_TAG
+from tests.conftest import PROJECT_DIR, isolated_env
+from tests.recorded import fresh_postgres_database
+
+pytestmark = pytest.mark.slow
+MODEL = "sweep-spam"
+
+
+def start(root: Path, *args: str, storage: str = "") -> subprocess.Popen[str]:
+    env = os.environ | isolated_env(root) | {"PYTHONPATH": str(PROJECT_DIR)}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    storage = storage or f"sqlite:///{root / 'sweep.db'}"
+    command = [sys.executable, "-m", "steps.sweep", "--profile", "smoke", "--space", "sweeps/smoke.yaml",
+               "--registered_model", MODEL, "--storage", storage, *args]  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def done(process: subprocess.Popen[str]) -> str:
+    output = process.communicate(timeout=1500)[0]
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def the_study(root: Path, storage: str = "") -> optuna.Study:
+    storage = storage or f"sqlite:///{root / 'sweep.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def executed(client: mlflow.MlflowClient, step: str) -> list[str]:
+    """Runs of ``step`` that really ran (not a cache hit's marker)."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"tags.`{STEP_TAG}` = '{step}'", max_results=500)
+    return [r.info.run_id for r in runs if REUSED_FROM_TAG not in r.data.tags]
+
+
+def versions(client: mlflow.MlflowClient) -> list[str]:
+    return sorted(str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'"))
+
+
+def test_a_sweep_runs_its_trials_through_the_cache_registers_its_best_once_and_resumes(
+    tmp_path: Path,
+) -> None:
+    done(start(tmp_path, "--n_trials", "2"))
+    mlflow.set_tracking_uri(isolated_env(tmp_path)["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    study = the_study(tmp_path)
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 2 and set(states) <= {"COMPLETE", "PRUNED"}
+    assert study.user_attrs["registered_trial"] == study.best_trial.number
+    assert versions(client) == ["1"]  # the best, through the gate; the other trial never registered
+    assert len(executed(client, "prepare")) == 1 and len(executed(client, "tokenize")) == 1
+    assert len(executed(client, "evaluate")) == 1  # the best trial's alone: no trial touched the test split
+    (sweep_run,) = client.search_runs(["0"], f"tags.`{STEP_TAG}` = 'sweep'")
+    children = client.search_runs(["0"], f"tags.`mlflow.parentRunId` = '{sweep_run.info.run_id}'")
+    trials = sorted(r.data.tags[TRIAL_TAG] for r in children)
+    assert trials == sorted(["warm-up", "0", "1", str(study.best_trial.number)])
+    artifacts = {a.path for a in client.list_artifacts(sweep_run.info.run_id, "sweep")}
+    assert artifacts == {"sweep/trials.csv", "sweep/plots.html"}
+    assert sweep_run.data.metrics["trials_complete"] + sweep_run.data.metrics.get("trials_pruned", 0) == 2
+    assert any(k.startswith("best.") for k in sweep_run.data.params)
+
+    again = done(start(tmp_path, "--n_trials", "2"))  # the same command: the same study, nothing to do
+    assert "still the best" in again and len(the_study(tmp_path).trials) == 2 and versions(client) == ["1"]
+
+    before = the_study(tmp_path).best_trial.number
+    done(start(tmp_path, "--n_trials", "3"))  # one more trial; registered again only for a new best
+    study = the_study(tmp_path)
+    assert len(study.trials) == 3
+    assert versions(client) == (["1"] if study.best_trial.number == before else ["1", "2"])
+    assert len(executed(client, "prepare")) == 1
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest) -> Iterator[str]:
+    """ "" (SQLite beside the store) or a fresh PostgreSQL database, where one is configured."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    with fresh_postgres_database() as uri:
+        if not uri:
+            pytest.skip("no PostgreSQL: set PIPELINE_TEST_POSTGRES_URI (deploy/postgres/start-local.sh)")
+        yield uri
+
+
+def test_two_workers_share_one_study_and_register_once(tmp_path: Path, storage: str) -> None:
+    mlflow.MlflowClient(isolated_env(tmp_path)["MLFLOW_TRACKING_URI"]).search_experiments()  # schema first
+    workers = [start(tmp_path, "--n_trials", "3", storage=storage) for _ in range(2)]
+    outputs = [done(w) for w in workers]
+    study = the_study(tmp_path, storage)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2]  # every number once, none lost
+    assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+    mlflow.set_tracking_uri(isolated_env(tmp_path)["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient()
+    assert versions(client) == ["1"], outputs  # one registration, whichever worker finished last
+    assert len(executed(client, "prepare")) == 1 and len(executed(client, "tokenize")) == 1
