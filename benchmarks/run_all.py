@@ -40,7 +40,15 @@ BENCHMARKS = {  # script: (arguments for the full run, arguments for --quick)
     "generation_quality.py": ([], ["--profile", "smoke", "--seeds", "42"]),
     "generation_speed.py": ([], ["--train-rows", "64", "--prompts", "8", "--repeat", "1"]),
     "sweep_overhead.py": (
-        [],
+        [
+            "--trials",
+            "8",
+            "--compare-default",
+            "--workers-profile",
+            "smoke",
+            "--workers-space",
+            "sweeps/smoke.yaml",
+        ],
         ["--profile", "smoke", "--space", "sweeps/smoke.yaml", "--trials", "2", "--workers", "0"],
     ),
 }

@@ -4,15 +4,23 @@ One sweep (``steps.sweep``) of ``--trials`` trials on the profile (default ``loc
 process on a fresh tracking store and Optuna storage, the space ``--space``. For each trial: the
 wall time of its ``main --until finetune`` run and of the finetune run inside it; the fraction
 outside finetune is ``1 - finetune / trial`` (process starts, cache look-ups, MLflow's bookkeeping:
-what the sweep adds to training). Then, with ``--workers 2``, two sweeps started at once on one
-new study: every trial number run once, none lost, and one registration.
+what the sweep adds to training). With ``--compare-default`` (text classification), the study's
+best trial beside the profile's own recipe and the classical baseline, on the same rows: the
+validation F1 each reached, and the test F1 of the best trial's main and of a default ``main`` run
+in the same store afterwards (the same prepare, so the same split). Then, with ``--workers 2``,
+two sweeps started at once on one new study (``--workers-profile``, ``--workers-space``): every
+trial number run once, none lost, and one registration.
 
     python benchmarks/sweep_overhead.py                                    # local, 3 trials, 2 workers
     python benchmarks/sweep_overhead.py --profile smoke --space sweeps/smoke.yaml --trials 3
+    python benchmarks/sweep_overhead.py --trials 8 --compare-default --workers-profile smoke \
+        --workers-space sweeps/smoke.yaml                                  # the committed figures
 
 Figures: ``outside_finetune_fraction_median[<profile>]`` (target <= 0.10 on ``local``) with its
 range, ``trial_s_median``; ``two_workers_trials_lost``, ``two_workers_trials_repeated`` and
-``two_workers_registrations_besides_one`` (how far from exactly one registration): targets 0.
+``two_workers_registrations_besides_one`` (how far from exactly one registration): targets 0;
+with ``--compare-default``, ``best_trial_val_f1``, ``best_trial_test_f1``, ``default_recipe_val_f1``,
+``default_recipe_test_f1`` and ``classical_test_f1`` (figures, not targets).
 """
 
 from __future__ import annotations
@@ -30,14 +38,18 @@ from typing import Any
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
-def sweep_in_store(root: Path, profile: str, space: str, trials: int, workers: int) -> list[str]:
-    env = os.environ | {
+def store_env(root: Path) -> dict[str, str]:
+    return os.environ | {
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "HF_HUB_OFFLINE": "1",
         "HF_HOME": str(root / "hf"),
         "PYTHONPATH": str(PROJECT_DIR),
         "TOKENIZERS_PARALLELISM": "false",
     }
+
+
+def sweep_in_store(root: Path, profile: str, space: str, trials: int, workers: int) -> list[str]:
+    env = store_env(root)
     command = [sys.executable, "-m", "steps.sweep", "--profile", profile, "--space", str(PROJECT_DIR / space),
                "--n_trials", str(trials), "--storage", f"sqlite:///{root / 'sweep.db'}",
                "--registered_model", "bench-sweep"]  # fmt: skip
@@ -83,23 +95,67 @@ def study_facts(root: Path) -> tuple[list[int], int]:
     return sorted(t.number for t in study.trials), len(client.search_model_versions("name = 'bench-sweep'"))
 
 
+def against_the_default(root: Path, profile: str) -> dict[str, float]:
+    """The best trial's validation and test F1, and a default ``main``'s, in the same store."""
+    import mlflow
+    import optuna
+
+    storage = f"sqlite:///{root / 'sweep.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+    def figures(main_run_id: str) -> tuple[float, float, float]:
+        tags = client.get_run(main_run_id).data.tags
+        finetune = client.get_run(tags["pipeline.finetune_run_id"]).data.metrics
+        evaluate = client.get_run(tags["pipeline.evaluate_run_id"]).data.metrics
+        return finetune["best_val_f1"], evaluate["test_f1"], evaluate["classical_f1"]
+
+    best = figures(study.user_attrs["registered_main_run_id"])
+    command = [sys.executable, "-m", "steps.main", "--profile", profile, "--registered_model", "bench-sweep"]
+    done = subprocess.run(command, cwd=root, env=store_env(root), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the default main failed:\n{done.stderr[-3000:]}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (default,) = client.search_runs(  # the newest main: the default one, after every trial's
+        experiments, "tags.`pipeline.step` = 'main'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    recipe = figures(default.info.run_id)
+    print(f"best trial {study.best_trial.number} {study.best_trial.params}")
+    print(f"{'':>16}{'val F1':>9}{'test F1':>9}")
+    print(f"{'best trial':>16}{best[0]:>9.4f}{best[1]:>9.4f}")
+    print(f"{'default recipe':>16}{recipe[0]:>9.4f}{recipe[1]:>9.4f}")
+    print(f"{'classical':>16}{'':>9}{best[2]:>9.4f}")
+    return {"best_trial_val_f1": best[0], "best_trial_test_f1": best[1], "default_recipe_val_f1": recipe[0],
+            "default_recipe_test_f1": recipe[1], "classical_test_f1": best[2]}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="local")
     parser.add_argument("--space", default="sweeps/default.yaml")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="0: no two-worker run")
+    parser.add_argument("--workers-profile", default="", help="the two workers' profile (default: --profile)")
+    parser.add_argument("--workers-space", default="", help="the two workers' space (default: --space)")
+    parser.add_argument(
+        "--compare-default", action="store_true", help="the best trial beside the profile's recipe"
+    )
     args = parser.parse_args(argv)
+    workers_profile = args.workers_profile or args.profile
     lines: list[dict[str, Any]] = []
 
-    def figure(name: str, value: float, target: float | None, better: str, unit: str) -> None:
-        named = f"{name}[{args.profile}]"
+    def figure(
+        name: str, value: float, target: float | None, better: str, unit: str, profile: str = ""
+    ) -> None:
+        named = f"{name}[{profile or args.profile}]"
         lines.append({"benchmark": "sweep_overhead", "figure": named, "value": round(value, 4),
                       "target": target, "better": better, "unit": unit})  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         sweep_in_store(Path(tmp), args.profile, args.space, args.trials, 1)
         times = trial_times(Path(tmp))
+        compared = against_the_default(Path(tmp), args.profile) if args.compare_default else {}
     outside = [1 - finetune / trial for trial, finetune in times]
     print(f"{'trial s':>9}{'finetune s':>12}{'outside':>9}")
     for (trial, finetune), share in zip(times, outside, strict=True):
@@ -109,9 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     figure("outside_finetune_fraction_min", min(outside), None, "lower", "fraction")
     figure("outside_finetune_fraction_max", max(outside), None, "lower", "fraction")
     figure("trial_s_median", statistics.median(t for t, _ in times), None, "lower", "s")
+    for name, value in compared.items():
+        figure(name, value, None, "higher", "f1")
     if args.workers >= 2:
+        space = args.workers_space or args.space
         with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
-            sweep_in_store(Path(tmp), args.profile, args.space, args.trials, args.workers)
+            sweep_in_store(Path(tmp), workers_profile, space, args.trials, args.workers)
             numbers, registered = study_facts(Path(tmp))
         print(f"{args.workers} workers: trial numbers {numbers}, {registered} registration(s)")
         figure(
@@ -120,9 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             0.0,
             "lower",
             "trials",
+            workers_profile,
         )
-        figure("two_workers_trials_repeated", float(len(numbers) - len(set(numbers))), 0.0, "lower", "trials")
-        figure("two_workers_registrations_besides_one", float(abs(registered - 1)), 0.0, "lower", "versions")
+        repeated = float(len(numbers) - len(set(numbers)))
+        figure("two_workers_trials_repeated", repeated, 0.0, "lower", "trials", workers_profile)
+        besides = float(abs(registered - 1))
+        figure("two_workers_registrations_besides_one", besides, 0.0, "lower", "versions", workers_profile)
     print()
     for line in lines:
         print(json.dumps(line))

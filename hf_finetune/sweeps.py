@@ -33,8 +33,8 @@ STORAGE_ENV = "PIPELINE_SWEEP_STORAGE"  # set for a trial's main: where its stud
 STUDY_ENV = "PIPELINE_SWEEP_STUDY"
 TRIAL_ENV = "PIPELINE_SWEEP_TRIAL_ID"  # Optuna's trial ID (not its number)
 TUNED = (PREPARE, TOKENIZE, FINETUNE)  # a sweep's name must be read by one of these
-HEARTBEAT_S = 30  # a worker's trial is alive while its heartbeat is younger than GRACE_S
-GRACE_S = 120
+HEARTBEAT_ENV = "PIPELINE_SWEEP_HEARTBEAT_S"  # a trial's worker says it is alive this often (30 s),
+GRACE_ENV = "PIPELINE_SWEEP_GRACE_S"  # and its trial is failed when it has been silent this long (120 s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,19 +162,34 @@ def check_space(dims: list[Dimension], where: str, profile: str, overrides: dict
                 raise UserError(f"{where}: {dim.name}={value} is refused by the settings: {exc}") from None
 
 
+def heartbeat_seconds() -> tuple[int, int]:
+    """(how often a worker records its trial's heartbeat, how long a silent trial lives)."""
+    seconds = []
+    for name, default in ((HEARTBEAT_ENV, "30"), (GRACE_ENV, "120")):
+        value = os.environ.get(name) or default
+        if not value.isdigit() or int(value) < 1:
+            raise UserError(f"{name}={value} must be a whole number of seconds, at least 1")
+        seconds.append(int(value))
+    if seconds[1] <= seconds[0]:
+        raise UserError(f"{GRACE_ENV} ({seconds[1]}) must be longer than {HEARTBEAT_ENV} ({seconds[0]})")
+    return seconds[0], seconds[1]
+
+
 def connect(url: str) -> Any:
     """Optuna's RDB storage at ``url``, with a heartbeat: a killed worker's trial is marked failed
-    after ``GRACE_S`` and tried again once by another worker."""
+    when it has been silent for the grace period, and tried again once by another worker."""
     import time
 
     import optuna
+
+    interval, grace = heartbeat_seconds()
 
     for attempt in range(2):  # workers starting together on a new database race to make its tables
         try:
             return optuna.storages.RDBStorage(
                 url,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
+                heartbeat_interval=interval,
+                grace_period=grace,
                 failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
             )
         except Exception as exc:  # noqa: BLE001 - any failure to open it is the user's storage

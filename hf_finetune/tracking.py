@@ -197,21 +197,17 @@ def kill_point(name: str) -> None:
     """SIGKILL this process here when ``PIPELINE_TEST_KILL_AT`` names this point.
 
     For the fault tests: a real kill -9, at a known place, of the step and of every process
-    between it and the ``main`` that started it, ``main`` included (as when a machine is lost:
-    nobody is left to end the runs). Unset, it does nothing.
+    between it and the outermost ``main`` or ``sweep`` that started it, that one included (as
+    when a machine is lost: nobody is left to end the runs). Unset, it does nothing.
     """
     if os.environ.get(KILL_AT_ENV) != name:
         return
     import psutil
 
     sys.stdout.flush()
-    chain = []
-    for parent in psutil.Process().parents():
-        chain.append(parent)
-        if any(part == "steps.main" for part in parent.cmdline()):
-            break
-    else:
-        chain = []  # a step started by hand: only itself
+    parents = psutil.Process().parents()
+    outermost = [i for i, p in enumerate(parents) if {"steps.main", "steps.sweep"} & set(p.cmdline())]
+    chain = parents[: outermost[-1] + 1] if outermost else []  # a step started by hand: only itself
     for process in chain:
         process.send_signal(signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)

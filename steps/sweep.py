@@ -87,10 +87,14 @@ def counts(trials: list[Any]) -> dict[str, int]:
 def heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
     """Tell the storage this worker is alive while a trial runs (a killed one stops telling)."""
     stop = threading.Event()
+    interval = sweeps.heartbeat_seconds()[0]
 
     def beat() -> None:
-        while not stop.wait(sweeps.HEARTBEAT_S):
-            storage.record_heartbeat(trial_id)
+        while not stop.wait(interval):
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as exc:  # noqa: BLE001 - a busy database: beat again next time
+                log.warning(f"trial {trial_id}'s heartbeat not recorded ({type(exc).__name__}): again later")
 
     storage.record_heartbeat(trial_id)
     thread = threading.Thread(target=beat, daemon=True)
@@ -142,10 +146,11 @@ def run_trials(study: Any, storage: Any, cfg: Config, profile: str, overrides: d
     started = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
     while True:
         with locks.registry_lock(client, lock):  # count and ask together: never past n_trials
-            optuna.storages.fail_stale_trials(study)
-            if sum(counts(study.get_trials(deepcopy=False)).get(s, 0) for s in started) >= cfg.n_trials:
+            optuna.storages.fail_stale_trials(study)  # a lost worker's trial: FAIL, and WAITING again
+            state = counts(study.get_trials(deepcopy=False))
+            if not state.get("WAITING") and sum(state.get(s, 0) for s in started) >= cfg.n_trials:
                 return
-            trial = study.ask()
+            trial = study.ask()  # a WAITING one (a retry) first, else TPE's next
         settings = sweeps.trial_settings(dims, trial, fixed, kinds)
         log.info(f"trial {trial.number}: {settings}")
         env = {sweeps.STORAGE_ENV: cfg.storage, sweeps.STUDY_ENV: study.study_name,

@@ -1,9 +1,11 @@
-"""Sweeps on the smoke profile: trials through main's cache, one registration per study, a
-resumed study, and two workers on one study at once (SQLite storage)."""
+"""Sweeps on the smoke profile: trials through main's cache, a worker lost mid-trial and its trial
+retried, one registration per study, a resumed study, and two workers on one study at once
+(SQLite storage, and PostgreSQL where one is configured)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,8 +14,10 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from optuna.storages import RetryFailedTrialCallback
 
-from hf_finetune.tags import REUSED_FROM_TAG, STEP_TAG, TRIAL_TAG
+from hf_finetune import sweeps, tracking
+from hf_finetune.tags import RESUMED_FROM_TAG, REUSED_FROM_TAG, STEP_TAG, TRIAL_TAG
 from tests.conftest import PROJECT_DIR, isolated_env
 from tests.recorded import fresh_postgres_database
 
@@ -21,14 +25,16 @@ pytestmark = pytest.mark.slow
 MODEL = "sweep-spam"
 
 
-def start(root: Path, *args: str, storage: str = "") -> subprocess.Popen[str]:
-    env = os.environ | isolated_env(root) | {"PYTHONPATH": str(PROJECT_DIR)}
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+def start(
+    root: Path, *args: str, storage: str = "", env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    environment = os.environ | isolated_env(root) | {"PYTHONPATH": str(PROJECT_DIR)} | (env or {})
+    environment["PATH"] = os.path.dirname(sys.executable) + os.pathsep + environment["PATH"]
     storage = storage or f"sqlite:///{root / 'sweep.db'}"
     command = [sys.executable, "-m", "steps.sweep", "--profile", "smoke", "--space", "sweeps/smoke.yaml",
                "--registered_model", MODEL, "--storage", storage, *args]  # fmt: skip
     return subprocess.Popen(
-        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command, cwd=root, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
@@ -55,35 +61,56 @@ def versions(client: mlflow.MlflowClient) -> list[str]:
     return sorted(str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'"))
 
 
-def test_a_sweep_runs_its_trials_through_the_cache_registers_its_best_once_and_resumes(
+QUICK_HEARTBEAT = {sweeps.HEARTBEAT_ENV: "2", sweeps.GRACE_ENV: "10"}  # a dead worker's trial fails in 10 s
+
+
+def test_a_killed_workers_trial_is_retried_the_best_registered_once_and_the_study_resumed(
     tmp_path: Path,
 ) -> None:
-    done(start(tmp_path, "--n_trials", "2"))
+    # The first worker is lost mid-trial (its finetune, the trial's main and the worker, kill -9).
+    lost = start(tmp_path, "--n_trials", "2",
+                 env=QUICK_HEARTBEAT | {tracking.KILL_AT_ENV: "finetune.checkpoint_logged"})  # fmt: skip
+    output = lost.communicate(timeout=900)[0]
+    assert lost.returncode == -signal.SIGKILL, output[-4000:]
+    assert [t.state.name for t in the_study(tmp_path).trials] == ["RUNNING"]  # nobody left to say otherwise
+
+    # The same command again: the silent trial is failed by its heartbeat and tried again.
+    done(start(tmp_path, "--n_trials", "2", env=QUICK_HEARTBEAT))
     mlflow.set_tracking_uri(isolated_env(tmp_path)["MLFLOW_TRACKING_URI"])
     client = mlflow.MlflowClient()
     study = the_study(tmp_path)
     states = [t.state.name for t in study.trials]
-    assert len(states) == 2 and set(states) <= {"COMPLETE", "PRUNED"}
+    assert states[0] == "FAIL" and len(states) == 3 and set(states[1:]) <= {"COMPLETE", "PRUNED"}, states
+    retried = [t for t in study.trials if RetryFailedTrialCallback.retried_trial_number(t) == 0]
+    assert len(retried) == 1 and retried[0].params == study.trials[0].params  # its settings, once
+    finetune = client.get_run(retried[0].user_attrs["finetune_run_id"])
+    lost_finetune = client.get_run(finetune.data.tags[RESUMED_FROM_TAG])  # from the lost one's checkpoint
+    assert lost_finetune.info.status == "KILLED" and lost_finetune.data.tags[STEP_TAG] == "finetune"
     assert study.user_attrs["registered_trial"] == study.best_trial.number
     assert versions(client) == ["1"]  # the best, through the gate; the other trial never registered
     assert len(executed(client, "prepare")) == 1 and len(executed(client, "tokenize")) == 1
     assert len(executed(client, "evaluate")) == 1  # the best trial's alone: no trial touched the test split
-    (sweep_run,) = client.search_runs(["0"], f"tags.`{STEP_TAG}` = 'sweep'")
+    everything = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=500)
+    assert not [r.info.run_id for r in everything if r.info.status == "RUNNING"]  # the lost ones marked
+    sweep_runs = client.search_runs(["0"], f"tags.`{STEP_TAG}` = 'sweep'", order_by=["attributes.start_time"])
+    assert [r.info.status for r in sweep_runs] == ["KILLED", "FINISHED"]
+    sweep_run = sweep_runs[1]
     children = client.search_runs(["0"], f"tags.`mlflow.parentRunId` = '{sweep_run.info.run_id}'")
     trials = sorted(r.data.tags[TRIAL_TAG] for r in children)
-    assert trials == sorted(["warm-up", "0", "1", str(study.best_trial.number)])
+    assert trials == sorted(["warm-up", "1", "2", str(study.best_trial.number)])
     artifacts = {a.path for a in client.list_artifacts(sweep_run.info.run_id, "sweep")}
     assert artifacts == {"sweep/trials.csv", "sweep/plots.html"}
-    assert sweep_run.data.metrics["trials_complete"] + sweep_run.data.metrics.get("trials_pruned", 0) == 2
+    metrics = sweep_run.data.metrics
+    assert metrics["trials_complete"] + metrics.get("trials_pruned", 0) == 2 and metrics["trials_fail"] == 1
     assert any(k.startswith("best.") for k in sweep_run.data.params)
 
     again = done(start(tmp_path, "--n_trials", "2"))  # the same command: the same study, nothing to do
-    assert "still the best" in again and len(the_study(tmp_path).trials) == 2 and versions(client) == ["1"]
+    assert "still the best" in again and len(the_study(tmp_path).trials) == 3 and versions(client) == ["1"]
 
     before = the_study(tmp_path).best_trial.number
     done(start(tmp_path, "--n_trials", "3"))  # one more trial; registered again only for a new best
     study = the_study(tmp_path)
-    assert len(study.trials) == 3
+    assert len(study.trials) == 4
     assert versions(client) == (["1"] if study.best_trial.number == before else ["1", "2"])
     assert len(executed(client, "prepare")) == 1
 

@@ -107,12 +107,21 @@ def test_main_flags_leave_the_sweeps_own_settings_out() -> None:
             "the sweep storage sqlite:////no/such/folder/sweep.db does not connect",
         ),
         (["--storage", "nosuchscheme://x"], "does not connect"),
+        (["env", "PIPELINE_SWEEP_GRACE_S=10s"], "PIPELINE_SWEEP_GRACE_S=10s must be a whole number"),
+        (["env", "PIPELINE_SWEEP_GRACE_S=30"], "PIPELINE_SWEEP_GRACE_S (30) must be longer than"),
     ],
 )
 def test_the_sweep_refuses_before_any_run(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tracking: Path
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    tracking: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     capsys.readouterr()
+    if argv[0] == "env":  # a setting from the environment
+        monkeypatch.setenv(*argv[1].split("=", 1))
+        argv = []
     assert sweep.main(["--profile", "smoke", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
