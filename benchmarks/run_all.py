@@ -49,7 +49,17 @@ BENCHMARKS = {  # script: (arguments for the full run, arguments for --quick)
             "--workers-space",
             "sweeps/smoke.yaml",
         ],
-        ["--profile", "smoke", "--space", "sweeps/smoke.yaml", "--trials", "2", "--workers", "0"],
+        [
+            "--profile",
+            "smoke",
+            "--space",
+            "sweeps/smoke.yaml",
+            "--trials",
+            "2",
+            "--workers",
+            "0",
+            "--compare-default",
+        ],
     ),
 }
 QUICK_AT_ONCE = 2  # --quick: scripts running at once

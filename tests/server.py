@@ -90,11 +90,11 @@ def running_server(root: Path, backend_uri: str = "") -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def serving(process: subprocess.Popen[bytes], uri: str, log: Path) -> Iterator[None]:
+def serving(process: subprocess.Popen[bytes], uri: str, log: Path, wait_s: float = 90) -> Iterator[None]:
     """Wait until the server ``process`` (started in a session of its own) answers ``/health`` at
     ``uri``; stop its whole process group on exit. Its log's tail explains a failed start."""
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + wait_s
         while True:
             if process.poll() is not None:
                 raise AssertionError(f"the server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
@@ -124,3 +124,20 @@ def as_user(server: Server, username: str, password: str) -> Iterator[mlflow.Mlf
         mp.setenv("MLFLOW_TRACKING_PASSWORD", password)
         mlflow.set_tracking_uri(server.uri)
         yield mlflow.MlflowClient(tracking_uri=server.uri)
+
+
+@contextlib.contextmanager
+def model_server(model_uri: str, log: Path) -> Iterator[str]:
+    """``mlflow models serve`` of ``model_uri`` from the environment's tracking store, in this
+    Python (``--env-manager local``): its base URL, once it answers; stopped on exit."""
+    port = free_port()
+    bin_dir = os.path.dirname(sys.executable)
+    env = os.environ | {"PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    command = [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    with serving(process, uri, log, wait_s=180):  # it imports MLflow and loads the model first
+        yield uri

@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import requests
 
 from hf_finetune import chain, tags
 from hf_finetune.registry.card import MAIN_RUN_TAG
@@ -24,6 +25,7 @@ from steps import main as main_step
 from steps import predict
 from tests.conftest import deleted_unless_a_test_failed, isolated_env, main_in_store, use_store
 from tests.recorded import artifact_paths, child_runs, in_hub_cache, java_17_or_newer, tiny_decoder
+from tests.server import model_server
 
 pytestmark = pytest.mark.slow
 GENERATOR = "sms-spam-generator"
@@ -134,6 +136,23 @@ def test_the_champion_answers_openai_style_completions_with_its_template_applied
     one = model.predict({"prompt": "URGENT! claim your cash", "max_tokens": 1})[0]["choices"][0]
     assert one["finish_reason"] == "length" or one["text"] == whole
     assert whole.startswith(one["text"]) and len(one["text"]) < len(whole) + 1
+
+
+def test_the_champion_served_over_http_answers_openai_style_and_batched(
+    store: tuple[str, str], tmp_path: Path
+) -> None:
+    with model_server(f"models:/{GENERATOR}@champion", tmp_path / "serve.log") as uri:
+        single = {"prompt": "WIN a prize now, reply YES", "max_tokens": 3}
+        one = requests.post(f"{uri}/invocations", json=single, timeout=120)
+        records = {"dataframe_records": [{"prompt": "see you at 6"}, {"prompt": "URGENT! claim"}]}
+        two = requests.post(f"{uri}/invocations", json=records, timeout=120)
+    assert one.status_code == 200 and two.status_code == 200, (one.text, two.text)
+    unwrapped = one.json()  # MLflow's unified LLM request: the answer as OpenAI gives it
+    answer = unwrapped[0] if isinstance(unwrapped, list) else unwrapped
+    assert answer["object"] == "text_completion" and answer["choices"][0]["text"].strip() in ("spam", "ham")
+    assert not answer["model"].startswith("/")  # the base model's id, never a local path
+    batched = two.json()["predictions"]
+    assert len(batched) == 2 and all(a["choices"][0]["text"].strip() in ("spam", "ham") for a in batched)
 
 
 def test_predict_takes_the_task_from_the_model_and_writes_a_completion_per_prompt(

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -21,8 +16,8 @@ from hf_finetune.tags import INPUTS_TAG, KEY_TAG
 from hf_finetune.tasks import registry
 from steps import log_model, persist, register, version_cleanup
 from steps import main as main_step
-from tests.conftest import PROJECT_DIR
 from tests.recorded import child_runs
+from tests.server import model_server
 
 CLASSIFICATION = registry.TASKS["text-classification"]
 
@@ -307,63 +302,19 @@ def test_version_cleanup_keeps_aliased_versions_and_dry_run_changes_nothing(
     assert "cleanup-test" not in registry_snapshot()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_serving_the_champion_over_http(pipeline: str) -> None:
-    port = free_port()
-    bin_dir = os.path.dirname(sys.executable)
-    env = os.environ | {"PATH": bin_dir + os.pathsep + os.environ["PATH"]}
-    server = subprocess.Popen(
-        [
-            os.path.join(bin_dir, "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{NAME}@champion",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=PROJECT_DIR,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(1)
-        else:
-            pytest.fail("the model server did not answer /ping in 180 s")
+def test_serving_the_champion_over_http(pipeline: str, tmp_path: Path) -> None:
+    with model_server(f"models:/{NAME}@champion", tmp_path / "serve.log") as uri:
         reply = requests.post(
-            f"http://127.0.0.1:{port}/invocations",
+            f"{uri}/invocations",
             timeout=60,
             json={
                 "inputs": ["are we still on for 7?", "HSBC: a new payee was added. Not you? hsbc-secure.top"],
                 "params": {"batch_size": 2},
             },
         )
-        assert reply.status_code == 200, reply.text
-        predictions = reply.json()["predictions"]
-        assert len(predictions) == 2 and {p["label"] for p in predictions} <= {"ham", "spam"}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    assert reply.status_code == 200, reply.text
+    predictions = reply.json()["predictions"]
+    assert len(predictions) == 2 and {p["label"] for p in predictions} <= {"ham", "spam"}
 
 
 def test_lineage_of_the_champion_names_every_step_run(pipeline: str, capsys) -> None:
