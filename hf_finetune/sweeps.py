@@ -153,11 +153,16 @@ def check_space(dims: list[Dimension], where: str, profile: str, overrides: dict
         for key, _ in dim.when:
             if key not in FIELDS:
                 raise UserError(f"{where}: {dim.name}'s when names {key}, which is not a setting")
-        if not dim.applies(fixed):  # e.g. LoRA's rank in a sweep without LoRA: never suggested
-            continue
+        if not dim.applies(fixed) and not {key for key, _ in dim.when} & {d.name for d in dims}:
+            continue  # e.g. LoRA's rank in a sweep whose peft is fixed and not lora: never suggested
+        where_it_applies = overrides | dict(dim.when)  # checked as it would be tried
+        try:
+            load_config(profile, where_it_applies)
+        except UserError as exc:
+            raise UserError(f"{where}: {dim.name}'s when is refused by the settings: {exc}") from None
         for value in dim.values():
             try:
-                load_config(profile, overrides | {dim.name: str(value)})
+                load_config(profile, where_it_applies | {dim.name: str(value)})
             except UserError as exc:
                 raise UserError(f"{where}: {dim.name}={value} is refused by the settings: {exc}") from None
 
@@ -175,6 +180,35 @@ def heartbeat_seconds() -> tuple[int, int]:
     return seconds[0], seconds[1]
 
 
+def absolute(url: str) -> str:
+    """A SQLite storage's relative path made absolute: a trial's ``finetune`` runs in the project
+    folder, wherever the sweep was started."""
+    prefix = "sqlite:///"
+    path = url.removeprefix(prefix)
+    if not url.startswith(prefix) or path.startswith("/") or path in ("", ":memory:"):
+        return url
+    return prefix + str(Path(path).resolve())
+
+
+def pruner() -> Any:
+    """The study's pruner, the same in the sweep and in a trial's ``finetune``: a trial is stopped
+    at an epoch whose validation figure is worse than the median of earlier trials' at that epoch,
+    once two trials have finished."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+
+
+def ask(study: Any) -> Any:
+    """``study.ask()`` without Optuna's warning that a heartbeat is meant for ``optimize``: the
+    sweep keeps each trial's heartbeat itself (``steps/sweep.py``)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        return study.ask()
+
+
 def connect(url: str) -> Any:
     """Optuna's RDB storage at ``url``, with a heartbeat: a killed worker's trial is marked failed
     when it has been silent for the grace period, and tried again once by another worker."""
@@ -190,7 +224,7 @@ def connect(url: str) -> Any:
                 url,
                 heartbeat_interval=interval,
                 grace_period=grace,
-                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+                failed_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
             )
         except Exception as exc:  # noqa: BLE001 - any failure to open it is the user's storage
             if attempt == 0:
@@ -210,7 +244,11 @@ def pruning_callbacks(metric: str) -> list[Any]:
     import optuna
     from transformers import TrainerCallback
 
-    study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=os.environ[STORAGE_ENV])
+    from hf_finetune.training import epoch_number
+
+    study = optuna.load_study(
+        study_name=os.environ[STUDY_ENV], storage=os.environ[STORAGE_ENV], pruner=pruner()
+    )
     trial = optuna.trial.Trial(study, int(os.environ[TRIAL_ENV]))
 
     class Pruning(TrainerCallback):
@@ -219,9 +257,14 @@ def pruning_callbacks(metric: str) -> list[Any]:
             value = (metrics or {}).get(f"eval_{metric}")
             if value is None or not state.is_world_process_zero:
                 return
-            trial.report(float(value), step=round(state.epoch or 0))
-            if trial.should_prune():
-                mlflow.set_tag(PRUNED_TAG, f"epoch {round(state.epoch or 0)}")
+            epoch = epoch_number(state.epoch)
+            try:
+                trial.report(float(value), step=epoch)
+            except optuna.exceptions.UpdateFinishedTrialError:  # failed by its heartbeat: retried elsewhere
+                control.should_training_stop = True
+                return
+            if state.global_step < state.max_steps and trial.should_prune():  # not at its last evaluation
+                mlflow.set_tag(PRUNED_TAG, f"epoch {epoch}")
                 control.should_training_stop = True
 
     return [Pruning()]

@@ -38,6 +38,7 @@ that does not connect, a registered model of another task.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -62,6 +63,7 @@ log = logs.logger(STEP)
 OWN = {name for name, field in FIELDS.items() if field.metadata["steps"] == (STEP,)}  # not main's
 STUDY_TAG = "pipeline.study"
 REGISTERED_ATTR = "registered_trial"  # the study's: the trial whose whole chain ran
+STUDY_LOCK_S = 3 * 3600.0  # the study's lock is held through warm-up and the best trial's chain
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -136,6 +138,10 @@ def trial_value(main_run_id: str, metric: str) -> tuple[float, bool, str]:
 
 def run_trials(study: Any, storage: Any, cfg: Config, profile: str, overrides: dict[str, str],
                dims: list[sweeps.Dimension], parent: str, lock: str) -> None:  # fmt: skip
+    """Trials until the study holds ``n_trials``; then stay while other workers' trials run, to
+    retry any whose worker is lost, so that someone is left to register the best."""
+    import time
+
     import mlflow
     import optuna
 
@@ -144,34 +150,49 @@ def run_trials(study: Any, storage: Any, cfg: Config, profile: str, overrides: d
     kinds = {dim.name: type(FIELDS[dim.name].default) for dim in dims}
     fixed = {name: getattr(cfg, name) for name in FIELDS}
     started = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+    waiting_said = False
     while True:
-        with locks.registry_lock(client, lock):  # count and ask together: never past n_trials
+        trial = None
+        with locks.registry_lock(client, lock, STUDY_LOCK_S):  # count and ask together: never past n_trials
             optuna.storages.fail_stale_trials(study)  # a lost worker's trial: FAIL, and WAITING again
             state = counts(study.get_trials(deepcopy=False))
-            if not state.get("WAITING") and sum(state.get(s, 0) for s in started) >= cfg.n_trials:
+            if state.get("WAITING") or sum(state.get(s, 0) for s in started) < cfg.n_trials:
+                trial = sweeps.ask(study)  # a WAITING one (a retry) first, else TPE's next
+                storage.record_heartbeat(trial._trial_id)  # alive from its first moment
+        if trial is None:
+            if not state.get("RUNNING"):
                 return
-            trial = study.ask()  # a WAITING one (a retry) first, else TPE's next
-        settings = sweeps.trial_settings(dims, trial, fixed, kinds)
-        log.info(f"trial {trial.number}: {settings}")
-        env = {sweeps.STORAGE_ENV: cfg.storage, sweeps.STUDY_ENV: study.study_name,
-               sweeps.TRIAL_ENV: str(trial._trial_id)}  # fmt: skip
+            if not waiting_said:
+                log.info(f"{state['RUNNING']} trial(s) of other workers still running: waiting for them")
+                waiting_said = True
+            time.sleep(sweeps.heartbeat_seconds()[0])
+            continue
         try:
             with heartbeat(storage, trial._trial_id):
+                settings = sweeps.trial_settings(dims, trial, fixed, kinds)
+                log.info(f"trial {trial.number}: {settings}")
+                env = {sweeps.STORAGE_ENV: cfg.storage, sweeps.STUDY_ENV: study.study_name,
+                       sweeps.TRIAL_ENV: str(trial._trial_id)}  # fmt: skip
                 flags = main_flags(profile, overrides | settings) + ["--until", chain.FINETUNE]
                 main_run = child_main(parent, {TRIAL_TAG: str(trial.number)}, flags, env)
+                value, pruned, finetune = trial_value(main_run, metric)
         except BaseException:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             raise
-        value, pruned, finetune = trial_value(main_run, metric)
         trial.set_user_attr("main_run_id", main_run)
         trial.set_user_attr("finetune_run_id", finetune)
         client.log_metric(main_run, "objective", value)
         if pruned:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            log.info(f"trial {trial.number}: pruned (val {metric} {value:.4f})")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
         else:
-            study.tell(trial, value)
-            log.info(f"trial {trial.number}: val {metric} {value:.4f}")
+            study.tell(trial, value, skip_if_finished=True)
+        now = storage.get_trial(trial._trial_id).state.name
+        if now == "FAIL":  # its heartbeat was missed for the grace period: another worker retries it
+            log.warning(
+                f"trial {trial.number} was failed by its heartbeat while it ran: its result is not counted"
+            )
+        else:
+            log.info(f"trial {trial.number}: {'pruned, ' if pruned else ''}val {metric} {value:.4f}")
 
 
 def register_best(
@@ -180,7 +201,7 @@ def register_best(
     """The best trial's whole chain, once per study (and again only for a new best trial)."""
     import mlflow
 
-    with locks.registry_lock(mlflow.MlflowClient(), lock):
+    with locks.registry_lock(mlflow.MlflowClient(), lock, STUDY_LOCK_S):
         best = study.best_trial
         if study.user_attrs.get(REGISTERED_ATTR) == best.number:
             log.info(f"trial {best.number} is still the best and went through the chain before")
@@ -201,7 +222,10 @@ def log_study(study: Any, tmp: Path) -> None:
     trials = study.get_trials(deepcopy=False)
     state = counts(trials)
     mlflow.log_metrics(
-        {f"trials_{s.lower()}": float(state.get(s, 0)) for s in ("COMPLETE", "PRUNED", "FAIL")}
+        {
+            f"trials_{name}": float(state.get(s, 0))
+            for s, name in (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("FAIL", "failed"))
+        }
     )
     folder = tmp / "sweep"
     folder.mkdir()
@@ -234,6 +258,7 @@ def run(
     text = path.read_text(encoding="utf-8")
     dims = sweeps.parse_space(text, str(cfg.space))
     sweeps.check_space(dims, str(cfg.space), profile, {k: v for k, v in overrides.items() if k not in OWN})
+    cfg = dataclasses.replace(cfg, storage=sweeps.absolute(cfg.storage))  # the trials' mains run elsewhere
     storage = sweeps.connect(cfg.storage)
     check_registered_model(mlflow.MlflowClient(), cfg.registered_model, task)
     given = {k: v for k, v in overrides.items() if k not in OWN}
@@ -242,7 +267,7 @@ def run(
     )
     worker = zlib.crc32(f"{os.uname().nodename}:{os.getpid()}".encode()) % 10_000
     sampler = optuna.samplers.TPESampler(seed=cfg.seed * 10_000 + worker, constant_liar=True)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    pruner = sweeps.pruner()
     direction = (
         optuna.study.StudyDirection.MAXIMIZE
         if task.validation_higher_is_better
@@ -257,7 +282,7 @@ def run(
         log.info(
             f"study {name} in {uris.redact(cfg.storage)}: {len(study.trials)} trials so far of {cfg.n_trials}"
         )
-        with locks.registry_lock(mlflow.MlflowClient(), lock):  # prepare and tokenize once per study
+        with locks.registry_lock(mlflow.MlflowClient(), lock, STUDY_LOCK_S):  # prepare, tokenize once
             child_main(
                 run_id, {TRIAL_TAG: "warm-up"}, main_flags(profile, given) + ["--until", chain.TOKENIZE], {}
             )

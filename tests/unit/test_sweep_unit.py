@@ -68,6 +68,15 @@ def test_a_malformed_space_is_one_line(text: str, message: str) -> None:
         ("learning_rate: {low: -1.0, high: 1e-3}", "learning_rate=-1.0 is refused by the settings"),
         ("train_batch_size: {choices: [0, 16]}", "train_batch_size=0 is refused by the settings"),
         ("lora_r: {choices: [8], when: {pft: lora}}", "when names pft, which is not a setting"),
+        # a dimension that applies only where another swept one takes a value: checked there
+        (
+            "peft: {choices: [none, lora]}\nlora_r: {choices: [0, 8], when: {peft: lora}}",
+            "lora_r=0 is refused",
+        ),
+        (
+            "peft: {choices: [none, lora]}\nlora_r: {choices: [8], when: {peft: lroa}}",
+            "lora_r's when is refused",
+        ),
     ],
 )
 def test_a_space_the_settings_refuse_is_one_line(text: str, message: str) -> None:
@@ -146,3 +155,32 @@ def test_a_space_naming_no_setting_is_refused_by_the_sweep_before_any_run(
         == 2
     )
     assert "learnin_rate is not a setting" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///sweep.db", "sqlite:///{cwd}/sweep.db"),
+        ("sqlite:///runs/s.db", "sqlite:///{cwd}/runs/s.db"),
+        ("sqlite:////abs/s.db", "sqlite:////abs/s.db"),
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("postgresql://u:p@db:5432/optuna", "postgresql://u:p@db:5432/optuna"),
+    ],
+)
+def test_a_relative_sqlite_storage_is_made_absolute_for_the_trials(
+    url: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert sweeps.absolute(url) == expected.format(cwd=tmp_path.resolve())
+
+
+def test_the_trials_finetune_prunes_with_the_studys_own_pruner() -> None:
+    study = optuna.create_study(direction="maximize", pruner=sweeps.pruner())
+    for value in (0.9, 0.8):  # two finished trials: the pruner's start-up
+        trial = study.ask()
+        trial.report(value, step=1)
+        study.tell(trial, value)
+    worse, better = study.ask(), study.ask()
+    worse.report(0.1, step=1)
+    better.report(0.95, step=1)
+    assert worse.should_prune() and not better.should_prune()  # Optuna's default would wait for five
