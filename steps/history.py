@@ -1,7 +1,7 @@
 """history: every move of a registered model's ``champion`` and ``challenger``, and who was champion when.
 
     python -m steps.history sms-spam-classifier                            # the moves, oldest first
-    python -m steps.history sms-spam-classifier --at 2026-11-03T14:00      # the champion then (UTC)
+    python -m steps.history sms-spam-classifier --at YYYY-MM-DDThh:mm     # the champion then (UTC)
     python -m steps.history sms-spam-classifier --json [--at TIME]         # the same, as JSON
 
 A move is ``gate`` (register), ``persist``, ``rollback`` or ``manual`` (made outside the pipeline,

@@ -98,7 +98,7 @@ class Move:
 
 # ----------------------------------------------------------------------------- pure functions
 def iso(seconds: float | None) -> str | None:
-    """Seconds since the epoch as ISO 8601 in UTC (``2026-12-07T09:30:00.123456Z``)."""
+    """Seconds since the epoch as ISO 8601 in UTC (``YYYY-MM-DDThh:mm:ss.ffffffZ``)."""
     if seconds is None:
         return None
     moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
@@ -110,7 +110,7 @@ def parse_time(text: str) -> float:
     try:
         moment = datetime.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise UserError(f"{text!r} is not an ISO 8601 time: give e.g. 2026-12-01T09:30:00Z") from None
+        raise UserError(f"{text!r} is not an ISO 8601 time: give YYYY-MM-DDThh:mm[:ss][Z]") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return moment.timestamp()
