@@ -134,8 +134,6 @@ def trial_settings(
 def check_space(dims: list[Dimension], where: str, profile: str, overrides: dict[str, str]) -> None:
     """Every name a setting that a tuned step reads and main passes on, and every value one the
     settings accept: refused in one line before any trial starts."""
-    import dataclasses
-
     from hf_finetune.config import FIELDS
     from hf_finetune.profiles import load_config
     from hf_finetune.settings import EVERYWHERE

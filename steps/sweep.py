@@ -98,8 +98,7 @@ def heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
             except Exception as exc:  # noqa: BLE001 - a busy database: beat again next time
                 log.warning(f"trial {trial_id}'s heartbeat not recorded ({type(exc).__name__}): again later")
 
-    storage.record_heartbeat(trial_id)
-    thread = threading.Thread(target=beat, daemon=True)
+    thread = threading.Thread(target=beat, daemon=True)  # its first beat was at the ask
     thread.start()
     try:
         yield
@@ -257,11 +256,11 @@ def run(
     path = sweeps.space_file(cfg.space)
     text = path.read_text(encoding="utf-8")
     dims = sweeps.parse_space(text, str(cfg.space))
-    sweeps.check_space(dims, str(cfg.space), profile, {k: v for k, v in overrides.items() if k not in OWN})
+    given = {k: v for k, v in overrides.items() if k not in OWN}  # main's settings, fixed for the study
+    sweeps.check_space(dims, str(cfg.space), profile, given)
     cfg = dataclasses.replace(cfg, storage=sweeps.absolute(cfg.storage))  # the trials' mains run elsewhere
     storage = sweeps.connect(cfg.storage)
     check_registered_model(mlflow.MlflowClient(), cfg.registered_model, task)
-    given = {k: v for k, v in overrides.items() if k not in OWN}
     name = cfg.study_name or sweeps.study_name(
         text, data_digest(cfg), task.name, cfg.base_model, profile, given
     )

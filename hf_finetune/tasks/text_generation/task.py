@@ -184,8 +184,14 @@ class TextGeneration(Task):
         "test_exact_match",
         "test_f1",
     )
-    headline_metrics = ("test_bits_per_byte", "base_bits_per_byte", "prior_bits_per_byte", "test_exact_match",
-                        "test_f1", "classical_f1")  # fmt: skip
+    headline_metrics = (
+        "test_bits_per_byte",
+        "base_bits_per_byte",
+        "prior_bits_per_byte",
+        "test_exact_match",
+        "test_f1",
+        "classical_f1",
+    )
     metric_names = ("bits_per_byte", "exact_match", "accuracy", "precision", "recall", "f1")
     baselines: ClassVar[dict[str, str]] = {
         "test": "this model",
