@@ -44,6 +44,8 @@ BENCHMARKS = {  # script: (arguments for the full run, arguments for --quick)
             "--trials",
             "8",
             "--compare-default",
+            "--smoke-trials",
+            "3",
             "--workers-profile",
             "smoke",
             "--workers-space",

@@ -9,12 +9,14 @@ best trial beside the profile's own recipe and the classical baseline, on the sa
 validation F1 each reached, and the test F1 of the best trial's main and of a default ``main`` run
 in the same store afterwards (the same prepare, so the same split). Then, with ``--workers 2``,
 two sweeps started at once on one new study (``--workers-profile``, ``--workers-space``): every
-trial number run once, none lost, and one registration.
+trial number run once, none lost, and one registration. With ``--smoke-trials N``, the same
+fraction for a one-worker ``smoke`` sweep of N trials (``sweeps/smoke.yaml``), where trials are
+short and what the sweep adds weighs most.
 
     python benchmarks/sweep_overhead.py                                    # local, 3 trials, 2 workers
     python benchmarks/sweep_overhead.py --profile smoke --space sweeps/smoke.yaml --trials 3
-    python benchmarks/sweep_overhead.py --trials 8 --compare-default --workers-profile smoke \
-        --workers-space sweeps/smoke.yaml                                  # the committed figures
+    python benchmarks/sweep_overhead.py --trials 8 --compare-default --smoke-trials 3 \
+        --workers-profile smoke --workers-space sweeps/smoke.yaml          # the committed figures
 
 Figures: ``outside_finetune_fraction_median[<profile>]`` (target <= 0.10 on ``local``) with its
 range, ``trial_s_median``; ``two_workers_trials_lost``, ``two_workers_trials_repeated`` and
@@ -141,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare-default", action="store_true", help="the best trial beside the profile's recipe"
     )
+    parser.add_argument(
+        "--smoke-trials", type=int, default=0, help="then a one-worker smoke sweep of so many trials"
+    )
     args = parser.parse_args(argv)
     workers_profile = args.workers_profile or args.profile
     lines: list[dict[str, Any]] = []
@@ -152,21 +157,26 @@ def main(argv: list[str] | None = None) -> int:
         lines.append({"benchmark": "sweep_overhead", "figure": named, "value": round(value, 4),
                       "target": target, "better": better, "unit": unit})  # fmt: skip
 
-    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
-        sweep_in_store(Path(tmp), args.profile, args.space, args.trials, 1)
-        times = trial_times(Path(tmp))
-        compared = against_the_default(Path(tmp), args.profile) if args.compare_default else {}
-    outside = [1 - finetune / trial for trial, finetune in times]
-    print(f"{'trial s':>9}{'finetune s':>12}{'outside':>9}")
-    for (trial, finetune), share in zip(times, outside, strict=True):
-        print(f"{trial:>9.1f}{finetune:>12.1f}{share:>9.3f}")
-    target = 0.10 if args.profile == "local" else None
-    figure("outside_finetune_fraction_median", statistics.median(outside), target, "lower", "fraction")
-    figure("outside_finetune_fraction_min", min(outside), None, "lower", "fraction")
-    figure("outside_finetune_fraction_max", max(outside), None, "lower", "fraction")
-    figure("trial_s_median", statistics.median(t for t, _ in times), None, "lower", "s")
-    for name, value in compared.items():
-        figure(name, value, None, "higher", "f1")
+    def outside_finetune(profile: str, space: str, trials: int, compare: bool) -> None:
+        with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+            sweep_in_store(Path(tmp), profile, space, trials, 1)
+            times = trial_times(Path(tmp))
+            compared = against_the_default(Path(tmp), profile) if compare else {}
+        outside = [1 - finetune / trial for trial, finetune in times]
+        print(f"{profile}: {'trial s':>9}{'finetune s':>12}{'outside':>9}")
+        for (trial, finetune), share in zip(times, outside, strict=True):
+            print(f"{'':>{len(profile) + 2}}{trial:>9.1f}{finetune:>12.1f}{share:>9.3f}")
+        target = 0.10 if profile == "local" else None
+        for name, value, goal in (("median", statistics.median(outside), target), ("min", min(outside), None),
+                                  ("max", max(outside), None)):  # fmt: skip
+            figure(f"outside_finetune_fraction_{name}", value, goal, "lower", "fraction", profile)
+        figure("trial_s_median", statistics.median(t for t, _ in times), None, "lower", "s", profile)
+        for name, value in compared.items():
+            figure(name, value, None, "higher", "f1", profile)
+
+    outside_finetune(args.profile, args.space, args.trials, args.compare_default)
+    if args.smoke_trials:
+        outside_finetune("smoke", "sweeps/smoke.yaml", args.smoke_trials, False)
     if args.workers >= 2:
         space = args.workers_space or args.space
         with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:

@@ -35,7 +35,8 @@ def mark_dead_runs(client: Any, experiment_id: str) -> list[str]:
     A process killed with SIGKILL (or lost with its machine) cannot end its run: the run would
     say RUNNING forever. Each step run records its host, pid and the pid's start time
     (``tracking.process_tags``); a run whose process no longer exists is marked here, at the start
-    of every main. Runs of other hosts cannot be checked from here and are left alone (and
+    of every main, and so is one of another host whose heartbeat (``pipeline.alive_at``) fell
+    silent. Runs of other hosts that never beat cannot be judged and are left alone (and
     ``find_resumable`` marks a dead run of the step it is about to run).
     """
     runs = client.search_runs(

@@ -96,10 +96,10 @@ def previous_inputs(client: Any, experiment_id: str, step: str) -> list[dict[str
 def find_resumable(client: Any, experiment_id: str, step: str, key: str) -> Any | None:
     """The newest unfinished run of ``step`` with this key that logged a checkpoint to resume from.
 
-    A run still marked RUNNING whose process is alive belongs to another main doing the same
-    work right now: it is neither marked nor resumed. One whose process is gone, or that never
-    said which process held it, died without saying so (killed, machine lost): it is marked
-    KILLED and resumed from.
+    A run still marked RUNNING whose process is alive (on another host: whose heartbeat is
+    fresh) belongs to another main doing the same work right now: it is neither marked nor
+    resumed. One whose process is gone or silent, or that never said which process held it, died
+    without saying so (killed, machine lost): it is marked KILLED and resumed from.
     """
     runs = newest_runs(
         client,

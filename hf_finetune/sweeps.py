@@ -35,6 +35,7 @@ TRIAL_ENV = "PIPELINE_SWEEP_TRIAL_ID"  # Optuna's trial ID (not its number)
 TUNED = (PREPARE, TOKENIZE, FINETUNE)  # a sweep's name must be read by one of these
 HEARTBEAT_ENV = "PIPELINE_SWEEP_HEARTBEAT_S"  # a trial's worker says it is alive this often (30 s),
 GRACE_ENV = "PIPELINE_SWEEP_GRACE_S"  # and its trial is failed when it has been silent this long (120 s)
+WORKERS_ATTR = "workers_joined"  # the study's count of its workers: each one's sampler seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +196,18 @@ def pruner() -> Any:
     import optuna
 
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+
+
+def join(study: Any, seed: int) -> Any:
+    """This worker's sampler: TPE with ``constant_liar``, seeded from ``seed`` and the worker's
+    place among those that joined the study (0 for the first, 1 for the next, ...), so a sweep
+    run again the same way asks the same settings and workers at once never share a seed. Call
+    it under the study's lock: the place is counted in the study (``workers_joined``)."""
+    import optuna
+
+    worker = int(study.user_attrs.get(WORKERS_ATTR, 0))
+    study.set_user_attr(WORKERS_ATTR, worker + 1)
+    return optuna.samplers.TPESampler(seed=(seed * 10_000 + worker) % 2**32, constant_liar=True)
 
 
 def ask(study: Any) -> Any:

@@ -18,6 +18,7 @@ UPSTREAM_TAG: Final = "pipeline.upstream_run_id"
 HOST_TAG: Final = "pipeline.host"
 PID_TAG: Final = "pipeline.pid"
 PID_STARTED_TAG: Final = "pipeline.pid_started"
+ALIVE_TAG: Final = "pipeline.alive_at"  # the holder's clock (epoch seconds), renewed while the run is open
 # main's step cache
 KEY_TAG: Final = "pipeline.cache_key"
 INPUTS_TAG: Final = "pipeline.cache_inputs"

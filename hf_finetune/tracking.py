@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 from hf_finetune.config import Config, as_params
 from hf_finetune.errors import UserError
 from hf_finetune.tags import (
+    ALIVE_TAG,
     HOST_TAG,
     LINEAGE_TAGS,
     PID_STARTED_TAG,
@@ -36,6 +38,11 @@ from hf_finetune.tags import (
 
 CONFIG_ARTIFACT = "config.yaml"
 
+
+# A step run's heartbeat: its ALIVE_TAG renewed this often (60 s); a run of another host silent
+# for ten of these is taken as dead (its machine lost), one that never beat cannot be judged.
+ALIVE_ENV = "PIPELINE_RUN_HEARTBEAT_S"
+SILENT_BEATS = 10
 
 # the tests' way to SIGKILL a step at a named point (README, "Failure behaviour"); never set it
 KILL_AT_ENV = "PIPELINE_TEST_KILL_AT"
@@ -157,11 +164,46 @@ def step_run(
         # None: MLflow's own switch (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING) still applies
         log_system_metrics=True if system_metrics_interval_s is not None else None,
     ) as run:
-        mlflow.set_tags(tags | process_tags())  # a resumed run ignores start_run's tags
+        alive = {ALIVE_TAG: f"{time.time():.0f}"}
+        mlflow.set_tags(tags | process_tags() | alive)  # a resumed run ignores start_run's tags
         mlflow.log_params({f"config.{k}": v for k, v in as_params(cfg).items()})
         mlflow.log_dict(dataclasses.asdict(cfg), CONFIG_ARTIFACT)
-        with tempfile.TemporaryDirectory(prefix=f"{step}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{step}-") as tmp, beating(run.info.run_id):
             yield run.info.run_id, Path(tmp)
+
+
+def beat_seconds() -> float:
+    """How often a step run renews its heartbeat (``PIPELINE_RUN_HEARTBEAT_S``, 60 s)."""
+    value = os.environ.get(ALIVE_ENV, "60")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise UserError(f"{ALIVE_ENV}={value!r} must be a number of seconds > 0")
+    return seconds
+
+
+@contextlib.contextmanager
+def beating(run_id: str) -> Iterator[None]:
+    """Renew the run's ``pipeline.alive_at`` while the block runs, from a thread of its own: how a
+    process on another host tells this run is still held (a pid says nothing there)."""
+    import mlflow
+
+    client, stop, every = mlflow.MlflowClient(), threading.Event(), beat_seconds()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(Exception):  # a missed beat is made up by the next one
+                client.set_tag(run_id, ALIVE_TAG, f"{time.time():.0f}")
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def process_tags(pid: int | None = None) -> dict[str, str]:
@@ -178,10 +220,13 @@ def process_tags(pid: int | None = None) -> dict[str, str]:
 
 
 def holder_alive(tags: dict[str, str]) -> bool | None:
-    """Is the process that holds this run alive? None when it cannot be told from here (another
-    host, or a run that never said which process held it)."""
+    """Is the process that holds this run alive? On this host, its pid says; on another, its
+    heartbeat (silent for ten beats: dead). None when it cannot be told (another host's run that
+    never beat, or a run that never said which process held it)."""
     import psutil
 
+    if tags.get(HOST_TAG) != socket.gethostname() and ALIVE_TAG in tags:
+        return time.time() - float(tags[ALIVE_TAG]) < SILENT_BEATS * beat_seconds()
     if tags.get(HOST_TAG) != socket.gethostname() or PID_TAG not in tags:
         return None
     try:

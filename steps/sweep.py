@@ -18,7 +18,8 @@ that does not connect, a registered model of another task.
 2. prepare and tokenize execute once per study: a ``main --until tokenize`` under a lock named
    after the study, so workers that start together wait and then reuse them.
 3. Trials until the study holds ``n_trials``: Optuna's TPE (``constant_liar``, seeded from
-   ``seed`` and the worker, so workers do not try the same settings) asks under that lock; each
+   ``seed`` and the worker's place in the study, so workers do not try the same settings and a
+   rerun asks what the first run did) asks under that lock; each
    trial is a ``main --until finetune`` with its settings, a child run tagged
    ``pipeline.sweep_trial``, whose steps come from the cache where they exist. The objective is
    finetune's ``best_val_<metric>`` (``Task.validation_metric``: F1 up, or the completion's loss
@@ -43,7 +44,6 @@ import os
 import subprocess
 import sys
 import threading
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -264,8 +264,6 @@ def run(
     name = cfg.study_name or sweeps.study_name(
         text, data_digest(cfg), task.name, cfg.base_model, profile, given
     )
-    worker = zlib.crc32(f"{os.uname().nodename}:{os.getpid()}".encode()) % 10_000
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed * 10_000 + worker, constant_liar=True)
     pruner = sweeps.pruner()
     direction = (
         optuna.study.StudyDirection.MAXIMIZE
@@ -273,8 +271,8 @@ def run(
         else optuna.study.StudyDirection.MINIMIZE
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
-                                pruner=pruner, load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, pruner=pruner,
+                                load_if_exists=True)  # fmt: skip
     lock = f"{name}.sweep"
     with tracking.step_run(STEP, profile, cfg) as (run_id, tmp):
         mlflow.set_tags({STUDY_TAG: name, "pipeline.storage": uris.redact(cfg.storage)})
@@ -282,6 +280,7 @@ def run(
             f"study {name} in {uris.redact(cfg.storage)}: {len(study.trials)} trials so far of {cfg.n_trials}"
         )
         with locks.registry_lock(mlflow.MlflowClient(), lock, STUDY_LOCK_S):  # prepare, tokenize once
+            study.sampler = sweeps.join(study, cfg.seed)
             child_main(
                 run_id, {TRIAL_TAG: "warm-up"}, main_flags(profile, given) + ["--until", chain.TOKENIZE], {}
             )

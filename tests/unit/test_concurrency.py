@@ -24,10 +24,19 @@ from typing import Any
 import mlflow
 import pytest
 
-from hf_finetune import tracking
+from hf_finetune import reuse, tracking
+from hf_finetune.config import Config
 from hf_finetune.errors import UserError
 from hf_finetune.registry import locks
-from hf_finetune.tags import HOST_TAG, PID_STARTED_TAG, PID_TAG
+from hf_finetune.tags import (
+    ALIVE_TAG,
+    HOST_TAG,
+    KEY_TAG,
+    LAST_CHECKPOINT_TAG,
+    PID_STARTED_TAG,
+    PID_TAG,
+    STEP_TAG,
+)
 from tests.conftest import PROJECT_DIR, isolated_env
 from tests.recorded import (
     POSTGRES_ENV,
@@ -294,3 +303,41 @@ def test_version_cleanup_never_deletes_a_version_an_alias_moves_onto(tracking: P
     left = {str(v.version) for v in client.search_model_versions(f"name = '{name}'")}
     assert {str(v) for v in aliases.values()} <= left
     assert registered - len(left) >= 3, (registered, left)  # the cleaner really deleted versions
+
+
+def test_a_run_of_another_host_is_alive_while_it_beats_and_dead_when_it_falls_silent() -> None:
+    other = {HOST_TAG: "gpu-box-7", PID_TAG: "4242", PID_STARTED_TAG: "1.0"}
+    silence = tracking.SILENT_BEATS * tracking.beat_seconds()
+    assert tracking.holder_alive(other) is None  # never beat: cannot be told from here
+    assert tracking.holder_alive(other | {ALIVE_TAG: f"{time.time() - 5:.0f}"}) is True
+    assert tracking.holder_alive(other | {ALIVE_TAG: f"{time.time() - silence - 5:.0f}"}) is False
+
+
+def test_a_step_run_renews_its_heartbeat_while_open_and_not_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(tracking.ALIVE_ENV, "0.2")
+    client = mlflow.MlflowClient()
+    with tracking.step_run("prepare", "smoke", Config()) as (run_id, _):
+        first = float(client.get_run(run_id).data.tags[ALIVE_TAG])
+        time.sleep(2.5)
+        renewed = float(client.get_run(run_id).data.tags[ALIVE_TAG])
+    assert renewed >= first + 2  # beats every 0.2 s, in whole seconds
+    time.sleep(1.5)
+    assert float(client.get_run(run_id).data.tags[ALIVE_TAG]) == pytest.approx(renewed, abs=1)
+
+
+@pytest.mark.parametrize("silent_for_s", [5, 3600])
+def test_a_finetune_another_host_still_trains_is_left_alone_and_a_silent_one_is_resumed(
+    silent_for_s: int,
+) -> None:
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment(f"resumable-{silent_for_s}")
+    run = client.create_run(experiment, tags={
+        STEP_TAG: "finetune", KEY_TAG: "k1", LAST_CHECKPOINT_TAG: "checkpoint-3", HOST_TAG: "gpu-box-7",
+        PID_TAG: "4242", PID_STARTED_TAG: "1.0", ALIVE_TAG: f"{time.time() - silent_for_s:.0f}",
+    })  # fmt: skip
+    found = reuse.find_resumable(client, experiment, "finetune", "k1")
+    status = client.get_run(run.info.run_id).info.status
+    if silent_for_s < tracking.beat_seconds():  # beating: another main is training it now
+        assert (found, status) == (None, "RUNNING")
+    else:  # its machine is lost: marked, and resumed from its checkpoint
+        assert (found.info.run_id, status) == (run.info.run_id, "KILLED")

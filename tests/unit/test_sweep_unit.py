@@ -184,3 +184,26 @@ def test_the_trials_finetune_prunes_with_the_studys_own_pruner() -> None:
     worse.report(0.1, step=1)
     better.report(0.95, step=1)
     assert worse.should_prune() and not better.should_prune()  # Optuna's default would wait for five
+
+
+def test_workers_are_seeded_by_their_place_in_the_study_so_a_rerun_asks_the_same(tmp_path: Path) -> None:
+    def asked(storage: str, workers: int, trials: int = 4) -> list[list[float]]:
+        """Each worker's first ``trials`` learning rates, the workers joining one new study in turn."""
+        study = optuna.create_study(study_name="s", storage=storage)
+        out = []
+        for _ in range(workers):
+            study.sampler = sweeps.join(study, seed=42)
+            rates = []
+            for _ in range(trials):
+                trial = study.ask()
+                rates.append(trial.suggest_float("learning_rate", 1e-6, 1e-3, log=True))
+                study.tell(trial, rates[-1])
+            out.append(rates)
+        return out
+
+    first = asked(f"sqlite:///{tmp_path / 'a.db'}", workers=2)
+    again = asked(f"sqlite:///{tmp_path / 'b.db'}", workers=2)
+    assert first == again  # the same command on a new study: the same settings in the same order
+    assert first[0] != first[1]  # the second worker is not the first one over again
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'a.db'}")
+    assert study.user_attrs[sweeps.WORKERS_ATTR] == 2
