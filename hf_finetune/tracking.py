@@ -185,25 +185,36 @@ def beat_seconds() -> float:
 
 
 @contextlib.contextmanager
-def beating(run_id: str) -> Iterator[None]:
-    """Renew the run's ``pipeline.alive_at`` while the block runs, from a thread of its own: how a
-    process on another host tells this run is still held (a pid says nothing there)."""
-    import mlflow
+def every(seconds: float, beat: Callable[[], None]) -> Iterator[None]:
+    """Call ``beat`` every so many seconds, from a thread of its own, while the block runs (a
+    heartbeat: a killed process stops beating). ``beat`` handles its own errors."""
+    stop = threading.Event()
 
-    client, stop, every = mlflow.MlflowClient(), threading.Event(), beat_seconds()
+    def loop() -> None:
+        while not stop.wait(seconds):
+            beat()
 
-    def beat() -> None:
-        while not stop.wait(every):
-            with contextlib.suppress(Exception):  # a missed beat is made up by the next one
-                client.set_tag(run_id, ALIVE_TAG, f"{time.time():.0f}")
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+    thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def beating(run_id: str) -> contextlib.AbstractContextManager[None]:
+    """Renew the run's ``pipeline.alive_at`` while the block runs: how a process on another host
+    tells this run is still held (a pid says nothing there)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+
+    def beat() -> None:
+        with contextlib.suppress(Exception):  # a missed beat is made up by the next one
+            client.set_tag(run_id, ALIVE_TAG, f"{time.time():.0f}")
+
+    return every(beat_seconds(), beat)
 
 
 def process_tags(pid: int | None = None) -> dict[str, str]:

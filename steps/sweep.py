@@ -43,9 +43,7 @@ import dataclasses
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -85,25 +83,17 @@ def counts(trials: list[Any]) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- MLflow and Optuna
-@contextmanager
-def heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
-    """Tell the storage this worker is alive while a trial runs (a killed one stops telling)."""
-    stop = threading.Event()
-    interval = sweeps.heartbeat_seconds()[0]
+def heartbeat(storage: Any, trial_id: int) -> AbstractContextManager[None]:
+    """Tell the storage this worker is alive while a trial runs (a killed one stops telling); its
+    first beat was at the ask."""
 
     def beat() -> None:
-        while not stop.wait(interval):
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception as exc:  # noqa: BLE001 - a busy database: beat again next time
-                log.warning(f"trial {trial_id}'s heartbeat not recorded ({type(exc).__name__}): again later")
+        try:
+            storage.record_heartbeat(trial_id)
+        except Exception as exc:  # noqa: BLE001 - a busy database: beat again next time
+            log.warning(f"trial {trial_id}'s heartbeat not recorded ({type(exc).__name__}): again later")
 
-    thread = threading.Thread(target=beat, daemon=True)  # its first beat was at the ask
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
+    return tracking.every(sweeps.heartbeat_seconds()[0], beat)
 
 
 def child_main(parent: str, tags: dict[str, str], flags: list[str], env: dict[str, str]) -> str:
