@@ -5,14 +5,17 @@ Reads: ``registered_model``, ``keep_last``, ``keep_champions``, ``dry_run``,
 to record where the run sits).
 Writes (registry): deletes every version that is neither among the newest ``keep_last``, nor named
 by an alias, nor one of the last ``keep_champions`` champions (from the champion's history,
-``hf_finetune/registry/history.py``: what a rollback goes back to). The plan and the deletions run
+``hf_finetune/registry/history.py``: what a rollback goes back to; where some of those were
+rolled back from, older champions are kept too, until ``keep_champions`` a rollback goes to by
+default are kept). The plan and the deletions run
 under the registered model's lock (see ``registry_lock``), so no register or persist of the same
 name moves an alias meanwhile; each version's aliases are read again just before it is deleted, so
 one set by hand is kept too.
 ``dry_run`` prints the plan and the champions it protects, and changes nothing (not even the
 history: a move by hand is recorded by the next step that changes the registry).
 ``delete_registered_model=true`` deletes the whole registered model, aliases and all, and prints
-every version it deleted; nothing else ever does.
+every version it deleted; nothing else ever does. The history records its aliases going to none
+(``how``: ``cleanup``); a model of the same name made later starts a new life there.
 Writes (run): metrics ``versions_before``, ``versions_deleted``, ``versions_kept``; artifact
 ``cleanup_plan.json``; tag ``dry_run``.
 
@@ -30,11 +33,12 @@ from hf_finetune import chain, cli, logs, tracking
 from hf_finetune.chain import PLAN_FILE
 from hf_finetune.config import Config
 from hf_finetune.errors import UserError
-from hf_finetune.registry import history, locks
+from hf_finetune.registry import gate, history, locks, timeline
 
 STEP = chain.VERSION_CLEANUP
 log = logs.logger(STEP)
 UPSTREAM = chain.upstream_param(STEP)
+DELETED = "the registered model was deleted (version_cleanup delete_registered_model=true)"
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -55,6 +59,16 @@ def versions_to_delete(
     numbers = sorted({int(v) for v in versions}, reverse=True)
     protected = {int(v) for v in aliases.values()} | set(numbers[:keep_last]) | set(champions)
     return sorted(v for v in numbers if v not in protected)
+
+
+def kept_champions(
+    latest_first: list[int], versions: Mapping[int, Mapping[str, str]], keep: int
+) -> list[int]:
+    """The champions kept for a rollback: the last ``keep`` that still exist, and as many more as
+    it takes to keep ``keep`` that a rollback goes to by default (not rolled back from)."""
+    there = [v for v in latest_first if v in versions]
+    targets = [v for v in there if not gate.rolled_back(dict(versions[v]))]
+    return sorted(set(there[:keep]) | set(targets[:keep]), key=there.index)
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -78,16 +92,18 @@ def run(upstream_run_id: str | None, cfg: Config, profile: str) -> str:
         locks.registry_lock(client, name),  # no alias moves while the plan is made and carried out
     ):
         # a move by hand since the last look, recorded first (read only, in a dry run)
-        moves = history.read(client, name) if cfg.dry_run else history.observe(client, name)
-        versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
+        past = timeline.of(*history.looked(client, name)) if cfg.dry_run else history.observe(client, name)
+        found = {int(v.version): dict(v.tags) for v in client.search_model_versions(f"name = '{name}'")}
+        versions = sorted(found)
         aliases = dict(client.get_registered_model(name).aliases)  # search leaves aliases empty
-        # the last keep_champions champions that still exist: a rollback's targets
-        champions = [v for v in history.champions_latest_first(moves) if v in versions][: cfg.keep_champions]
+        champions = kept_champions(timeline.champions_latest_first(past), found, cfg.keep_champions)
         protected: list[int] = []  # champions kept that keep_last and the aliases would not have kept
         if cfg.delete_registered_model:
             plan = sorted(versions)
             log.info(f"deleting registered model {name!r} with versions {plan} and aliases {aliases}")
-            if not cfg.dry_run:
+            if not cfg.dry_run:  # its aliases go first, recorded: the history says when they went
+                for alias in timeline.ALIASES:
+                    history.move(client, name, alias, None, "cleanup", DELETED, run_id)
                 client.delete_registered_model(name)
             deleted = [] if cfg.dry_run else plan
         else:

@@ -19,7 +19,7 @@ from typing import Any
 from hf_finetune import chain, logs, uris
 from hf_finetune.chain import CHAMPION
 from hf_finetune.config import FIELDS
-from hf_finetune.registry import history
+from hf_finetune.registry import history, timeline
 from hf_finetune.tags import (
     BASE_MODEL_TAG,
     BASE_REVISION_TAG,
@@ -180,8 +180,9 @@ def gather(client: Any, name: str, number: str) -> Facts:
 
 def last_moves(client: Any, name: str) -> list[str]:
     """The last few moves of ``champion`` (``registry/history.py``), one line each, oldest first."""
-    moves = history.done(history.read(client, name), CHAMPION)
-    return [history.describe(m) for m in moves][-history.LAST_MOVES :]
+    past, life = history.looked(client, name)  # this registered model's life: its versions
+    moves = timeline.done(timeline.of(past, life), CHAMPION)
+    return [timeline.describe(m) for m in moves][-timeline.LAST_MOVES :]
 
 
 def generation_samples(evaluate_run_id: str) -> list[dict[str, Any]]:

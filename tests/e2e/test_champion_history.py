@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from hf_finetune.registry import history
+from hf_finetune.registry import history, timeline
 from hf_finetune.tags import ROLLED_BACK_TAG
 from tests.conftest import PROJECT_DIR, isolated_env
 from tests.recorded import fresh_postgres_database
@@ -91,12 +91,12 @@ def story(start: Start, client: mlflow.MlflowClient) -> None:
     assert sorted(str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")) == ["1", "3"]
 
     moves = history.read(client, NAME)
-    champions = history.done(moves, "champion")
+    champions = timeline.done(moves, "champion")
     assert [(m.from_version, m.to_version, m.how) for m in champions] == [
         (None, 1, "gate"), (1, 2, "manual"), (2, 1, "rollback")]  # fmt: skip
-    assert [(m.from_version, m.to_version) for m in history.done(moves, "challenger")] == [
+    assert [(m.from_version, m.to_version) for m in timeline.done(moves, "challenger")] == [
         (None, 1), (1, 2), (2, 3)]  # fmt: skip
-    assert not [m for m in history.records(client, NAME) if m.state == history.PENDING]
+    assert not [m for m in history.records(client, NAME) if m.state == timeline.PENDING]
     gate, manual, rollback = champions
     assert marks[0] < gate.when < marks[1] and gate.run_id and "no champion yet" in gate.reason
     assert manual.after is not None and manual.before is not None
@@ -110,8 +110,8 @@ def story(start: Start, client: mlflow.MlflowClient) -> None:
     for i in range(500):
         at = start_at + (end_at - start_at) * i / 499
         within = manual.after < at < manual.before
-        assert history.champion_at(moves, at) == ((None, (1, 2)) if within else (truth(at), None)), at
-    inside = history.iso((manual.after + manual.before) / 2) or ""
+        assert timeline.champion_at(moves, at) == ((None, (1, 2)) if within else (truth(at), None)), at
+    inside = timeline.iso((manual.after + manual.before) / 2) or ""
     answer = finished(start("history", [NAME, "--json", "--at", inside]))
     assert '"champion": null, "between": [1, 2]' in answer
     card = client.get_model_version(NAME, "1").description
@@ -142,5 +142,5 @@ def test_the_champions_story_through_the_server(tmp_path: Path) -> None:
         }
         with as_user(srv, "admin", password) as client:
             story(starter(tmp_path, env), client)
-            rollback = history.done(history.read(client, NAME), "champion")[-1]
+            rollback = timeline.done(history.read(client, NAME), "champion")[-1]
             assert rollback.user == "admin"  # the server's user, not the machine's

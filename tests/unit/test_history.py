@@ -19,7 +19,7 @@ import pytest
 
 from hf_finetune import tracking as tracking_module
 from hf_finetune.errors import UserError
-from hf_finetune.registry import gate, history, locks
+from hf_finetune.registry import card, gate, history, locks, timeline
 from hf_finetune.tags import ROLLED_BACK_TAG
 from steps import history as history_step
 from steps import rollback, version_cleanup
@@ -61,42 +61,42 @@ def champion(client: mlflow.MlflowClient, name: str = NAME) -> int | None:
 # ----------------------------------------------------------------------------- pure functions
 def move(
     alias: str, start: int | None, end: int | None, at: float, how: str = "gate", state: str = "done"
-) -> history.Move:
-    return history.Move(NAME, alias, start, end, how, "why", time=at, state=state)
+) -> timeline.Move:
+    return timeline.Move(NAME, alias, start, end, how, "why", time=at, state=state)
 
 
 def test_champion_at_is_exact_outside_a_manual_interval_and_says_both_versions_inside() -> None:
-    manual = history.Move(NAME, "champion", 1, 2, "manual", "by hand", after=20.0, before=30.0)
+    manual = timeline.Move(NAME, "champion", 1, 2, "manual", "by hand", after=20.0, before=30.0)
     moves = [move("champion", None, 1, 10.0), manual, move("champion", 2, 1, 40.0, "rollback")]
     moves.append(move("challenger", None, 3, 35.0))  # another alias: not the champion
     expected = {5.0: (None, None), 10.0: (1, None), 19.9: (1, None), 20.0: (1, None),
                 20.1: (None, (1, 2)), 29.9: (None, (1, 2)), 30.0: (2, None), 39.9: (2, None),
                 40.0: (1, None), 1e10: (1, None)}  # fmt: skip
     for at, answer in expected.items():
-        assert history.champion_at(moves, at) == answer, at
+        assert timeline.champion_at(moves, at) == answer, at
 
 
 def test_a_pending_record_is_done_where_the_alias_went_and_abandoned_where_it_did_not() -> None:
-    first = move("champion", None, 1, 1.0, state=history.PENDING)
-    second = move("champion", 1, 2, 2.0, state=history.PENDING)
-    assert [m.state for m in history.settle([first, second], {"champion": 2})] == ["done", "done"]
-    assert [m.state for m in history.settle([first, second], {"champion": 1})] == ["done", "abandoned"]
-    assert [m.state for m in history.settle([second], {"champion": 1})] == ["abandoned"]
+    first = move("champion", None, 1, 1.0, state=timeline.PENDING)
+    second = move("champion", 1, 2, 2.0, state=timeline.PENDING)
+    assert [m.state for m in timeline.settle([first, second], {"champion": 2})] == ["done", "done"]
+    assert [m.state for m in timeline.settle([first, second], {"champion": 1})] == ["done", "abandoned"]
+    assert [m.state for m in timeline.settle([second], {"champion": 1})] == ["abandoned"]
 
 
 def test_the_champions_latest_first_count_each_version_once() -> None:
-    manual = history.Move(NAME, "champion", 1, 2, "manual", "", after=2.0, before=3.0)
+    manual = timeline.Move(NAME, "champion", 1, 2, "manual", "", after=2.0, before=3.0)
     moves = [move("champion", None, 1, 1.0), manual, move("champion", 2, 3, 4.0), move("champion", 3, 1, 5.0)]
-    assert history.champions_latest_first(moves) == [1, 3, 2]
-    assert history.champions_latest_first([]) == []
+    assert timeline.champions_latest_first(moves) == [1, 3, 2]
+    assert timeline.champions_latest_first([]) == []
 
 
 def test_a_time_without_a_zone_is_utc_and_a_bad_one_is_one_line() -> None:
-    assert history.parse_time("2026-12-01T09:30:00") == history.parse_time("2026-12-01T09:30:00Z")
-    assert history.parse_time("2026-12-01T10:30:00+01:00") == history.parse_time("2026-12-01T09:30Z")
-    assert history.iso(history.parse_time("2026-12-01")) == "2026-12-01T00:00:00.000000Z"
+    assert timeline.parse_time("2026-12-01T09:30:00") == timeline.parse_time("2026-12-01T09:30:00Z")
+    assert timeline.parse_time("2026-12-01T10:30:00+01:00") == timeline.parse_time("2026-12-01T09:30Z")
+    assert timeline.iso(timeline.parse_time("2026-12-01")) == "2026-12-01T00:00:00.000000Z"
     with pytest.raises(UserError, match="not an ISO 8601 time"):
-        history.parse_time("last tuesday")
+        timeline.parse_time("last tuesday")
 
 
 def test_version_cleanup_keeps_the_champions_it_is_given() -> None:
@@ -124,10 +124,12 @@ def test_gate_manual_rollback_cleanup_then_the_champion_at_every_moment() -> Non
     assert client.get_model_version(NAME, "4").tags[ROLLED_BACK_TAG]
     assert version_cleanup.main(["--keep_last", "1", "--keep_champions", "2"]) == 0
     left = sorted(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'"))
-    assert left == [3, 4]  # v3 champion, v4 the newest; v1 was champion too, but not among the last 2
+    # v3 champion, v4 the newest (and rolled back from); v1 kept too: with v4 rolled back from, it is
+    # the one champion besides v3 that a rollback goes to; v2 was never champion
+    assert left == [1, 3, 4]
 
     moves = history.read(client, NAME)
-    champions = history.done(moves, "champion")
+    champions = timeline.done(moves, "champion")
     assert [(m.from_version, m.to_version, m.how) for m in champions] == [
         (None, 1, "gate"), (1, 3, "gate"), (3, 4, "manual"), (4, 3, "rollback")]  # fmt: skip
     manual = champions[2]
@@ -148,7 +150,7 @@ def test_gate_manual_rollback_cleanup_then_the_champion_at_every_moment() -> Non
     start, end = marks[0] - 1, marks[-1] + 1
     for i in range(400):
         at = start + (end - start) * i / 399
-        got = history.champion_at(moves, at)
+        got = timeline.champion_at(moves, at)
         if manual.after < at < manual.before:
             assert got == (None, (3, 4)), at
         else:
@@ -166,13 +168,14 @@ def test_history_prints_the_moves_and_the_champion_at_a_time(capsys: pytest.Capt
         ("champion", None, 1, "gate"), ("champion", 1, 2, "gate")]  # fmt: skip
     assert set(records[0]) == {"alias", "from_version", "to_version", "how", "reason", "run_id", "user",
                                "time", "after", "before"}  # fmt: skip
-    assert history_step.main([NAME, "--json", "--at", history.iso(between) or ""]) == 0
-    assert json.loads(capsys.readouterr().out) == {"at": history.iso(between), "champion": 1, "between": None}
+    assert history_step.main([NAME, "--json", "--at", timeline.iso(between) or ""]) == 0
+    at = timeline.iso(between)
+    assert json.loads(capsys.readouterr().out) == {"at": at, "champion": 1, "between": None}
     client.set_registered_model_alias(NAME, "champion", "1")  # by hand, not yet seen by any step
     just_after = time.time()
-    assert history_step.main([NAME, "--at", history.iso(just_after) or ""]) == 0
+    assert history_step.main([NAME, "--at", timeline.iso(just_after) or ""]) == 0
     assert "v2 or v1 (the alias was moved by hand about then)" in capsys.readouterr().out
-    assert history_step.main([NAME, "--at", history.iso(time.time() + 3600) or ""]) == 0
+    assert history_step.main([NAME, "--at", timeline.iso(time.time() + 3600) or ""]) == 0
     assert capsys.readouterr().out.endswith(": champion v1\n")  # after the look: as it is now
     assert history_step.main(["nothing-here"]) == 2
     assert "no history of 'nothing-here'" in capsys.readouterr().err
@@ -255,14 +258,14 @@ def test_a_rollback_killed_anywhere_leaves_alias_marks_and_history_consistent(
     moved = champion(client) == 1
     assert moved == (point in ("rollback.champion.moved", "rollback.moved"))
     # a reader sees what happened, before anyone settles it
-    assert history.expected(history.read(client, NAME))["champion"] == champion(client)
+    assert timeline.expected(history.read(client, NAME))["champion"] == champion(client)
     with locks.registry_lock(client, NAME, timeout_s=30):  # the dead rollback's lock is broken
         history.observe(client, NAME)  # what the next step does first
     states = {m.state for m in history.records(client, NAME)}
-    assert history.PENDING not in states
+    assert timeline.PENDING not in states
     marked = ROLLED_BACK_TAG in client.get_model_version(NAME, "2").tags
     assert marked == moved
-    assert history.expected(history.read(client, NAME))["champion"] == champion(client)
+    assert timeline.expected(history.read(client, NAME))["champion"] == champion(client)
     # and the rollback, run again, does what it was asked (or, done already, says so)
     again = subprocess.run([sys.executable, "-m", "steps.rollback", "--reason", "again", "--to_version", "1"],
                            env=os.environ | {"PYTHONPATH": str(PROJECT_DIR)}, cwd=tracking,
@@ -283,3 +286,111 @@ def test_a_manual_move_is_found_by_the_next_step_with_its_interval() -> None:
     assert (manual.how, manual.from_version, manual.to_version) == ("manual", 1, 2)
     assert manual.after is not None and manual.before is not None
     assert manual.after <= seen + 1 and manual.before >= seen
+
+
+def test_version_cleanup_keeps_as_many_champions_a_rollback_can_go_to() -> None:
+    rolled = {"rolled_back_by": "run"}
+    versions = {1: {}, 2: {}, 3: rolled, 4: rolled, 5: {}}
+    # latest first 5, 4, 3, 2, 1: the last 3 are 5, 4, 3, and with 4 and 3 rolled back from, 2 and 1 too
+    assert version_cleanup.kept_champions([5, 4, 3, 2, 1], versions, 3) == [5, 4, 3, 2, 1]
+    assert version_cleanup.kept_champions([5, 4, 3, 2, 1], versions, 1) == [5]
+    assert version_cleanup.kept_champions([9, 5, 2], versions, 2) == [5, 2]  # v9 is gone
+
+
+def test_a_pipeline_move_is_timed_when_the_alias_had_moved() -> None:
+    client = versions(1)
+    wrote: list[float] = []
+    with locks.registry_lock(client, NAME):
+        history.move(
+            client, NAME, "champion", 1, "gate", "why", step_run(), lambda: wrote.append(time.time())
+        )
+    (recorded,) = history.read(client, NAME)
+    assert recorded.time is not None and recorded.time > wrote[0]  # not when the record was begun
+
+
+def test_a_move_by_hand_while_a_step_held_the_lock_is_found_with_its_true_interval() -> None:
+    client = versions(2)
+    gate_move(client, 1)
+    with locks.registry_lock(client, NAME):
+        history.observe(client, NAME)  # the step's first look
+        looked = time.time()
+        client.set_registered_model_alias(NAME, "champion", "2")  # by hand, meanwhile (no lock)
+        by_hand = time.time()
+        history.seen(client, NAME)  # the step's last word
+    manual = history.read(client, NAME)[-1]
+    assert (manual.how, manual.from_version, manual.to_version) == ("manual", 1, 2)
+    assert manual.after is not None and manual.before is not None
+    assert manual.after <= looked < by_hand <= manual.before
+    assert history.read(client, NAME) == history.observe(client, NAME)  # seen: nothing new to record
+
+
+def test_a_registered_model_made_again_under_its_name_starts_a_new_life() -> None:
+    client = versions(3)
+    gate_move(client, 3)
+    assert version_cleanup.main(["--delete_registered_model", "true"]) == 0
+    deleted = time.time()
+    versions(3)  # the name again: its v1-v3 are other models
+    gate_move(client, 1)
+    past = history.read(client, NAME)
+    assert [(m.alias, m.from_version, m.to_version, m.how) for m in past] == [
+        ("champion", None, 3, "gate"),
+        ("champion", 3, None, "cleanup"),
+        ("champion", None, 1, "gate"),
+    ]
+    first, gone, again = past
+    assert first.generation != again.generation and gone.generation == first.generation
+    assert timeline.champion_at(past, gone.when - 0.001) == (3, None)
+    assert timeline.champion_at(past, deleted) == (None, None)
+    assert timeline.champion_at(past, again.when) == (1, None)
+    # the old life's v3 is nobody's rollback target, nor a champion version_cleanup keeps
+    assert rollback.main(["--reason", "r"]) == 2
+    assert version_cleanup.main(["--keep_last", "1", "--keep_champions", "1"]) == 0
+    assert sorted(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'")) == [1, 3]
+    shown = card.last_moves(client, NAME)  # the card and the report: this life's moves
+    assert len(shown) == 1 and "none -> v1" in shown[0]
+
+
+def test_a_registered_model_deleted_by_hand_ends_its_life_in_an_interval() -> None:
+    client = versions(2)
+    gate_move(client, 2)
+    last = time.time()
+    client.delete_registered_model(NAME)  # outside the pipeline
+    deleted = time.time()
+    past = timeline.of(*history.looked(client, NAME))  # read only: the end is shown, not written
+    assert [(m.from_version, m.to_version, m.how) for m in history.looked(client, NAME)[0]] == [
+        (None, 2, "gate"), (2, None, "manual")]  # fmt: skip
+    assert past == []  # no registered model now: no life of its own
+    versions(1)
+    gate_move(client, 1)  # the next step records how the old life ended
+    gate, end, new = history.read(client, NAME)
+    assert (end.how, end.from_version, end.to_version, end.generation) == ("manual", 2, None, gate.generation)
+    assert end.after is not None and end.before is not None
+    assert end.after <= last < deleted < end.before <= new.when
+    assert timeline.champion_at([gate, end, new], deleted) == (None, (2, None))
+
+
+def test_a_refused_rollback_starts_no_run(capsys: pytest.CaptureFixture[str]) -> None:
+    client = versions(2)
+    gate_move(client, 2)
+    assert rollback.main(["--reason", "r", "--to_version", "7"]) == 2
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert not client.search_runs(experiments, "tags.`pipeline.step` = 'rollback'")
+
+
+@pytest.mark.parametrize("point", ["rollback.champion.moved", "rollback.moved"])
+def test_a_rollback_to_a_marked_version_killed_after_the_alias_leaves_it_unmarked(
+    point: str, tracking: Path
+) -> None:
+    client = versions(2)
+    gate_move(client, 1)
+    gate_move(client, 2)
+    assert rollback.main(["--reason", "v2 is worse"]) == 0  # v2 marked, v1 champion
+    env = os.environ | {"PYTHONPATH": str(PROJECT_DIR), tracking_module.KILL_AT_ENV: point}
+    argv = [sys.executable, "-m", "steps.rollback", "--reason", "v2 was fine", "--to_version", "2"]
+    killed = subprocess.run(argv, env=env, cwd=tracking, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert champion(client) == 2
+    with locks.registry_lock(client, NAME, timeout_s=30):
+        history.observe(client, NAME)
+    assert ROLLED_BACK_TAG not in client.get_model_version(NAME, "2").tags  # the champion is unmarked
+    assert ROLLED_BACK_TAG in client.get_model_version(NAME, "1").tags
