@@ -394,3 +394,31 @@ def test_a_rollback_to_a_marked_version_killed_after_the_alias_leaves_it_unmarke
         history.observe(client, NAME)
     assert ROLLED_BACK_TAG not in client.get_model_version(NAME, "2").tags  # the champion is unmarked
     assert ROLLED_BACK_TAG in client.get_model_version(NAME, "1").tags
+
+
+def test_a_rollback_waits_for_a_step_that_holds_the_lock(tracking: Path) -> None:
+    """What makes a rollback racing a register end as if serial: it moves nothing while another
+    step holds the registered model's lock, and then judges the registry as that step left it."""
+    client = versions(3)
+    gate_move(client, 1)
+    gate_move(client, 2)
+    env = os.environ | {"PYTHONPATH": str(PROJECT_DIR)}
+    argv = [sys.executable, "-m", "steps.rollback", "--reason", "back"]  # to the earlier champion
+    rollbacks = "tags.`pipeline.step` = 'rollback'"
+    with locks.registry_lock(client, NAME):  # a register in its gate
+        waiting = subprocess.Popen(argv, env=env, cwd=tracking, stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not client.search_runs([e.experiment_id for e in client.search_experiments()], rollbacks):
+            assert waiting.poll() is None and time.monotonic() < deadline, waiting.communicate()[0]
+            time.sleep(0.1)
+        time.sleep(2)  # the rollback's run is open: it is at the lock
+        assert waiting.poll() is None and champion(client) == 2
+        gate.move_champion(client, NAME, "3", "gate", "v3 is better", step_run())  # the register's move
+        history.seen(client, NAME)
+    output = waiting.communicate(timeout=120)[0]
+    assert waiting.returncode == 0, output
+    # serial: the champion before v3 is v2 (before the register, it would have gone to v1)
+    assert champion(client) == 2 and ROLLED_BACK_TAG in client.get_model_version(NAME, "3").tags
+    champions = timeline.done(history.read(client, NAME), "champion")
+    assert [(m.from_version, m.to_version, m.how) for m in champions] == [
+        (None, 1, "gate"), (1, 2, "gate"), (2, 3, "gate"), (3, 2, "rollback")]  # fmt: skip
