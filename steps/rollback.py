@@ -9,7 +9,8 @@ from the champion's history, that still exists and was not itself rolled back fr
 (required). The target is checked first, read only, before any run starts: it exists, holds the
 registered model's task, is self-contained and verified (tags ``persisted`` and ``verified`` are
 ``true``) and is not the champion already; anything wrong ends the step with one line, exit status
-2, and the tracking store and registry as they were. Then, under the registered model's lock:
+2, and the tracking store and registry as they were (found only under the lock, after another
+step changed the registry meanwhile: the same line and a failed run). Then, under the registered model's lock:
 
 1. moves made by hand since the pipeline last looked are recorded (``registry/history.py``), and
    the target is checked again (a step may have moved the champion meanwhile);

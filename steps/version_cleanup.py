@@ -6,8 +6,8 @@ to record where the run sits).
 Writes (registry): deletes every version that is neither among the newest ``keep_last``, nor named
 by an alias, nor one of the last ``keep_champions`` champions (from the champion's history,
 ``hf_finetune/registry/history.py``: what a rollback goes back to; where some of those were
-rolled back from, older champions are kept too, until ``keep_champions`` a rollback goes to by
-default are kept). The plan and the deletions run
+rolled back from, older champions are kept too, until ``keep_champions`` champions not rolled
+back from, the champion included, are kept). The plan and the deletions run
 under the registered model's lock (see ``registry_lock``), so no register or persist of the same
 name moves an alias meanwhile; each version's aliases are read again just before it is deleted, so
 one set by hand is kept too.
@@ -65,7 +65,7 @@ def kept_champions(
     latest_first: list[int], versions: Mapping[int, Mapping[str, str]], keep: int
 ) -> list[int]:
     """The champions kept for a rollback: the last ``keep`` that still exist, and as many more as
-    it takes to keep ``keep`` that a rollback goes to by default (not rolled back from)."""
+    it takes to keep ``keep`` that were not rolled back from (the champion counts among them)."""
     there = [v for v in latest_first if v in versions]
     targets = [v for v in there if not gate.rolled_back(dict(versions[v]))]
     return sorted(set(there[:keep]) | set(targets[:keep]), key=there.index)

@@ -43,6 +43,7 @@ from hf_finetune.registry.timeline import (
     manual_moves,
     of,
     parse_time,
+    placed,
     settle,
 )
 from hf_finetune.tags import ROLLED_BACK_REASON_TAG, ROLLED_BACK_TAG
@@ -87,7 +88,9 @@ def now(client: Any, name: str) -> Now:
 
     try:
         model = client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a store that failed is not "no model"
+            raise
         return Now(dict.fromkeys(ALIASES))
     aliases = dict(model.aliases)
     created = (model.creation_timestamp or 0) / 1000
@@ -104,8 +107,9 @@ def aliases_now(client: Any, name: str) -> dict[str, int | None]:
     return now(client, name).aliases
 
 
-def records(client: Any, name: str) -> list[Move]:
-    """Every record of ``name``, as written (pending ones not yet settled)."""
+def records(client: Any, name: str, generation: str = "") -> list[Move]:
+    """Every record of ``name``, as written (pending ones not yet settled), each in its life
+    (``generation``: the current one)."""
     found, token = [], None
     query = f"tags.`{PREFIX}model` = '{name}'"
     experiment = experiment_id(client, create=False)
@@ -115,20 +119,23 @@ def records(client: Any, name: str) -> list[Move]:
         token = page.token
         if not token:
             break
-    return found
+    return placed(found, generation)
 
 
 def read(client: Any, name: str) -> list[Move]:
     """The settled history of ``name`` (every life), oldest first; abandoned records left out."""
     found = now(client, name)
-    return [m for m in settle(records(client, name), found.aliases, found.generation) if m.state != ABANDONED]
+    raw = records(client, name, found.generation)
+    return [m for m in settle(raw, found.aliases, found.generation) if m.state != ABANDONED]
 
 
 def unrecorded(name: str, moves: list[Move], found: Now, moment: float) -> list[Move]:
     """What the records miss at ``moment``: aliases of this life not where they left them (moved
     by hand), and the aliases of earlier lives, gone with their deleted registered model."""
     mine = of(moves, found.generation)
-    after = max([found.seen, *(m.when for m in mine)])
+    # when the aliases were last known: the last look, or a move the pipeline made (a manual
+    # record's ``before`` is no such moment: it was taken after its look read the aliases)
+    after = max([found.seen, *(m.time for m in mine if m.time is not None)])
     missed = manual_moves(name, expected(mine), found.aliases, after, moment, found.generation)
     return missed + ends(name, moves, found.generation, found.created or moment)
 
@@ -163,10 +170,11 @@ def user_of(client: Any, run_id: str) -> str:
 
 def observe(client: Any, name: str) -> list[Move]:
     """Under the lock, before a step changes anything: settle pending records (writing the
-    verdict), record what the records miss (``unrecorded``), and return the settled history of
-    the registered model's current life."""
+    verdict), record what the records miss (``unrecorded``), note when it looked (``SEEN_TAG``),
+    and return the settled history of the registered model's current life."""
+    looking = time.time()  # before the aliases are read: a move after it is found by the next look
     found = now(client, name)
-    raw = records(client, name)
+    raw = records(client, name, found.generation)
     settled = settle(raw, found.aliases, found.generation)
     for before, after in zip(sorted(raw, key=lambda m: m.when), settled, strict=True):
         if before.state != after.state:
@@ -176,6 +184,8 @@ def observe(client: Any, name: str) -> list[Move]:
     moves = [m for m in settled if m.state != ABANDONED]
     missed = unrecorded(name, moves, found, time.time())
     new = [dataclasses.replace(m, record=write(client, m)) for m in missed]
+    if found.generation:
+        client.set_registered_model_tag(name, SEEN_TAG, iso(looking))
     return of(moves + new, found.generation)
 
 
@@ -205,11 +215,9 @@ def put_marks_right(client: Any, name: str, move: Move) -> None:
 
 
 def seen(client: Any, name: str) -> None:
-    """Under the lock, after a step's last alias change: the aliases are as the records say now
-    (a move by hand since the step's first look is recorded first)."""
-    moment = time.time()  # before the aliases are read: a move after it is found by the next look
+    """Under the lock, after a step's last alias change: a last look (``observe``), so that a move
+    by hand while the step worked is recorded with the step's looks around it."""
     observe(client, name)
-    client.set_registered_model_tag(name, SEEN_TAG, iso(moment))
 
 
 def move(

@@ -26,6 +26,7 @@ REASON_LIMIT = 4000  # characters of a reason kept (a tag value holds 5,000 in s
 LAST_MOVES = 5  # what the model card and the report show
 BY_HAND = "moved outside the pipeline (by hand in the UI or through the API), or before its history was kept"
 DELETED = "the registered model was deleted outside the pipeline"
+CLOCKS_S = 5.0  # how far the tracking server's clock (a model's creation time) may be ahead of ours
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Move:
     """One move of an alias. ``time`` for a move the pipeline made (when the alias had moved);
     ``after``/``before`` for a manual one (it happened in that interval). Times: seconds since the
     epoch. ``generation``: the life of the registered model it belongs to ("" in records written
-    before lives were told apart: they count as the current life's)."""
+    before lives were told apart: ``placed`` finds theirs)."""
 
     model: str
     alias: str
@@ -136,8 +137,22 @@ def from_tags(tags: dict[str, str], record: str = "") -> Move:
 
 
 def of(moves: Iterable[Move], generation: str) -> list[Move]:
-    """The moves of one life of the registered model (untagged records count as the current one's)."""
-    return [m for m in moves if m.generation in (generation, "")]
+    """The moves of one life of the registered model."""
+    return [m for m in moves if m.generation == generation]
+
+
+def placed(moves: list[Move], generation: str) -> list[Move]:
+    """Records written before lives were told apart (no ``generation``) given the life they were
+    written in: the latest one begun by then (``generation``: the current life, "" if none). One
+    older than every life known stays in life "": an earlier one, whose model is gone."""
+    lives = {int(m.generation) for m in moves if m.generation} | ({int(generation)} if generation else set())
+    out = []
+    for move in moves:
+        begun = [life for life in sorted(lives) if life / 1000 <= move.when + CLOCKS_S]
+        if not move.generation and begun:
+            move = dataclasses.replace(move, generation=str(begun[-1]))
+        out.append(move)
+    return out
 
 
 def settle(moves: Iterable[Move], current: dict[str, int | None], generation: str = "") -> list[Move]:
@@ -151,7 +166,7 @@ def settle(moves: Iterable[Move], current: dict[str, int | None], generation: st
         if move.state == PENDING:
             later = [m for m in ordered[i + 1 :] if (m.alias, m.generation) == (move.alias, move.generation)]
             later = [m for m in later if m.state != ABANDONED]
-            now = current.get(move.alias) if move.generation in (generation, "") else None
+            now = current.get(move.alias) if move.generation == generation else None
             landed = later[0].from_version if later else now
             move = dataclasses.replace(move, state=DONE if landed == move.to_version else ABANDONED)
         out.append(move)
@@ -190,9 +205,10 @@ def manual_moves(
 def ends(name: str, moves: list[Move], generation: str, started: float) -> list[Move]:
     """The aliases of every earlier life that the records leave set, gone with its registered
     model: deleted outside the pipeline after its last record, before ``started`` (the current
-    life's creation, or now when there is none)."""
+    life's creation or its first record, whichever is earlier; now when there is none)."""
     gone: list[Move] = []
-    for life in sorted({m.generation for m in moves} - {generation, ""}):
+    started = min([started, *(m.when for m in of(moves, generation))])
+    for life in sorted({m.generation for m in moves} - {generation}):
         mine = [m for m in moves if m.generation == life]
         last = max(m.when for m in mine)
         gone += manual_moves(name, expected(mine), {}, last, max(started, last), life, DELETED)

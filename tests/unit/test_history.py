@@ -7,6 +7,7 @@ Versions here are registered from one tiny pyfunc model and tagged as the pipeli
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -214,6 +215,8 @@ def test_rollback_refuses_in_one_line_and_changes_nothing(
     assert champion(client) == 3
     assert [(m.record, m.state) for m in history.records(client, NAME)] == before
     assert not any(ROLLED_BACK_TAG in v.tags for v in client.search_model_versions(f"name = '{NAME}'"))
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert not client.search_runs(experiments, "tags.`pipeline.step` = 'rollback'")  # no run either
 
 
 def test_without_an_earlier_champion_rollback_asks_for_a_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -326,28 +329,51 @@ def test_a_move_by_hand_while_a_step_held_the_lock_is_found_with_its_true_interv
 
 def test_a_registered_model_made_again_under_its_name_starts_a_new_life() -> None:
     client = versions(3)
-    gate_move(client, 3)
+    gate_move(client, 2)
     assert version_cleanup.main(["--delete_registered_model", "true"]) == 0
     deleted = time.time()
     versions(3)  # the name again: its v1-v3 are other models
     gate_move(client, 1)
     past = history.read(client, NAME)
     assert [(m.alias, m.from_version, m.to_version, m.how) for m in past] == [
-        ("champion", None, 3, "gate"),
-        ("champion", 3, None, "cleanup"),
+        ("champion", None, 2, "gate"),
+        ("champion", 2, None, "cleanup"),
         ("champion", None, 1, "gate"),
     ]
     first, gone, again = past
     assert first.generation != again.generation and gone.generation == first.generation
-    assert timeline.champion_at(past, gone.when - 0.001) == (3, None)
+    assert timeline.champion_at(past, gone.when - 0.001) == (2, None)
     assert timeline.champion_at(past, deleted) == (None, None)
     assert timeline.champion_at(past, again.when) == (1, None)
-    # the old life's v3 is nobody's rollback target, nor a champion version_cleanup keeps
+    # the old life's v2 (another model than this one's v2) is nobody's rollback target, nor a
+    # champion version_cleanup keeps
     assert rollback.main(["--reason", "r"]) == 2
-    assert version_cleanup.main(["--keep_last", "1", "--keep_champions", "1"]) == 0
+    assert version_cleanup.main(["--keep_last", "1", "--keep_champions", "2"]) == 0
     assert sorted(int(v.version) for v in client.search_model_versions(f"name = '{NAME}'")) == [1, 3]
     shown = card.last_moves(client, NAME)  # the card and the report: this life's moves
     assert len(shown) == 1 and "none -> v1" in shown[0]
+
+
+def test_records_written_before_lives_were_told_apart_are_placed_in_their_own() -> None:
+    old = [move("champion", None, 1, 100.0), move("champion", 1, 2, 200.0)]  # untagged: an old store
+    gone = dataclasses.replace(move("champion", 2, None, 300.0), generation="50000")  # its life: 50 s on
+    new = dataclasses.replace(move("champion", None, 1, 900.0), generation="800000")  # made again: 800 s
+    assert [m.generation for m in timeline.placed([*old, gone, new], "800000")] == ["50000"] * 3 + ["800000"]
+    assert [m.generation for m in timeline.placed([*old, move("champion", None, 1, 810.0)], "800000")] == [
+        "", "", "800000"]  # fmt: skip
+    # older than every life known: an earlier life, deleted by hand; it ends before the new one
+    placed = timeline.placed([*old, new], "800000")
+    assert timeline.expected(timeline.of(placed, "800000"))["champion"] == 1
+    assert timeline.champions_latest_first(timeline.of(placed, "800000")) == [1]
+    (end,) = timeline.ends(NAME, placed, "800000", 800.0)
+    assert (end.from_version, end.to_version, end.how, end.after, end.before) == (
+        2,
+        None,
+        "manual",
+        200.0,
+        800.0,
+    )
+    assert timeline.champion_at([*placed, end], 500.0) == (None, (2, None))
 
 
 def test_a_registered_model_deleted_by_hand_ends_its_life_in_an_interval() -> None:
@@ -367,14 +393,6 @@ def test_a_registered_model_deleted_by_hand_ends_its_life_in_an_interval() -> No
     assert end.after is not None and end.before is not None
     assert end.after <= last < deleted < end.before <= new.when
     assert timeline.champion_at([gate, end, new], deleted) == (None, (2, None))
-
-
-def test_a_refused_rollback_starts_no_run(capsys: pytest.CaptureFixture[str]) -> None:
-    client = versions(2)
-    gate_move(client, 2)
-    assert rollback.main(["--reason", "r", "--to_version", "7"]) == 2
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    assert not client.search_runs(experiments, "tags.`pipeline.step` = 'rollback'")
 
 
 @pytest.mark.parametrize("point", ["rollback.champion.moved", "rollback.moved"])
