@@ -168,10 +168,11 @@ def user_of(client: Any, run_id: str) -> str:
     return client.get_run(run_id).data.tags.get("mlflow.user", "") if run_id else ""
 
 
-def observe(client: Any, name: str) -> list[Move]:
+def observe(client: Any, name: str, stamp: bool = False) -> list[Move]:
     """Under the lock, before a step changes anything: settle pending records (writing the
-    verdict), record what the records miss (``unrecorded``), note when it looked (``SEEN_TAG``),
-    and return the settled history of the registered model's current life."""
+    verdict), record what the records miss (``unrecorded``), and return the settled history of
+    the registered model's current life. When it recorded a move by hand (or ``stamp``), it notes
+    when it read the aliases (``SEEN_TAG``): the next interval starts there."""
     looking = time.time()  # before the aliases are read: a move after it is found by the next look
     found = now(client, name)
     raw = records(client, name, found.generation)
@@ -184,7 +185,7 @@ def observe(client: Any, name: str) -> list[Move]:
     moves = [m for m in settled if m.state != ABANDONED]
     missed = unrecorded(name, moves, found, time.time())
     new = [dataclasses.replace(m, record=write(client, m)) for m in missed]
-    if found.generation:
+    if found.generation and (stamp or new):
         client.set_registered_model_tag(name, SEEN_TAG, iso(looking))
     return of(moves + new, found.generation)
 
@@ -217,7 +218,7 @@ def put_marks_right(client: Any, name: str, move: Move) -> None:
 def seen(client: Any, name: str) -> None:
     """Under the lock, after a step's last alias change: a last look (``observe``), so that a move
     by hand while the step worked is recorded with the step's looks around it."""
-    observe(client, name)
+    observe(client, name, stamp=True)
 
 
 def move(
